@@ -1,0 +1,345 @@
+"""The `compplan` command: a thin layer over the Python API.
+
+Every command is a few lines of Python (see README.md, "From Python"). Bad input of any kind ends
+with one line on stderr, `compplan: error: ...`, saying what to do, and exit code 2; an internal
+error ends with exit code 1 (set COMPPLAN_DEBUG=1 for the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+USAGE_ERROR = 2
+INTERNAL_ERROR = 1
+
+_EPILOG = """\
+examples:
+  compplan inspect --model zoo:resnet18
+  compplan preset --model zoo:resnet18 --preset pqf-small --out plan.json
+  compplan size --model zoo:resnet18 --plan plan.json --json
+  compplan validate --model zoo:resnet18 --plan plan.json
+  compplan inspect --model mypackage.models:build_net --input-shape 1,3,64,64
+
+model specs: zoo:NAME (digits, mobilenet_v2, resnet18, resnet50), package.module:callable or
+path/to/file.py:callable (a function returning an nn.Module; give --input-shape).
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line, like every other compplan error."""
+
+    def error(self, message: str) -> None:
+        self.exit(USAGE_ERROR, f"compplan: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from planner.presets import PRESET_HELP
+
+    parser = _Parser(
+        prog="compplan",
+        description="Plan and apply per-layer compression of PyTorch models under size and "
+        "latency budgets.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what compplan does")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument(
+            "--model",
+            required=True,
+            metavar="SPEC",
+            help="zoo:NAME, package.module:callable or file.py:callable",
+        )
+        sub.add_argument(
+            "--input-shape",
+            metavar="SHAPE",
+            help="example input shape, batch first, e.g. 1,3,224,224 (zoo models know their own)",
+        )
+        return sub
+
+    inspect = command(
+        "inspect", "List a model's layers: what can be compressed, what is kept and why."
+    )
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.add_argument("--groups", action="store_true", help="also list the coupling groups")
+
+    preset = command("preset", "Write a plan file from a named preset.")
+    preset.add_argument("--preset", required=True, metavar="NAME", help=PRESET_HELP)
+    preset.add_argument(
+        "--out", required=True, metavar="FILE", help="where to write the plan (JSON)"
+    )
+
+    size = command("size", "Exact compressed size of a plan, layer by layer.")
+    source = size.add_mutually_exclusive_group(required=True)
+    source.add_argument("--plan", metavar="FILE", help="a plan file")
+    source.add_argument("--preset", metavar="NAME", help=PRESET_HELP)
+    size.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    validate = command("validate", "Check a plan file against a model.")
+    validate.add_argument("--plan", required=True, metavar="FILE", help="the plan file to check")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 2 bad input, 1 internal error)."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error already printed as one line
+        return int(done.code or 0)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="compplan: %(message)s",
+        stream=sys.stderr,
+    )
+    from search_spaces import DiscoveryError, PlanError
+    from search_spaces.model_spec import ModelSpecError
+
+    handlers = {"inspect": _inspect, "preset": _preset, "size": _size, "validate": _validate}
+    try:
+        return handlers[args.command](args)
+    except (PlanError, DiscoveryError, ModelSpecError) as error:
+        return _fail(str(error), USAGE_ERROR)
+    except (OSError, UnicodeError) as error:
+        return _fail(
+            f"{error.strerror or error}: {error.filename}" if error.filename else str(error),
+            USAGE_ERROR,
+        )
+    except BrokenPipeError:  # `compplan ... | head` closed our stdout: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except Exception as error:  # the last line of defence: one line, not a traceback
+        if os.environ.get("COMPPLAN_DEBUG"):
+            raise
+        first = str(error).splitlines()[0] if str(error) else ""
+        return _fail(
+            f"internal error: {type(error).__name__}: {first} (set COMPPLAN_DEBUG=1 for the "
+            "traceback and report it)",
+            INTERNAL_ERROR,
+        )
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"compplan: error: {message}", file=sys.stderr)
+    return code
+
+
+def _graph(args: argparse.Namespace):
+    from search_spaces import discover
+    from search_spaces.model_spec import load_model
+
+    loaded = load_model(args.model, input_shape=args.input_shape)
+    return loaded, discover(loaded.module, loaded.example_inputs, model_name=args.model)
+
+
+def _plan_for(args: argparse.Namespace, graph):
+    from planner.presets import make_preset
+    from search_spaces import Plan, validate_plan
+
+    if getattr(args, "preset", None) and not getattr(args, "plan", None):
+        return make_preset(graph, args.preset, model=args.model)
+    plan = Plan.load(args.plan)
+    validate_plan(plan, graph)
+    return plan
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def _table(rows: list[list[str]], header: list[str], right: set[int] = frozenset()) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        cells = [
+            str(c).rjust(w) if i in right else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        return "  ".join(cells).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _mib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**20:.3f} MiB"
+
+
+def inspect_rows(graph) -> list[dict]:
+    """The `inspect --json` layer list: compressible layers, their BatchNorms, kept modules."""
+    rows = []
+    for spec in graph.layers.values():
+        rows.append(
+            {
+                "name": spec.name,
+                "kind": spec.kind,
+                "weight_shape": list(spec.weight_shape),
+                "params": spec.params,
+                "macs": spec.macs,
+                "group": spec.group,
+                "compressible": True,
+                "reason": "",
+            }
+        )
+        if spec.batchnorm:
+            rows.append(
+                {
+                    "name": spec.batchnorm,
+                    "kind": "batchnorm",
+                    "weight_shape": [spec.out_channels],
+                    "params": spec.batchnorm_params,
+                    "macs": 0,
+                    "group": spec.group,
+                    "compressible": False,
+                    "reason": f"folded after '{spec.name}': two 32-bit vectors per kept channel",
+                }
+            )
+    for module in graph.kept:
+        rows.append(
+            {
+                "name": module.name,
+                "kind": module.kind,
+                "weight_shape": None,
+                "params": module.params,
+                "macs": None,
+                "group": None,
+                "compressible": False,
+                "reason": module.reason,
+            }
+        )
+    return rows
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    _, graph = _graph(args)
+    rows = inspect_rows(graph)
+    if args.json:
+        _print_json(
+            {
+                "model": args.model,
+                "fingerprint": graph.fingerprint,
+                "total_params": graph.total_params,
+                "baseline_bytes": graph.baseline_bits // 8,
+                "total_macs": graph.total_macs,
+                "layers": rows,
+                "groups": [
+                    {
+                        "id": g.id,
+                        "channels": g.channels,
+                        "layers": list(g.layers),
+                        "consumers": list(g.consumers),
+                        "prunable": g.prunable,
+                        "reason": g.reason,
+                    }
+                    for g in graph.groups
+                ],
+            }
+        )
+        return 0
+    table = [
+        [
+            r["name"],
+            r["kind"],
+            "×".join(map(str, r["weight_shape"])) if r["weight_shape"] else "-",
+            f"{r['params']:,}",
+            f"{r['macs']:,}" if r["macs"] else "-",
+            "-" if r["group"] is None else str(r["group"]),
+            "yes" if r["compressible"] else "no: " + r["reason"],
+        ]
+        for r in rows
+    ]
+    print(
+        _table(
+            table, ["layer", "kind", "weight", "params", "MACs", "group", "compressible"], {3, 4}
+        )
+    )
+    print()
+    print(
+        f"{args.model}: {len(graph.layers)} compressible layers, "
+        f"{len(graph.kept)} modules kept as is; {graph.total_params:,} parameters "
+        f"({graph.compressible_params:,} in compressible layers), "
+        f"{graph.total_macs:,} MACs, baseline {_mib(graph.baseline_bits / 8)} at 32 bits"
+    )
+    prunable = sum(g.prunable for g in graph.groups)
+    print(f"coupling groups: {len(graph.groups)} ({prunable} prunable)")
+    if graph.trace_error:
+        print(f"dependency trace failed, no channel pruning: {graph.trace_error}")
+    if args.groups:
+        for g in graph.groups:
+            status = "prunable" if g.prunable else f"not prunable: {g.reason}"
+            print(f"  group {g.id} ({g.channels} ch, {status}): {', '.join(g.layers)}")
+    return 0
+
+
+def _preset(args: argparse.Namespace) -> int:
+    from planner.presets import make_preset
+    from predictors.size import size_report
+
+    _, graph = _graph(args)
+    plan = make_preset(graph, args.preset, model=args.model)
+    plan.save(args.out)
+    report = size_report(plan, graph)
+    print(
+        f"wrote {args.out}: {len(plan)} layers planned, {_mib(report.total_bits / 8)} "
+        f"({report.compression_ratio:.1f}× smaller than {_mib(report.baseline_bits / 8)})"
+    )
+    return 0
+
+
+def _size(args: argparse.Namespace) -> int:
+    from predictors.size import size_report
+
+    _, graph = _graph(args)
+    report = size_report(_plan_for(args, graph), graph)
+    if args.json:
+        _print_json(report.to_dict())
+        return 0
+    rows = [
+        [
+            layer.name,
+            layer.method,
+            f"{layer.out_channels}/{layer.in_channels}",
+            str(layer.k_eff or "-"),
+            f"{layer.bits / 8:,.0f}",
+            f"{layer.ratio:.1f}×",
+        ]
+        for layer in report.layers
+    ]
+    print(_table(rows, ["layer", "method", "out/in ch", "k_eff", "bytes", "ratio"], {3, 4, 5}))
+    print()
+    if report.kept_bits:
+        print(f"modules kept as is: {report.kept_bits // 8:,} bytes")
+    print(
+        f"size {report.size_bytes:,} bytes = {report.size_mib:.3f} MiB; baseline "
+        f"{_mib(report.baseline_bits / 8)}; compression {report.compression_ratio:.1f}×"
+    )
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from predictors.size import size_report
+
+    _, graph = _graph(args)
+    plan = _plan_for(args, graph)
+    report = size_report(plan, graph)
+    print(
+        f"{args.plan} is valid for {args.model}: {len(plan)} layers planned, "
+        f"{report.size_mib:.3f} MiB ({report.compression_ratio:.1f}×)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""Predictors of a plan's cost: exact size now; latency and accuracy proxies follow.
+
+Each predictor answers for a batch of plans at once (`predict(plans)`), because the search scores
+thousands.
+"""
+
+from predictors.size import LayerSize, PlanBatch, SizePredictor, SizeReport, size_report
+
+__all__ = ["LayerSize", "PlanBatch", "SizePredictor", "SizeReport", "size_report"]

@@ -1,0 +1,390 @@
+"""`discover(model, example_inputs)`: read any `nn.Module` into a `ModelGraph`.
+
+Two passes over the model, both with the example inputs:
+
+1. One forward pass with hooks records, for every module with parameters, how often it is called
+   and with which activation shapes, and which BatchNorm reads a layer's output directly.
+2. Torch-Pruning's `DependencyGraph` traces the autograd graph and yields, for each layer's output
+   channels, everything that must be pruned with them (the coupling groups).
+
+Nothing here crashes on an unusual model: what cannot be compressed is listed in `ModelGraph.kept`
+with its reason, and a failed dependency trace leaves every group unprunable with the error kept in
+`ModelGraph.trace_error`. Only a model that cannot run on its example inputs is an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import nn
+
+from search_spaces.graph import CouplingGroup, InputTie, KeptModule, LayerSpec, ModelGraph
+
+__all__ = ["COMPRESSIBLE_TYPES", "DiscoveryError", "discover"]
+
+logger = logging.getLogger("compplan")
+
+COMPRESSIBLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
+_KIND = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Linear: "linear"}
+_BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
+# Torch-Pruning's pseudo-modules for tensor ops; these carry channels through unchanged or by a
+# fixed index map that the size model and the engine understand.
+_PASS_THROUGH_OPS = {"_ElementWiseOp", "_ReshapeOp", "_ConcatOp", "_OutputOp"}
+
+
+class DiscoveryError(ValueError):
+    """The model cannot be read at all (it does not run on the example inputs)."""
+
+
+@dataclass
+class _Call:
+    count: int = 0
+    input_shape: tuple[int, ...] = ()
+    output_shape: tuple[int, ...] = ()
+    follows: list[str] = field(default_factory=list)  # layers whose output this module reads
+    returned: bool = False  # its output is (part of) what the model returns
+
+
+def discover(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    model_name: str = "model",
+) -> ModelGraph:
+    """Find every compressible layer of `model`, its facts, and its coupling group.
+
+    The model is run in eval mode with gradients enabled (the dependency trace needs autograd);
+    its training flag and parameters are left as they were.
+
+    Args:
+        model: any `nn.Module`.
+        example_inputs: one tensor, or a tuple of positional inputs, with a batch dimension first.
+        model_name: a label for messages and plan files.
+
+    Returns:
+        The model's `ModelGraph`.
+
+    Raises:
+        DiscoveryError: the model does not run on `example_inputs`.
+    """
+    inputs = (
+        (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    )
+    batch = int(inputs[0].shape[0]) if inputs and inputs[0].dim() > 0 else 1
+    was_training = model.training
+    model.eval()
+    try:
+        calls = _record_calls(model, inputs)
+        layers, kept = _classify(model, calls, batch)
+        # Pruning a layer whose output the model returns (directly or through its BatchNorm)
+        # would change the model's outputs.
+        returned = {
+            name
+            for name, spec in layers.items()
+            if calls[name].returned or (spec.batchnorm and calls[spec.batchnorm].returned)
+        }
+        try:
+            groups, layers = _couple(model, inputs, layers, kept, returned)
+            trace_error = ""
+        except Exception as error:  # any failure of a third-party tracer must not stop discovery
+            trace_error = f"{type(error).__name__}: {error}".splitlines()[0]
+            logger.warning("dependency trace failed, no channel pruning: %s", trace_error)
+            groups = ()
+    finally:
+        model.train(was_training)
+    total = sum(p.numel() for p in model.parameters())
+    graph = ModelGraph(
+        model_name=model_name,
+        layers=layers,
+        kept=tuple(kept),
+        groups=groups,
+        total_params=total,
+        trace_error=trace_error,
+    )
+    accounted = graph.compressible_params + graph.batchnorm_params + graph.kept_params
+    assert accounted == total, f"parameter accounting is off: {accounted} != {total}"
+    return graph
+
+
+def _record_calls(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[str, _Call]:
+    """Run one forward pass and note each interesting module's calls and activation shapes."""
+    calls: dict[str, _Call] = {}
+    producer_of: dict[int, str] = {}  # id(output tensor) → module name
+    keep_alive: list[torch.Tensor] = []  # outputs stay referenced so that their ids stay unique
+
+    def hook(name: str):
+        def record(module: nn.Module, args: tuple, output: object) -> None:
+            call = calls.setdefault(name, _Call())
+            call.count += 1
+            first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            if first is not None:
+                call.input_shape = tuple(first.shape)
+                if id(first) in producer_of:
+                    call.follows.append(producer_of[id(first)])
+            if isinstance(output, torch.Tensor):
+                call.output_shape = tuple(output.shape)
+                producer_of[id(output)] = name
+                keep_alive.append(output)
+
+        return record
+
+    handles = [
+        module.register_forward_hook(hook(name))
+        for name, module in model.named_modules()
+        if isinstance(module, COMPRESSIBLE_TYPES + _BATCHNORM_TYPES)
+    ]
+    try:
+        with torch.no_grad():
+            result = model(*inputs)
+        for tensor in _tensors_in(result):
+            if id(tensor) in producer_of:
+                calls[producer_of[id(tensor)]].returned = True
+    except Exception as error:
+        shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
+        raise DiscoveryError(
+            f"the model does not run on example inputs of shape {shapes} "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+            "pass --input-shape matching what the model expects"
+        ) from error
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def _tensors_in(value: object) -> list[torch.Tensor]:
+    """The tensors in a model's output: a tensor, or tuples, lists and dicts of them."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list | tuple):
+        return [t for item in value for t in _tensors_in(item)]
+    return []
+
+
+def _own_params(module: nn.Module, seen: set[int]) -> int:
+    """Elements of the parameters registered directly on `module`, each tensor counted once."""
+    total = 0
+    for param in module.parameters(recurse=False):
+        if id(param) not in seen:
+            seen.add(id(param))
+            total += param.numel()
+    return total
+
+
+def _classify(
+    model: nn.Module, calls: dict[str, _Call], batch: int
+) -> tuple[dict[str, LayerSpec], list[KeptModule]]:
+    """Sort modules with parameters into compressible layers, attached BatchNorms and kept ones."""
+    seen: set[int] = set()
+    shared = _shared_weights(model)
+    candidates: dict[str, LayerSpec] = {}
+    kept: list[KeptModule] = []
+    batchnorms: list[tuple[str, nn.Module, int]] = []
+    parent_of = _parents(model)
+    for name, module in model.named_modules():
+        params = _own_params(module, seen)
+        if isinstance(module, _BATCHNORM_TYPES):
+            batchnorms.append((name, module, params))
+            continue
+        if params == 0:
+            continue
+        reason = _why_not_compressible(name, module, calls.get(name), shared, parent_of)
+        if reason:
+            kept.append(KeptModule(name, type(module).__name__, params, reason))
+            continue
+        call = calls[name]
+        weight = module.weight
+        candidates[name] = LayerSpec(
+            name=name,
+            kind=_kind_of(module),
+            weight_shape=tuple(weight.shape),
+            groups=getattr(module, "groups", 1),
+            has_bias=module.bias is not None,
+            input_shape=call.input_shape,
+            output_shape=call.output_shape,
+            macs=_macs(module, call, batch),
+            params=params,
+        )
+    order = {name: i for i, name in enumerate(calls)}  # hooks fire in execution order
+    layers = dict(sorted(candidates.items(), key=lambda item: order[item[0]]))
+    for name, module, params in batchnorms:
+        call = calls.get(name)
+        owner = call.follows[0] if call and len(call.follows) == 1 and call.count == 1 else None
+        if (
+            owner in layers
+            and layers[owner].batchnorm is None
+            and params in (0, 2 * module.num_features)
+        ):
+            layers[owner] = replace(layers[owner], batchnorm=name, batchnorm_params=params)
+        elif params:
+            why = "BatchNorm that does not directly follow a compressible layer"
+            kept.append(KeptModule(name, type(module).__name__, params, why))
+    return layers, kept
+
+
+def _kind_of(module: nn.Module) -> str:
+    for cls, kind in _KIND.items():
+        if isinstance(module, cls):
+            return kind
+    raise TypeError(type(module).__name__)
+
+
+def _parents(model: nn.Module) -> dict[str, str]:
+    return {
+        f"{parent}.{child}" if parent else child: parent
+        for parent, module in model.named_modules()
+        for child, _ in module.named_children()
+    }
+
+
+def _shared_weights(model: nn.Module) -> set[int]:
+    """ids of parameters registered on more than one module (tied weights)."""
+    owners: dict[int, int] = {}
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            owners[id(param)] = owners.get(id(param), 0) + 1
+    return {pid for pid, count in owners.items() if count > 1}
+
+
+def _why_not_compressible(
+    name: str,
+    module: nn.Module,
+    call: _Call | None,
+    shared: set[int],
+    parent_of: dict[str, str],
+) -> str:
+    """Why a module with parameters is kept as is; "" when it is a compressible layer."""
+    cls = type(module).__name__
+    if not isinstance(module, COMPRESSIBLE_TYPES):
+        raw = [n for n, p in module.named_parameters(recurse=False) if n not in ("weight", "bias")]
+        if isinstance(module, nn.MultiheadAttention) or raw:
+            what = ", ".join(f"'{n}'" for n in raw) or "'weight'"
+            return f"{cls} uses raw weight Parameter {what} functionally; kept at 32 bits"
+        return f"{cls} is not a layer type compplan compresses (Conv1d, Conv2d, Linear)"
+    extra = [n for n, _ in module.named_parameters(recurse=False) if n not in ("weight", "bias")]
+    if extra:
+        return f"{cls} subclass with extra parameters {extra}; kept at 32 bits"
+    if call is None or call.count == 0:
+        parent = parent_of.get(name, "")
+        owner = f"its parent '{parent}'" if parent else "the model"
+        return f"not called as a module in the forward pass ({owner} uses its weights directly)"
+    if call.count > 1:
+        return f"called {call.count} times per forward pass (a shared layer); kept at 32 bits"
+    if any(id(p) in shared for p in module.parameters(recurse=False)):
+        return "its weight is tied to another module's; kept at 32 bits"
+    if isinstance(module, nn.Conv1d | nn.Conv2d) and module.padding_mode not in ("zeros",):
+        return f"padding_mode={module.padding_mode!r} is not supported; kept at 32 bits"
+    return ""
+
+
+def _macs(module: nn.Module, call: _Call, batch: int) -> int:
+    """Multiply-accumulates per example: output elements times the weights each one reads."""
+    out_elems = 1
+    for size in call.output_shape:
+        out_elems *= size
+    per_example = out_elems // max(batch, 1)
+    if isinstance(module, nn.Linear):
+        return per_example * module.in_features
+    row = module.weight.shape[1]
+    for size in module.weight.shape[2:]:
+        row *= size
+    return per_example * row
+
+
+def _couple(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    layers: dict[str, LayerSpec],
+    kept: list[KeptModule],
+    returned: set[str],
+) -> tuple[tuple[CouplingGroup, ...], dict[str, LayerSpec]]:
+    """Coupling groups from Torch-Pruning's dependency graph; layers get their group and inputs."""
+    import torch_pruning as tp
+
+    names = {module: name for name, module in model.named_modules()}
+    kept_names = {module.name for module in kept}
+    with torch.enable_grad(), contextlib.redirect_stdout(_NullWriter()):
+        graph = tp.DependencyGraph().build_dependency(
+            model, example_inputs=inputs if len(inputs) > 1 else inputs[0], verbose=False
+        )
+    groups: list[CouplingGroup] = []
+    out_group: dict[str, int] = {}
+    ties: dict[str, list[InputTie]] = {name: [] for name in layers}
+    for tp_group in graph.get_all_groups(root_module_types=COMPRESSIBLE_TYPES):
+        gid = len(groups)
+        _, root_idxs = tp_group[0]
+        channels = len(root_idxs)
+        members: list[str] = []
+        consumers: list[tuple[str, int]] = []
+        problems: list[str] = []
+        for dep, idxs in tp_group:
+            module = dep.target.module
+            name = names.get(module)
+            is_out = graph.is_out_channel_pruning_fn(dep.handler)
+            cls = type(module).__name__
+            if name is None or (
+                not isinstance(module, COMPRESSIBLE_TYPES + _BATCHNORM_TYPES) and name in kept_names
+            ):
+                if cls not in _PASS_THROUGH_OPS and name is None:
+                    problems.append(
+                        f"coupled through a {cls.strip('_')} that compplan cannot prune"
+                    )
+                elif name is not None:
+                    problems.append(f"coupled to {cls} '{name}', which compplan cannot prune")
+                continue
+            if isinstance(module, _BATCHNORM_TYPES):
+                continue
+            if name not in layers:
+                problems.append(f"coupled to '{name}', which is kept as is")
+                continue
+            spec = layers[name]
+            if spec.groups > 1 and not spec.is_depthwise:
+                problems.append(f"coupled to grouped conv '{name}' (groups={spec.groups})")
+            if is_out:
+                if name not in members:
+                    members.append(name)
+                if spec.is_depthwise:
+                    consumers.append((name, 1))  # a depthwise conv's inputs are its outputs
+            elif not spec.is_depthwise:
+                consumers.append((name, max(1, len(idxs) // max(channels, 1))))
+        consumer_names = tuple(dict.fromkeys(n for n, _ in consumers if n not in members))
+        if (not consumer_names or returned.intersection(members)) and not problems:
+            problems.append("its channels are part of the model's output")
+        if any(layers[n].out_channels != channels for n in members):
+            problems.append("members disagree on the channel count")
+        groups.append(
+            CouplingGroup(
+                id=gid,
+                channels=channels,
+                layers=tuple(members),
+                consumers=consumer_names,
+                prunable=not problems,
+                reason=problems[0] if problems else "",
+            )
+        )
+        for name in members:
+            out_group.setdefault(name, gid)
+        for name, multiplicity in dict.fromkeys(consumers):
+            if all(t.group != gid for t in ties[name]):
+                ties[name].append(InputTie(gid, multiplicity))
+    updated = {
+        name: replace(spec, group=out_group.get(name), inputs=tuple(ties[name]))
+        for name, spec in layers.items()
+    }
+    return tuple(groups), updated
+
+
+class _NullWriter:
+    """Swallows Torch-Pruning's prints, which would interleave with the CLI's tables."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass

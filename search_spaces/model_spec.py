@@ -1,0 +1,133 @@
+"""Model specs: how a user names a model on the command line.
+
+- `zoo:NAME`: a reference model from `zoo` (it knows its own input shape);
+- `package.module:callable` or `path/to/file.py:callable`: anything that, called with no
+  arguments, returns an `nn.Module`; it needs an input shape.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["LoadedModel", "ModelSpecError", "load_model", "parse_shape"]
+
+
+class ModelSpecError(ValueError):
+    """A model spec or input shape that does not name a usable model; the message says why."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready for discovery.
+
+    Attributes:
+        spec: the spec it was loaded from (recorded in plans).
+        module: the model, in eval mode.
+        example_inputs: one example input batch (batch size 1 unless the shape says otherwise).
+        task: the zoo task it is trained for ("digits"), or None.
+    """
+
+    spec: str
+    module: nn.Module
+    example_inputs: tuple[torch.Tensor, ...]
+    task: str | None = None
+
+
+def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
+    """ "1,3,224,224" (or "1x3x224x224") → (1, 3, 224, 224)."""
+    if not isinstance(text, str):
+        return tuple(int(v) for v in text)
+    shape: tuple[int, ...] = ()
+    if re.fullmatch(r"\s*\d+(\s*[,x×]\s*\d+)*\s*", text):
+        shape = tuple(int(p) for p in re.split(r"[,x×]", text))
+    if not shape or any(v <= 0 for v in shape):
+        raise ModelSpecError(
+            f"input shape '{text}' is not a list of positive integers; write it like 1,3,224,224"
+        )
+    return shape
+
+
+def load_model(spec: str, *, input_shape: str | Sequence[int] | None = None) -> LoadedModel:
+    """Build the model a spec names, with example inputs.
+
+    Args:
+        spec: "zoo:NAME", "package.module:callable" or "path/to/file.py:callable".
+        input_shape: the example input's shape, batch first; zoo models have a default.
+
+    Raises:
+        ModelSpecError: the spec names nothing loadable, does not return an nn.Module, or no input
+            shape is known.
+    """
+    if spec.startswith("zoo:"):
+        import zoo
+
+        try:
+            entry = zoo.get(spec[4:])
+        except (KeyError, ValueError) as error:
+            raise ModelSpecError(str(error).strip("'\"")) from None
+        module, default_shape, task = entry.build(), entry.input_shape, entry.task
+    else:
+        factory = _import_callable(spec)
+        try:
+            module = factory()
+        except Exception as error:
+            raise ModelSpecError(
+                f"calling '{spec}' failed: {type(error).__name__}: {error}"
+            ) from None
+        default_shape, task = None, None
+        if not isinstance(module, nn.Module):
+            raise ModelSpecError(f"'{spec}' returned a {type(module).__name__}, not an nn.Module")
+    shape = parse_shape(input_shape) if input_shape is not None else default_shape
+    if shape is None:
+        raise ModelSpecError(
+            f"'{spec}' needs --input-shape (for example --input-shape 1,3,224,224)"
+        )
+    module.eval()
+    return LoadedModel(spec=spec, module=module, example_inputs=(torch.randn(*shape),), task=task)
+
+
+def _import_callable(spec: str):
+    if ":" not in spec:
+        raise ModelSpecError(
+            f"model spec '{spec}' is not zoo:NAME, package.module:callable or file.py:callable"
+        )
+    where, attr = spec.rsplit(":", 1)
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise ModelSpecError(f"model file '{where}' does not exist")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as error:
+            raise ModelSpecError(
+                f"importing '{where}' failed: {type(error).__name__}: {error}"
+            ) from None
+    else:
+        # A console script does not put the working directory on sys.path; users expect it there.
+        if "" not in sys.path and str(Path.cwd()) not in sys.path:
+            sys.path.insert(0, str(Path.cwd()))
+        try:
+            module = importlib.import_module(where)
+        except ImportError as error:
+            raise ModelSpecError(
+                f"cannot import '{where}' ({error}); is it on PYTHONPATH?"
+            ) from None
+    target = module
+    for part in attr.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise ModelSpecError(f"'{where}' has no attribute '{attr}'")
+    if not callable(target):
+        raise ModelSpecError(f"'{spec}' is not callable")
+    return target

@@ -1,0 +1,124 @@
+"""Model zoo: the models compplan can plan for out of the box, by name.
+
+Contract:
+    * :func:`names` lists the registered names in sorted order:
+      ``["digits", "mobilenet_v2", "resnet18", "resnet50"]``.
+    * :func:`get` returns a :class:`ZooEntry` whose ``build()`` gives a model ready to use, in
+      eval mode: ``digits`` is trained (and cached on disk, see :mod:`zoo.digits`); the ImageNet
+      architectures are randomly initialized (no weights are downloaded, ever) and use a
+      ``(1, 3, 224, 224)`` example input.
+    * Unknown names raise ``ValueError`` naming every valid choice.
+    * Every ``build()`` call returns a new, independent model instance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from zoo.digits import INPUT_SHAPE as DIGITS_INPUT_SHAPE
+from zoo.digits import pretrained_digits
+from zoo.mobilenet import mobilenet_v2
+from zoo.resnet import resnet18, resnet50
+
+__all__ = ["ZooEntry", "get", "names"]
+
+_IMAGENET_INPUT_SHAPE: tuple[int, ...] = (1, 3, 224, 224)
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A named model in the zoo.
+
+    Attributes:
+        name: Registry name, e.g. ``"resnet18"``.
+        build: Zero-argument factory returning a fresh model in eval mode (``digits``: trained).
+        input_shape: Default example input shape, batch size 1.
+        description: One-line human-readable description.
+        task: Name of the evaluation task the model is trained for (``"digits"``), or ``None``
+            when it has no task (randomly initialized architectures).
+    """
+
+    name: str
+    build: Callable[[], nn.Module]
+    input_shape: tuple[int, ...]
+    description: str
+    task: str | None
+
+
+def _build_digits() -> nn.Module:
+    return pretrained_digits()
+
+
+def _build_resnet18() -> nn.Module:
+    return resnet18().eval()
+
+
+def _build_resnet50() -> nn.Module:
+    return resnet50().eval()
+
+
+def _build_mobilenet_v2() -> nn.Module:
+    return mobilenet_v2().eval()
+
+
+_REGISTRY: dict[str, ZooEntry] = {
+    entry.name: entry
+    for entry in (
+        ZooEntry(
+            name="digits",
+            build=_build_digits,
+            input_shape=DIGITS_INPUT_SHAPE,
+            description="Residual CNN trained on scikit-learn's 8x8 digits (~600k params)",
+            task="digits",
+        ),
+        ZooEntry(
+            name="mobilenet_v2",
+            build=_build_mobilenet_v2,
+            input_shape=_IMAGENET_INPUT_SHAPE,
+            description="MobileNetV2, torchvision layout, random init (3.5M params)",
+            task=None,
+        ),
+        ZooEntry(
+            name="resnet18",
+            build=_build_resnet18,
+            input_shape=_IMAGENET_INPUT_SHAPE,
+            description="ResNet-18, torchvision layout, random init (11.7M params)",
+            task=None,
+        ),
+        ZooEntry(
+            name="resnet50",
+            build=_build_resnet50,
+            input_shape=_IMAGENET_INPUT_SHAPE,
+            description="ResNet-50, torchvision layout, random init (25.6M params)",
+            task=None,
+        ),
+    )
+}
+
+
+def names() -> list[str]:
+    """Return the registered model names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> ZooEntry:
+    """Look up a zoo model by name.
+
+    Args:
+        name: One of :func:`names`.
+
+    Returns:
+        The registry entry.
+
+    Raises:
+        ValueError: If ``name`` is not registered.
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown zoo model {name!r}; choose one of: {', '.join(names())}"
+        ) from None
