@@ -140,13 +140,16 @@ class _LayerTable:
         )
 
 
-def layer_bits(graph: ModelGraph, batch: PlanBatch) -> dict[str, np.ndarray]:
+def layer_bits(
+    graph: ModelGraph, batch: PlanBatch, *, table: _LayerTable | None = None
+) -> dict[str, np.ndarray]:
     """Every size component for every plan and layer, in bits (arrays of plans × layers).
 
     Keys: "total" and its parts "weights" (codes for VQ, packed weights otherwise), "codebook",
     "projection", "scales", "bias", "batchnorm"; and the pruned shapes "c_out", "c_in", "k_eff".
+    `table` is the graph's facts as arrays; pass it when scoring many batches of one graph.
     """
-    table = _table(graph)
+    table = table or _LayerTable.of(graph)
     n_plans = len(batch)
     if table.c_out.size == 0:
         zero = np.zeros((n_plans, 0), dtype=np.int64)
@@ -208,18 +211,6 @@ def layer_bits(graph: ModelGraph, batch: PlanBatch) -> dict[str, np.ndarray]:
     }
 
 
-_TABLES: dict[int, tuple[ModelGraph, _LayerTable]] = {}
-
-
-def _table(graph: ModelGraph) -> _LayerTable:
-    # Keyed by id with the graph held alongside, so a reused id never returns a stale table.
-    cached = _TABLES.get(id(graph))
-    if cached is None or cached[0] is not graph:
-        cached = (graph, _LayerTable.of(graph))
-        _TABLES[id(graph)] = cached
-    return cached[1]
-
-
 class SizePredictor:
     """Exact compressed size of plans for one model: nothing to fit, batched prediction.
 
@@ -231,6 +222,7 @@ class SizePredictor:
     def __init__(self, graph: ModelGraph):
         self.graph = graph
         self.kept_bits = 32 * graph.kept_params
+        self._table = _LayerTable.of(graph)
 
     def fit(self, records: object = None) -> SizePredictor:
         """The size convention is exact; there is nothing to learn."""
@@ -239,7 +231,8 @@ class SizePredictor:
     def predict_bits(self, plans: Sequence[Plan] | PlanBatch) -> np.ndarray:
         """Total bits for each plan (kept modules included)."""
         batch = plans if isinstance(plans, PlanBatch) else PlanBatch.from_plans(self.graph, plans)
-        return layer_bits(self.graph, batch)["total"].sum(axis=1) + self.kept_bits
+        total = layer_bits(self.graph, batch, table=self._table)["total"]
+        return total.sum(axis=1) + self.kept_bits
 
     def predict(self, plans: Sequence[Plan] | PlanBatch) -> np.ndarray:
         """Size in bytes for each plan (fractional bytes where the bits are not a multiple of 8)."""
@@ -328,8 +321,9 @@ class SizeReport:
 
 def size_report(plan: Plan, graph: ModelGraph) -> SizeReport:
     """The exact size of `plan` on the model of `graph`, layer by layer."""
-    parts = layer_bits(graph, PlanBatch.from_plans(graph, [plan]))
-    unchanged = layer_bits(graph, PlanBatch.from_plans(graph, [Plan({})]))["total"][0]
+    table = _LayerTable.of(graph)
+    parts = layer_bits(graph, PlanBatch.from_plans(graph, [plan]), table=table)
+    unchanged = layer_bits(graph, PlanBatch.from_plans(graph, [Plan({})]), table=table)["total"][0]
     layers = tuple(
         LayerSize(
             name=name,

@@ -31,6 +31,7 @@ from search_spaces.knobs import (
     K_MAX,
     K_MIN,
     WEIGHT_BITS,
+    divisors,
     is_power_of_two,
     kept_channels,
 )
@@ -452,13 +453,7 @@ def validate_plan(plan: Plan, graph: ModelGraph) -> None:
             pruned = " after pruning" if row != spec.row_length else ""
             raise PlanError(
                 f"m={layer_plan.m} does not divide the row length D={row}{pruned} "
-                f"(valid m: {', '.join(map(str, _small_divisors(row)))})",
+                f"(valid m: {', '.join(str(d) for d in divisors(row) if d <= 64)})",
                 layer=name,
                 field="m",
             )
-
-
-def _small_divisors(n: int) -> list[int]:
-    from search_spaces.knobs import divisors
-
-    return [d for d in divisors(n) if d <= 64]
