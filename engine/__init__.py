@@ -1,2 +1,34 @@
-"""The compression engine: applies a plan to a model (LR²VQ / PQ, quantizers, pruning, fine-tuning,
-export). Its first part arrives with the engine issue; this package is its home in the layout."""
+"""The compression engine: apply a plan, fine-tune, export, load.
+
+    from engine import apply_plan_, finetune, export, load
+    applied = apply_plan_(model, plan, calibration=batch)   # prune, quantize, in place
+    finetune(model, teacher, loader, plan)                   # distillation, per-layer LRs
+    report = export(model, "model.cpz", model_spec="zoo:digits")
+    same = load("model.cpz")
+
+Kinds: LR²VQ / PQ (`engine.vq`), b-bit and 1-bit weights and N2UQ activations
+(`engine.quantizers`), channel pruning (`engine.pruning`), PQF's permutation (`engine.permute`),
+data-free calibration (`engine.datafree`).
+"""
+
+from engine.apply import AppliedPlan, ApplyConfig, apply_plan_, register_weight_handler
+from engine.datafree import synthesize_batches
+from engine.export import ExportError, ExportReport, export, freeze_, load
+from engine.finetune import FinetuneConfig, FinetuneResult, StopFinetune, finetune
+
+__all__ = [
+    "AppliedPlan",
+    "ApplyConfig",
+    "ExportError",
+    "ExportReport",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "StopFinetune",
+    "apply_plan_",
+    "export",
+    "finetune",
+    "freeze_",
+    "load",
+    "register_weight_handler",
+    "synthesize_batches",
+]

@@ -56,12 +56,16 @@ def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
-def load_model(spec: str, *, input_shape: str | Sequence[int] | None = None) -> LoadedModel:
+def load_model(
+    spec: str, *, input_shape: str | Sequence[int] | None = None, pretrained: bool = True
+) -> LoadedModel:
     """Build the model a spec names, with example inputs.
 
     Args:
         spec: "zoo:NAME", "package.module:callable" or "path/to/file.py:callable".
         input_shape: the example input's shape, batch first; zoo models have a default.
+        pretrained: False builds only the structure of a zoo model (no training, no cache),
+            enough to load a compressed file into.
 
     Raises:
         ModelSpecError: the spec names nothing loadable, does not return an nn.Module, or no input
@@ -74,7 +78,8 @@ def load_model(spec: str, *, input_shape: str | Sequence[int] | None = None) -> 
             entry = zoo.get(spec[4:])
         except (KeyError, ValueError) as error:
             raise ModelSpecError(str(error).strip("'\"")) from None
-        module, default_shape, task = entry.build(), entry.input_shape, entry.task
+        module = entry.build() if pretrained else entry.build_architecture()
+        default_shape, task = entry.input_shape, entry.task
     else:
         factory = _import_callable(spec)
         try:

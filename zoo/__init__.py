@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from zoo.digits import INPUT_SHAPE as DIGITS_INPUT_SHAPE
-from zoo.digits import pretrained_digits
+from zoo.digits import DigitsNet, pretrained_digits
 from zoo.mobilenet import mobilenet_v2
 from zoo.resnet import resnet18, resnet50
 
@@ -39,6 +39,8 @@ class ZooEntry:
         description: One-line human-readable description.
         task: Name of the evaluation task the model is trained for (``"digits"``), or ``None``
             when it has no task (randomly initialized architectures).
+        architecture: Zero-argument factory for the untrained structure, where ``build`` does
+            more than construct (``digits`` trains); ``None`` means ``build`` is cheap.
     """
 
     name: str
@@ -46,6 +48,14 @@ class ZooEntry:
     input_shape: tuple[int, ...]
     description: str
     task: str | None
+    architecture: Callable[[], nn.Module] | None = None
+
+    def build_architecture(self) -> nn.Module:
+        """The model's structure without its trained weights (cheap: never trains).
+
+        Loading a compressed file needs only the structure; its weights come from the file.
+        """
+        return (self.architecture or self.build)().eval()
 
 
 def _build_digits() -> nn.Module:
@@ -73,6 +83,7 @@ _REGISTRY: dict[str, ZooEntry] = {
             input_shape=DIGITS_INPUT_SHAPE,
             description="Residual CNN trained on scikit-learn's 8x8 digits (~600k params)",
             task="digits",
+            architecture=DigitsNet,
         ),
         ZooEntry(
             name="mobilenet_v2",

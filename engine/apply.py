@@ -1,0 +1,239 @@
+"""`apply_plan_(model, plan)`: do what a plan says, in place.
+
+Order of work, so that kinds compose (pruned + VQ, pruned + b-bit):
+1. check the plan against the model (`validate_plan`);
+2. prune every coupling group whose keep ratio is below 1 (channels physically removed);
+3. replace each planned layer by a `PlannedLayer` whose weight source comes from the handler
+   registered for the layer's method ("vq", "bits", "none"), with an N2UQ activation quantizer
+   calibrated on real inputs where the plan asks for fewer than 32 activation bits.
+
+A new compression kind plugs in with `@register_weight_handler("name")`, without touching
+`apply_plan_`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from engine.layers import DenseWeight, PlannedLayer, QuantizedWeight, VQWeight
+from engine.permute import PermutationError, permute_group_, pqf_permutation
+from engine.pruning import prune_
+from engine.quantizers import ActivationQuantizer
+from engine.vq import lr2vq
+from search_spaces.discover import discover
+from search_spaces.graph import ModelGraph
+from search_spaces.plan import LayerPlan, Plan, group_keeps, validate_plan
+
+__all__ = [
+    "AppliedPlan",
+    "ApplyConfig",
+    "applied_plan_of",
+    "apply_plan_",
+    "register_weight_handler",
+]
+
+logger = logging.getLogger("compplan")
+
+# Calibrating activation quantizers needs a few hundred examples, not a whole data set.
+_CALIBRATION_EXAMPLES = 256
+
+
+@dataclass(frozen=True)
+class ApplyConfig:
+    """How to apply a plan.
+
+    Attributes:
+        kmeans_iterations: Lloyd iterations per VQ layer.
+        anneal: PQF's annealed k-means (noisy centroid updates early on).
+        seed: seeds k-means and the permutation search.
+        progress: a progress bar over layers on stderr.
+        permute: PQF's channel permutation of prunable coupling groups before VQ (it helps
+            where a consumer's subvector spans several input channels, m > K²).
+        permutation_swaps: random swaps tried per group by the permutation search.
+    """
+
+    kmeans_iterations: int = 25
+    anneal: bool = True
+    seed: int = 0
+    progress: bool = True
+    permute: bool = False
+    permutation_swaps: int = 2000
+
+
+@dataclass(frozen=True)
+class AppliedPlan:
+    """What `apply_plan_` did, kept on the model for `export`.
+
+    Attributes:
+        plan: the plan.
+        graph: the model's graph before compression.
+        keeps: keep ratio per coupling group.
+        input_shape: shape of the example inputs (needed to rebuild the pruned architecture).
+    """
+
+    plan: Plan
+    graph: ModelGraph
+    keeps: dict[int, float] = field(default_factory=dict)
+    input_shape: tuple[int, ...] = ()
+
+
+WeightHandler = Callable[[nn.Module, LayerPlan, ApplyConfig], nn.Module]
+_WEIGHT_HANDLERS: dict[str, WeightHandler] = {}
+
+
+def register_weight_handler(method: str) -> Callable[[WeightHandler], WeightHandler]:
+    """Register the function that builds a weight source for layers planned with `method`.
+
+    The handler receives the (already pruned) layer, its `LayerPlan` and the `ApplyConfig`, and
+    returns a module whose forward gives the weight.
+    """
+
+    def register(handler: WeightHandler) -> WeightHandler:
+        _WEIGHT_HANDLERS[method] = handler
+        return handler
+
+    return register
+
+
+@register_weight_handler("vq")
+def _vq(module: nn.Module, plan: LayerPlan, config: ApplyConfig) -> nn.Module:
+    result = lr2vq(
+        module.weight,
+        k=plan.k,
+        m=plan.m,
+        d_tilde=plan.clustering_dim,
+        iterations=config.kmeans_iterations,
+        anneal=config.anneal,
+        seed=config.seed,
+    )
+    return VQWeight(result)
+
+
+@register_weight_handler("bits")
+def _bits(module: nn.Module, plan: LayerPlan, config: ApplyConfig) -> nn.Module:
+    return QuantizedWeight(module.weight, plan.weight_bits)
+
+
+@register_weight_handler("none")
+def _dense(module: nn.Module, plan: LayerPlan, config: ApplyConfig) -> nn.Module:
+    return DenseWeight(module.weight)
+
+
+def applied_plan_of(model: nn.Module) -> AppliedPlan | None:
+    """The `AppliedPlan` that `apply_plan_` left on `model`, if any."""
+    return getattr(model, "_compplan_applied", None)
+
+
+def apply_plan_(
+    model: nn.Module,
+    plan: Plan,
+    *,
+    calibration: Tensor | None = None,
+    example_inputs: Tensor | tuple[Tensor, ...] | None = None,
+    config: ApplyConfig | None = None,
+) -> AppliedPlan:
+    """Compress `model` in place as `plan` says.
+
+    Args:
+        model: the uncompressed model.
+        plan: a plan for this model.
+        calibration: a batch of real (or synthesized) inputs, used to calibrate activation
+            quantizers; its first example also serves as example input.
+        example_inputs: inputs to trace the model with when no calibration batch is given.
+        config: k-means and progress settings.
+
+    Returns:
+        What was done (also kept on the model, where `export` finds it).
+
+    Raises:
+        PlanError: the plan does not fit the model.
+        ValueError: the plan prunes or quantizes activations but no inputs were given.
+    """
+    config = config or ApplyConfig()
+    if example_inputs is None and calibration is not None:
+        example_inputs = calibration[:1]
+    if example_inputs is None:
+        raise ValueError(
+            "apply_plan_ needs example inputs to trace the model: pass calibration= (a batch) "
+            "or example_inputs="
+        )
+    inputs = (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
+    graph = discover(model, inputs, model_name=plan.model or "model")
+    validate_plan(plan, graph)
+    keeps = group_keeps(plan, graph)
+    prune_(model, graph, keeps, inputs)
+    if config.permute:
+        _permute_for_vq_(model, graph, plan, config)
+
+    quantized_inputs = [n for n, lp in plan.layers.items() if lp.act_bits < 32]
+    if quantized_inputs and calibration is None:
+        raise ValueError(
+            f"{len(quantized_inputs)} layers quantize their inputs (act_bits < 32); pass "
+            "calibration= with a batch of real or synthesized inputs"
+        )
+    layer_inputs = _capture_inputs(model, quantized_inputs, calibration) if quantized_inputs else {}
+
+    bar = tqdm(plan.layers.items(), desc="applying plan", unit="layer", disable=not config.progress)
+    for name, layer_plan in bar:
+        bar.set_postfix_str(name)
+        if layer_plan.method == "none" and layer_plan.act_bits == 32:
+            continue  # pruned or learning-rate-only: the layer stays an ordinary module
+        module = model.get_submodule(name)
+        weight = _WEIGHT_HANDLERS[layer_plan.method](module, layer_plan, config)
+        act_quant = None
+        if layer_plan.act_bits < 32:
+            act_quant = ActivationQuantizer(layer_plan.act_bits)
+            act_quant.init_from(layer_inputs[name])
+        model.set_submodule(name, PlannedLayer.replacing(module, weight, act_quant))
+    applied = AppliedPlan(plan=plan, graph=graph, keeps=keeps, input_shape=tuple(inputs[0].shape))
+    model._compplan_applied = applied
+    logger.info("applied %d layer plans (%d groups pruned)", len(plan), len(keeps))
+    return applied
+
+
+def _permute_for_vq_(model: nn.Module, graph: ModelGraph, plan: Plan, config: ApplyConfig) -> None:
+    for group in graph.groups:
+        if not group.prunable:  # its channels reach the output or an op we do not understand
+            continue
+        consumers = {
+            name: (model.get_submodule(name).weight, plan.get(name).m)
+            for name in group.consumers
+            if plan.get(name).method == "vq"
+        }
+        if not consumers:
+            continue
+        channels = model.get_submodule(group.layers[0]).weight.shape[0]
+        perm = pqf_permutation(
+            consumers, channels, swaps=config.permutation_swaps, seed=config.seed
+        )
+        try:
+            permute_group_(model, graph, group.id, perm)
+        except PermutationError as error:
+            logger.info("group %d not permuted: %s", group.id, error)
+
+
+def _capture_inputs(model: nn.Module, names: list[str], batch: Tensor) -> dict[str, Tensor]:
+    """The inputs each named layer sees when the (pruned, still float) model runs on `batch`."""
+    captured: dict[str, Tensor] = {}
+    handles = [
+        model.get_submodule(name).register_forward_pre_hook(
+            lambda _m, args, name=name: captured.__setitem__(name, args[0].detach())
+        )
+        for name in names
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(batch[:_CALIBRATION_EXAMPLES])
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return captured

@@ -1,0 +1,316 @@
+"""Export a compressed model to one safetensors file, and load it back.
+
+What the file holds, by the size convention (so its tensor payload is the predicted size, up to
+padding each bit-packed tensor to whole bytes):
+- VQ layers: codes bit-packed at log2(k_eff) bits, codebook and projection in fp16, bias in fp32;
+- b-bit layers: levels bit-packed at b bits, one fp32 scale per output channel, bias in fp32;
+- BatchNorms folded to one fp32 scale and one fp32 shift per channel;
+- everything else in fp32.
+Activation-quantizer parameters and other buffers are stored too; they are counted apart
+("extra"), since the size convention counts weights.
+
+JSON metadata (under the key "compplan") records the model spec, the plan, the keep ratios, the
+input shape and each planned layer's structure, so that `load` can rebuild the architecture:
+build the uncompressed model from its spec (structure only), prune it to the same shapes, put
+skeleton planned layers in place, fold its BatchNorms, and load the tensors.
+
+Export freezes the model first (`freeze_`): b-bit layers take their integer form and BatchNorms
+are folded. The frozen in-memory model and the loaded one compute identical outputs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from engine.apply import AppliedPlan, applied_plan_of
+from engine.bitpack import pack_bits, unpack_bits
+from engine.layers import (
+    DenseWeight,
+    FixedQuantizedWeight,
+    FoldedBatchNorm,
+    PlannedLayer,
+    QuantizedWeight,
+    VQWeight,
+)
+from engine.pruning import prune_
+from engine.quantizers import ActivationQuantizer
+from engine.vq import VQResult
+from search_spaces.discover import discover
+from search_spaces.plan import Plan
+
+__all__ = ["ExportError", "ExportReport", "export", "freeze_", "load", "read_metadata"]
+
+FORMAT = "compplan-model"
+FORMAT_VERSION = 1
+_META_KEY = "compplan"
+
+
+class ExportError(ValueError):
+    """A file that is not a compplan model, is damaged, or does not fit the model given."""
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What was written.
+
+    Attributes:
+        path: the file.
+        file_bytes: the file's size on disk (payload, extra tensors, header).
+        payload_bytes: the tensors the size convention counts.
+        extra_bytes: activation-quantizer parameters and other buffers.
+        predicted_bytes: `predictors.size`'s prediction for the plan.
+        packed_tensors: how many bit-packed tensors there are (each pads to < 1 byte more).
+    """
+
+    path: Path
+    file_bytes: int
+    payload_bytes: int
+    extra_bytes: int
+    predicted_bytes: float
+    packed_tensors: int
+
+    def to_dict(self) -> dict:
+        return {
+            "path": str(self.path),
+            "file_bytes": self.file_bytes,
+            "payload_bytes": self.payload_bytes,
+            "extra_bytes": self.extra_bytes,
+            "predicted_bytes": self.predicted_bytes,
+            "packed_tensors": self.packed_tensors,
+        }
+
+
+def freeze_(model: nn.Module) -> nn.Module:
+    """Put `model` in its deployed form, in place: integer weights, folded BatchNorms, eval mode.
+
+    Idempotent. Training after freezing trains the folded scales and shifts, not BatchNorms.
+    """
+    model.eval()
+    for name, module in list(model.named_modules()):
+        if isinstance(module, PlannedLayer) and isinstance(module.weight_source, QuantizedWeight):
+            module.weight_source = module.weight_source.fixed()
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            model.set_submodule(name, FoldedBatchNorm.of(module))
+    return model
+
+
+def _layer_metadata(layer: PlannedLayer) -> dict:
+    source = layer.weight_source
+    meta: dict = {
+        "kind": layer.kind,
+        "geometry": layer.geometry,
+        "bias": layer.bias is not None,
+        "act_bits": layer.act_quant.bits if layer.act_quant is not None else 32,
+    }
+    if isinstance(source, VQWeight):
+        meta |= {
+            "method": "vq",
+            "shape": list(source.shape),
+            "k_eff": source.codebook.shape[0],
+            "d_tilde": source.codebook.shape[1],
+            "m": source.codebook.shape[1]
+            if source.projection is None
+            else source.projection.shape[1],
+            "projection": source.projection is not None,
+            "count": source.codes.numel(),
+        }
+    elif isinstance(source, FixedQuantizedWeight):
+        meta |= {"method": "bits", "shape": list(source.q.shape), "bits": source.bits}
+    else:
+        meta |= {"method": "none", "shape": list(source.weight.shape)}
+    return meta
+
+
+def export(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    model_spec: str | None = None,
+    task: str | None = None,
+    applied: AppliedPlan | None = None,
+) -> ExportReport:
+    """Freeze `model` in place and write it to `path`.
+
+    Args:
+        model: a model compressed by `apply_plan_` (and perhaps fine-tuned).
+        path: the file to write (safetensors).
+        model_spec: how `load` rebuilds the uncompressed structure ("zoo:digits",
+            "package.module:callable"); without one, `load` needs the model passed in.
+        task: the task the model is evaluated on ("digits"), if any.
+        applied: what `apply_plan_` returned (found on the model when not given).
+
+    Returns:
+        The sizes written, with the prediction to compare.
+    """
+    from safetensors.torch import save_file
+
+    from predictors.size import size_report
+
+    applied = applied or applied_plan_of(model)
+    if applied is None:
+        raise ExportError("the model carries no applied plan; compress it with apply_plan_ first")
+    freeze_(model)
+    layers = {
+        n: _layer_metadata(m) for n, m in model.named_modules() if isinstance(m, PlannedLayer)
+    }
+    param_ids = {id(p) for p in model.parameters()}
+    tensors: dict[str, Tensor] = {}
+    packed: dict[str, dict] = {}
+    extra: list[str] = []
+    aliases: dict[str, str] = {}
+    seen: dict[int, str] = {}
+    for key, value in model.state_dict(keep_vars=True).items():
+        if id(value) in seen:  # tied weights are stored once
+            aliases[key] = seen[id(value)]
+            continue
+        seen[id(value)] = key
+        tensor = value.detach()
+        owner, _, leaf = key.rpartition(".")
+        layer_name = owner.removesuffix(".weight_source")
+        if leaf in ("codes", "q") and owner.endswith(".weight_source") and layer_name in layers:
+            meta = layers[layer_name]
+            bits = (meta["k_eff"] - 1).bit_length() if leaf == "codes" else meta["bits"]
+            packed[key] = {"bits": bits, "count": tensor.numel(), "shape": list(tensor.shape)}
+            tensors[key] = pack_bits(tensor, bits)
+        elif leaf in ("codebook", "projection") and layer_name in layers:
+            tensors[key] = tensor.half().contiguous()
+        else:
+            tensors[key] = tensor.contiguous().clone()
+            is_weight = id(value) in param_ids or (leaf == "scale" and layer_name in layers)
+            if ".act_quant." in f".{key}" or not is_weight:
+                extra.append(key)
+    metadata = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "model_spec": model_spec,
+        "task": task,
+        "input_shape": list(applied.input_shape),
+        "plan": applied.plan.to_dict(),
+        "keeps": {str(g): k for g, k in applied.keeps.items()},
+        "layers": layers,
+        "packed": packed,
+        "extra": extra,
+        "aliases": aliases,
+    }
+    path = Path(path)
+    save_file(tensors, str(path), metadata={_META_KEY: json.dumps(metadata)})
+    nbytes = {k: t.numel() * t.element_size() for k, t in tensors.items()}
+    extra_bytes = sum(nbytes[k] for k in extra)
+    predicted = size_report(applied.plan, applied.graph).total_bits / 8
+    return ExportReport(
+        path=path,
+        file_bytes=path.stat().st_size,
+        payload_bytes=sum(nbytes.values()) - extra_bytes,
+        extra_bytes=extra_bytes,
+        predicted_bytes=predicted,
+        packed_tensors=len(packed),
+    )
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The JSON metadata of an exported file.
+
+    Raises:
+        ExportError: the file is missing, not safetensors, or not a compplan model.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"model file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get(_META_KEY)
+    except Exception as error:
+        raise ExportError(f"{path} is not a readable safetensors file ({error})") from None
+    if raw is None:
+        raise ExportError(f"{path} is a safetensors file but not a compplan model (no metadata)")
+    meta = json.loads(raw)
+    if meta.get("format") != FORMAT or meta.get("version", 0) > FORMAT_VERSION:
+        raise ExportError(f"{path}: unsupported format {meta.get('format')} v{meta.get('version')}")
+    return meta
+
+
+def _skeleton(meta: dict) -> PlannedLayer:
+    shape = tuple(meta["shape"])
+    if meta["method"] == "vq":
+        d, m = meta["d_tilde"], meta["m"]
+        projection = torch.zeros(d, m) if meta["projection"] else None
+        result = VQResult(
+            codes=torch.zeros(meta["count"], dtype=torch.int64),
+            codebook=torch.zeros(meta["k_eff"], d),
+            projection=projection,
+            shape=shape,
+        )
+        weight: nn.Module = VQWeight(result)
+    elif meta["method"] == "bits":
+        weight = FixedQuantizedWeight(
+            torch.zeros(shape, dtype=torch.int64), torch.zeros(shape[0]), meta["bits"]
+        )
+    else:
+        weight = DenseWeight(torch.zeros(shape))
+    geometry = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["geometry"].items()}
+    act = ActivationQuantizer(meta["act_bits"]) if meta["act_bits"] < 32 else None
+    bias = torch.zeros(shape[0]) if meta["bias"] else None
+    return PlannedLayer(meta["kind"], weight, bias, geometry, act)
+
+
+def load(path: str | Path, *, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild an exported model, ready to run (eval mode, deployed form).
+
+    Args:
+        path: a file written by `export`.
+        model: the uncompressed model's structure (any weights); needed when the file records
+            no model spec. Changed in place and returned.
+
+    Raises:
+        ExportError: the file is missing, damaged, or was exported from another model.
+    """
+    from safetensors.torch import load_file
+
+    from search_spaces.model_spec import load_model
+
+    path = Path(path)
+    meta = read_metadata(path)
+    shape = tuple(meta["input_shape"])
+    if model is None:
+        if not meta.get("model_spec"):
+            raise ExportError(
+                f"{path} records no model spec; pass model= (the uncompressed structure)"
+            )
+        model = load_model(meta["model_spec"], input_shape=shape, pretrained=False).module
+    inputs = (torch.zeros(shape),)
+    plan = Plan.from_dict(meta["plan"])
+    graph = discover(model, inputs, model_name=meta.get("model_spec") or "model")
+    if plan.fingerprint and plan.fingerprint != graph.fingerprint:
+        raise ExportError(f"{path} was exported from another model than the one given")
+    prune_(model, graph, {int(g): k for g, k in meta["keeps"].items()}, inputs)
+    for name, layer_meta in meta["layers"].items():
+        model.set_submodule(name, _skeleton(layer_meta))
+    freeze_(model)
+    try:
+        tensors = load_file(str(path))
+    except Exception as error:
+        raise ExportError(f"{path} is damaged ({error})") from None
+    state = {}
+    for key, tensor in tensors.items():
+        info = meta["packed"].get(key)
+        if info is not None:
+            try:
+                tensor = unpack_bits(tensor, info["bits"], info["count"]).reshape(info["shape"])
+            except ValueError as error:
+                raise ExportError(f"{path}: tensor {key} is damaged ({error})") from None
+        state[key] = tensor.float() if tensor.dtype == torch.float16 else tensor
+    for alias, target in meta["aliases"].items():
+        state[alias] = state[target]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise ExportError(f"{path} does not fit the rebuilt model ({first})") from None
+    return model.eval()

@@ -1,0 +1,168 @@
+"""LR²VQ and PQ: cluster a layer's weight subvectors into a codebook.
+
+A layer's weights are cut as PQF cuts them: each output row (length D = C_in/groups·K², in the
+weight's C order, so m = K² is one kernel) into D/m subvectors of length m, giving an (N/m)×m
+matrix X. LR²VQ represents each subvector as a d̃-dimensional latent times one layer-wide d̃×m
+projection P, initialised from the SVD of X (the top d̃ right singular vectors), clusters the
+latents Z = X·Pᵀ with k-means, and decodes a subvector as codebook[code]·P. With d̃ = m there is no
+projection and this is plain PQ.
+
+k-means is seeded with k-means++ and annealed as in PQF: assignments use the clean latents;
+centroid updates use the latents plus Gaussian noise whose std shrinks as (1 − t/T)^0.5, which
+lets centroids escape poor early assignments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from search_spaces.knobs import effective_k
+
+__all__ = ["VQResult", "decode", "kmeans", "lr2vq", "subvectors"]
+
+# Assignment computes a chunk × k distance matrix; this bounds it to ~256 MiB at k = 4096.
+_CHUNK = 16384
+# Initial noise std of the annealed updates, as a share of the latents' per-dimension std.
+_ANNEAL_NOISE = 0.2
+
+
+@dataclass(frozen=True)
+class VQResult:
+    """A layer's quantized form.
+
+    Attributes:
+        codes: (N/m,) int64 code of each subvector, in [0, k_eff).
+        codebook: (k_eff, d̃) float32 centroids in latent space.
+        projection: (d̃, m) float32 LR²VQ projection, or None for plain PQ (d̃ = m).
+        shape: the weight's shape.
+    """
+
+    codes: Tensor
+    codebook: Tensor
+    projection: Tensor | None
+    shape: tuple[int, ...]
+
+    @property
+    def k_eff(self) -> int:
+        return self.codebook.shape[0]
+
+
+def subvectors(weight: Tensor, m: int) -> Tensor:
+    """(C_out, …) weight → (N/m, m) subvectors, each output row cut into D/m consecutive blocks."""
+    rows = weight.reshape(weight.shape[0], -1)
+    if rows.shape[1] % m:
+        raise ValueError(f"m={m} does not divide the row length {rows.shape[1]}")
+    return rows.reshape(-1, m)
+
+
+def decode(
+    codes: Tensor, codebook: Tensor, projection: Tensor | None, shape: tuple[int, ...]
+) -> Tensor:
+    """The weight a VQ layer stands for: codebook[codes] (·P for LR²VQ), reshaped to `shape`."""
+    latents = codebook[codes]
+    vectors = latents if projection is None else latents @ projection
+    return vectors.reshape(shape)
+
+
+def _nearest(points: Tensor, centroids: Tensor) -> Tensor:
+    codes = torch.empty(points.shape[0], dtype=torch.int64)
+    c_sq = (centroids * centroids).sum(1)
+    for start in range(0, points.shape[0], _CHUNK):
+        chunk = points[start : start + _CHUNK]
+        # ‖p − c‖² = ‖p‖² − 2p·c + ‖c‖²; ‖p‖² is the same for every c and can be dropped.
+        distances = c_sq[None, :] - 2.0 * chunk @ centroids.T
+        codes[start : start + _CHUNK] = distances.argmin(1)
+    return codes
+
+
+def _kmeans_plus_plus(points: Tensor, k: int, generator: torch.Generator) -> Tensor:
+    n = points.shape[0]
+    first = torch.randint(n, (1,), generator=generator)
+    centroids = [points[first]]
+    closest = ((points - centroids[0]) ** 2).sum(1)
+    for _ in range(1, k):
+        total = closest.sum()
+        if total <= 0:  # every point already coincides with a centroid
+            pick = torch.randint(n, (1,), generator=generator)
+        else:
+            pick = torch.multinomial(closest / total, 1, generator=generator)
+        centroids.append(points[pick])
+        closest = torch.minimum(closest, ((points - points[pick]) ** 2).sum(1))
+    return torch.cat(centroids)
+
+
+def kmeans(
+    points: Tensor, k: int, *, iterations: int = 25, anneal: bool = True, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """k-means++ seeded, optionally annealed k-means.
+
+    Args:
+        points: (n, d) float data; n ≥ k.
+        k: clusters.
+        iterations: Lloyd iterations.
+        anneal: add shrinking Gaussian noise to the centroid updates (PQF).
+        seed: seeds the k-means++ draws and the noise.
+
+    Returns:
+        (centroids (k, d), codes (n,)) with codes assigned to the final centroids.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    points = points.float()
+    n = points.shape[0]
+    if k > n:
+        raise ValueError(f"k={k} clusters for only {n} points")
+    centroids = _kmeans_plus_plus(points, k, generator)
+    noise_std = _ANNEAL_NOISE * points.std(0, keepdim=True) if anneal else None
+    for t in range(iterations):
+        codes = _nearest(points, centroids)
+        targets = points
+        if noise_std is not None:
+            scale = (1.0 - t / iterations) ** 0.5
+            targets = points + scale * noise_std * torch.randn(points.shape, generator=generator)
+        sums = torch.zeros_like(centroids).index_add_(0, codes, targets)
+        counts = torch.bincount(codes, minlength=k).to(points.dtype)
+        empty = counts == 0
+        centroids = torch.where(empty[:, None], centroids, sums / counts.clamp(min=1)[:, None])
+        if empty.any():
+            # Re-seed empty clusters at the points worst served by the current codebook.
+            errors = ((points - centroids[codes]) ** 2).sum(1)
+            worst = errors.topk(int(empty.sum())).indices
+            centroids[empty] = points[worst]
+    return centroids, _nearest(points, centroids)
+
+
+def lr2vq(
+    weight: Tensor,
+    *,
+    k: int,
+    m: int,
+    d_tilde: int | None = None,
+    iterations: int = 25,
+    anneal: bool = True,
+    seed: int = 0,
+) -> VQResult:
+    """Quantize one layer's weight with LR²VQ (d̃ < m) or PQ (d̃ = m or None).
+
+    k is clamped to k_eff = min(k, largest power of two ≤ C_out·(D/m)/4), the size convention's
+    rule, so the result has exactly the size that `predictors.size` predicts.
+    """
+    weight = weight.detach().float()
+    x = subvectors(weight, m)
+    d = m if d_tilde is None else d_tilde
+    if not 1 <= d <= m:
+        raise ValueError(f"d_tilde={d} must be in 1..m={m}")
+    k_eff = effective_k(k, weight.shape[0], x.shape[0] * m // weight.shape[0], m)
+    projection = None
+    latents = x
+    if d < m:
+        # Rows of Vᵀ are orthonormal, so Z = X·Pᵀ is the best rank-d̃ coordinates of X.
+        _, _, vh = torch.linalg.svd(x, full_matrices=False)
+        projection = vh[:d].contiguous()
+        latents = x @ projection.T
+    codebook, codes = kmeans(latents, k_eff, iterations=iterations, anneal=anneal, seed=seed)
+    return VQResult(
+        codes=codes, codebook=codebook, projection=projection, shape=tuple(weight.shape)
+    )

@@ -1,0 +1,73 @@
+"""LR²VQ and PQ: shapes, k_eff, error ordering, determinism, and k-means itself."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.vq import decode, kmeans, lr2vq, subvectors
+from search_spaces.knobs import effective_k
+
+
+def _relative_error(weight, result):
+    approx = decode(result.codes, result.codebook, result.projection, result.shape)
+    return ((approx - weight).norm() / weight.norm()).item()
+
+
+def test_subvectors_cut_rows_like_pqf():
+    weight = torch.arange(2 * 3 * 3 * 3, dtype=torch.float32).reshape(2, 3, 3, 3)
+    x = subvectors(weight, 9)
+    assert x.shape == (6, 9)
+    assert torch.equal(x[0], weight[0, 0].flatten())  # m = K² is one kernel
+    assert torch.equal(x[3], weight[1, 0].flatten())
+    with pytest.raises(ValueError, match="does not divide"):
+        subvectors(weight, 4)
+
+
+def test_pq_and_lr2vq_shapes_and_k_eff():
+    weight = torch.randn(64, 32, 3, 3)
+    pq = lr2vq(weight, k=256, m=9)
+    assert pq.projection is None and pq.codebook.shape == (256, 9)
+    assert pq.codes.shape == (64 * 32,) and int(pq.codes.max()) < 256
+    lr = lr2vq(weight, k=256, m=18, d_tilde=6)
+    assert lr.projection.shape == (6, 18) and lr.codebook.shape == (256, 6)
+    tiny = lr2vq(torch.randn(10, 16), k=4096, m=4)
+    assert tiny.k_eff == effective_k(4096, 10, 16, 4) == 8  # 40 subvectors / 4 → 8
+
+
+def test_error_falls_with_k_and_rises_as_d_tilde_shrinks():
+    torch.manual_seed(0)
+    # weights with low-rank structure plus noise, like trained conv kernels
+    basis = torch.randn(4, 18)
+    weight = (torch.randn(128 * 16, 4) @ basis + 0.1 * torch.randn(128 * 16, 18)).reshape(
+        128, 32, 3, 3
+    )
+    errors_k = [_relative_error(weight, lr2vq(weight, k=k, m=18)) for k in (16, 64, 256)]
+    assert errors_k[0] > errors_k[1] > errors_k[2]
+    errors_d = [_relative_error(weight, lr2vq(weight, k=256, m=18, d_tilde=d)) for d in (2, 4, 18)]
+    assert errors_d[0] > errors_d[1]
+    # with rank-4 structure, d̃ = 4 loses little against full PQ
+    assert errors_d[1] < errors_d[2] + 0.1
+
+
+def test_d_tilde_equal_m_is_plain_pq():
+    weight = torch.randn(32, 16, 3, 3)
+    a = lr2vq(weight, k=64, m=9, d_tilde=9, seed=3)
+    b = lr2vq(weight, k=64, m=9, seed=3)
+    assert a.projection is None and torch.equal(a.codes, b.codes)
+
+
+def test_deterministic_for_a_seed():
+    weight = torch.randn(32, 16, 3, 3)
+    a, b = lr2vq(weight, k=64, m=9, d_tilde=4, seed=1), lr2vq(weight, k=64, m=9, d_tilde=4, seed=1)
+    assert torch.equal(a.codes, b.codes) and torch.equal(a.codebook, b.codebook)
+
+
+def test_kmeans_finds_separated_clusters():
+    torch.manual_seed(0)
+    centers = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    points = (centers[:, None, :] + 0.1 * torch.randn(4, 50, 2)).reshape(-1, 2)
+    found, codes = kmeans(points, 4, anneal=True)
+    matched = torch.cdist(centers, found).min(1).values
+    assert matched.max() < 0.1
+    assert torch.bincount(codes, minlength=4).tolist() == [50, 50, 50, 50]

@@ -1,0 +1,55 @@
+"""Tasks: the data a zoo model is trained on and how it is scored.
+
+The engine and the planner need three things from a task: batches to fine-tune on, a batch of
+inputs to calibrate quantizers with, and an accuracy. Only `digits` exists today (scikit-learn's
+8×8 digits, shipped with the package; nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from zoo.digits import DigitsSplits, evaluate, load_digits_splits
+
+__all__ = ["DigitsTask", "get_task"]
+
+
+@dataclass(frozen=True)
+class DigitsTask:
+    """scikit-learn's digits with the zoo's fixed split (1257 train / 270 val / 270 test)."""
+
+    splits: DigitsSplits
+    name: str = "digits"
+
+    def train_loader(self, *, batch_size: int = 64, seed: int = 0) -> DataLoader:
+        """Shuffled (x, y) batches of the training split, the same order for the same seed."""
+        data = TensorDataset(self.splits.train_x, self.splits.train_y)
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator)
+
+    def calibration(self, n: int = 256) -> Tensor:
+        """The first `n` training inputs (a fixed batch, for quantizer calibration)."""
+        return self.splits.train_x[:n]
+
+    def accuracy(self, model: nn.Module, split: str = "test") -> float:
+        x, y = {
+            "train": (self.splits.train_x, self.splits.train_y),
+            "val": (self.splits.val_x, self.splits.val_y),
+            "test": (self.splits.test_x, self.splits.test_y),
+        }[split]
+        return evaluate(model, x, y)
+
+
+def get_task(name: str, *, seed: int = 0) -> DigitsTask:
+    """The task called `name` ("digits").
+
+    Raises:
+        ValueError: no task has that name.
+    """
+    if name != "digits":
+        raise ValueError(f"unknown task {name!r}; the zoo has: digits")
+    return DigitsTask(load_digits_splits(seed))
