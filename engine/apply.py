@@ -5,7 +5,8 @@ Order of work, so that kinds compose (pruned + VQ, pruned + b-bit):
 2. prune every coupling group whose keep ratio is below 1 (channels physically removed);
 3. replace each planned layer by a `PlannedLayer` whose weight source comes from the handler
    registered for the layer's method ("vq", "bits", "none"), with an N2UQ activation quantizer
-   calibrated on real inputs where the plan asks for fewer than 32 activation bits.
+   calibrated on real inputs where the plan asks for fewer than 32 activation bits;
+4. re-estimate BatchNorm statistics on the calibration batch (`engine.calibrate`).
 
 A new compression kind plugs in with `@register_weight_handler("name")`, without touching
 `apply_plan_`.
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from engine.calibrate import reestimate_batchnorm_
 from engine.layers import DenseWeight, PlannedLayer, QuantizedWeight, VQWeight
 from engine.permute import PermutationError, permute_group_, pqf_permutation
 from engine.pruning import prune_
@@ -56,6 +58,8 @@ class ApplyConfig:
         permute: PQF's channel permutation of prunable coupling groups before VQ (it helps
             where a consumer's subvector spans several input channels, m > K²).
         permutation_swaps: random swaps tried per group by the permutation search.
+        reestimate_batchnorm: recompute BatchNorm statistics on the calibration batch once the
+            layers are replaced (compression shifts what each BatchNorm sees).
     """
 
     kmeans_iterations: int = 25
@@ -64,6 +68,7 @@ class ApplyConfig:
     progress: bool = True
     permute: bool = False
     permutation_swaps: int = 2000
+    reestimate_batchnorm: bool = True
 
 
 @dataclass(frozen=True)
@@ -163,7 +168,11 @@ def apply_plan_(
             "apply_plan_ needs example inputs to trace the model: pass calibration= (a batch) "
             "or example_inputs="
         )
+    device = next(model.parameters()).device
     inputs = (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
+    inputs = tuple(t.to(device) for t in inputs)
+    if calibration is not None:
+        calibration = calibration.to(device)
     graph = discover(model, inputs, model_name=plan.model or "model")
     validate_plan(plan, graph)
     keeps = group_keeps(plan, graph)
@@ -190,7 +199,10 @@ def apply_plan_(
         if layer_plan.act_bits < 32:
             act_quant = ActivationQuantizer(layer_plan.act_bits)
             act_quant.init_from(layer_inputs[name])
-        model.set_submodule(name, PlannedLayer.replacing(module, weight, act_quant))
+        planned = PlannedLayer.replacing(module, weight, act_quant).to(module.weight.device)
+        model.set_submodule(name, planned)
+    if calibration is not None and config.reestimate_batchnorm:
+        reestimate_batchnorm_(model, calibration)
     applied = AppliedPlan(plan=plan, graph=graph, keeps=keeps, input_shape=tuple(inputs[0].shape))
     model._compplan_applied = applied
     logger.info("applied %d layer plans (%d groups pruned)", len(plan), len(keeps))

@@ -63,7 +63,6 @@ class ExportReport:
         file_bytes: the file's size on disk (payload, extra tensors, header).
         payload_bytes: the tensors the size convention counts.
         extra_bytes: activation-quantizer parameters and other buffers.
-        predicted_bytes: `predictors.size`'s prediction for the plan.
         packed_tensors: how many bit-packed tensors there are (each pads to < 1 byte more).
     """
 
@@ -71,7 +70,6 @@ class ExportReport:
     file_bytes: int
     payload_bytes: int
     extra_bytes: int
-    predicted_bytes: float
     packed_tensors: int
 
     def to_dict(self) -> dict:
@@ -80,7 +78,6 @@ class ExportReport:
             "file_bytes": self.file_bytes,
             "payload_bytes": self.payload_bytes,
             "extra_bytes": self.extra_bytes,
-            "predicted_bytes": self.predicted_bytes,
             "packed_tensors": self.packed_tensors,
         }
 
@@ -145,11 +142,9 @@ def export(
         applied: what `apply_plan_` returned (found on the model when not given).
 
     Returns:
-        The sizes written, with the prediction to compare.
+        The sizes written (compare `payload_bytes` with `predictors.size.size_report`).
     """
     from safetensors.torch import save_file
-
-    from predictors.size import size_report
 
     applied = applied or applied_plan_of(model)
     if applied is None:
@@ -169,7 +164,7 @@ def export(
             aliases[key] = seen[id(value)]
             continue
         seen[id(value)] = key
-        tensor = value.detach()
+        tensor = value.detach().cpu()
         owner, _, leaf = key.rpartition(".")
         layer_name = owner.removesuffix(".weight_source")
         if leaf in ("codes", "q") and owner.endswith(".weight_source") and layer_name in layers:
@@ -201,13 +196,11 @@ def export(
     save_file(tensors, str(path), metadata={_META_KEY: json.dumps(metadata)})
     nbytes = {k: t.numel() * t.element_size() for k, t in tensors.items()}
     extra_bytes = sum(nbytes[k] for k in extra)
-    predicted = size_report(applied.plan, applied.graph).total_bits / 8
     return ExportReport(
         path=path,
         file_bytes=path.stat().st_size,
         payload_bytes=sum(nbytes.values()) - extra_bytes,
         extra_bytes=extra_bytes,
-        predicted_bytes=predicted,
         packed_tensors=len(packed),
     )
 

@@ -34,12 +34,12 @@ def channel_importance(model: nn.Module, graph: ModelGraph, group_id: int) -> Te
     score = torch.zeros(group.channels)
     for name in group.layers:
         weight = model.get_submodule(name).weight.detach()
-        norms = weight.reshape(weight.shape[0], -1).norm(dim=1)
+        norms = weight.reshape(weight.shape[0], -1).norm(dim=1).cpu()
         bn_name = graph.layers[name].batchnorm
         if bn_name is not None:
             bn = model.get_submodule(bn_name)
             if bn.affine:
-                norms = norms * bn.weight.detach().abs()
+                norms = norms * bn.weight.detach().abs().cpu()
         score += norms / norms.mean().clamp(min=1e-12)
     return score
 

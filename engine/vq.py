@@ -149,7 +149,8 @@ def lr2vq(
     k is clamped to k_eff = min(k, largest power of two ≤ C_out·(D/m)/4), the size convention's
     rule, so the result has exactly the size that `predictors.size` predicts.
     """
-    weight = weight.detach().float()
+    # k-means runs on the CPU (its seeded generator lives there); the caller moves the result.
+    weight = weight.detach().float().cpu()
     x = subvectors(weight, m)
     d = m if d_tilde is None else d_tilde
     if not 1 <= d <= m:

@@ -141,8 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="compplan: %(message)s",
         stream=sys.stderr,
     )
-    from engine.compress import CompressionError
     from engine.export import ExportError
+    from planner.compress import CompressionError
     from search_spaces import DiscoveryError, PlanError
     from search_spaces.model_spec import ModelSpecError
 
@@ -389,7 +389,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from engine.compress import CompressionJob
+    from planner.compress import CompressionJob
 
     job = CompressionJob(
         model_spec=args.model,

@@ -4,9 +4,9 @@
 
 Measures, side by side in one run (figures printed and written to
 benchmarks/results/engine.json):
-- uniform PQ and LR²VQ at about 20× and 40× (3 seeds each): the PQ setting (k, m) nearest each
+- uniform PQ and LR²VQ at about 20×, 40× and 80× (3 seeds each): the PQ setting (k, m) nearest each
   ratio from a grid, and the LR²VQ setting (d̃ < m) of the same grid whose size is closest to it
-  without exceeding it; accuracy after distillation fine-tuning;
+  without exceeding it; accuracy right after k-means and after distillation fine-tuning;
 - 4-bit and 2-bit weights with 4-bit activations, and 1-bit weights (first conv and classifier at
   32 bits, as in every anchor);
 - keep ratio 0.5 on every prunable coupling group: MACs and CPU latency before and after
@@ -98,12 +98,15 @@ def pick_vq_settings(graph, target: float) -> dict:
     return {"pq": {"k": pq[0], "m": pq[1]}, "lr2vq": {"k": lr[0], "m": lr[1], "d_fraction": lr[2]}}
 
 
-def compress(teacher, plan, *, seed, epochs, task, data=None, calibration=None):
+def compress(teacher, plan, *, seed, epochs, task, data=None, calibration=None, before=None):
+    """Apply, then fine-tune; `before` (a list) collects the accuracy between the two."""
     student = copy.deepcopy(teacher)
     calibration = task.calibration() if calibration is None else calibration
     apply_plan_(
         student, plan, calibration=calibration, config=ApplyConfig(seed=seed, progress=False)
     )
+    if before is not None:
+        before.append(task.accuracy(student))
     if data is None:
         data = task.train_loader(seed=seed)
     finetune(
@@ -159,6 +162,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=9, help="fine-tune epochs (PQF uses 9)")
     parser.add_argument("--quick", action="store_true", help="1 seed, 2 epochs: a smoke run")
+    parser.add_argument(
+        "--ratios", type=float, nargs="+", default=[20, 40, 80], help="VQ target ratios"
+    )
     args = parser.parse_args()
     seeds = range(1 if args.quick else args.seeds)
     epochs = 2 if args.quick else args.epochs
@@ -180,17 +186,21 @@ def main() -> None:
     }
 
     started = time.perf_counter()
-    for target in (20, 40):
+    for target in args.ratios:
         settings = pick_vq_settings(graph, target)
         entry = {}
         for method, s in settings.items():
             plan = vq_plan(graph, s["k"], s["m"], s.get("d_fraction", 1.0))
             report = size_report(plan, graph)
+            untuned: list[float] = []
             accuracies = [
-                task.accuracy(compress(teacher, plan, seed=seed, epochs=epochs, task=task))
+                task.accuracy(
+                    compress(teacher, plan, seed=seed, epochs=epochs, task=task, before=untuned)
+                )
                 for seed in seeds
             ]
             entry[method] = {
+                "accuracy_before_finetune": summary(untuned),
                 "setting": s,
                 "size_bytes": report.size_bytes,
                 "ratio": report.compression_ratio,
@@ -200,9 +210,10 @@ def main() -> None:
             print(
                 f"{target}×  {method:<6} {s}  {report.compression_ratio:5.1f}×  "
                 f"{report.size_bytes:>7,} B  accuracy {statistics.fmean(accuracies):.4f} "
-                f"(min {min(accuracies):.4f}, max {max(accuracies):.4f})"
+                f"(min {min(accuracies):.4f}, max {max(accuracies):.4f}); "
+                f"before fine-tuning {statistics.fmean(untuned):.4f}"
             )
-        result["vq"][f"{target}x"] = entry
+        result["vq"][f"{target:g}x"] = entry
 
     for label, knobs in {
         "w4a4": {"weight_bits": 4, "act_bits": 4},
@@ -211,18 +222,23 @@ def main() -> None:
     }.items():
         plan = uniform_plan(graph, **knobs)
         report = size_report(plan, graph)
+        untuned = []
         accuracies = [
-            task.accuracy(compress(teacher, plan, seed=seed, epochs=epochs, task=task))
+            task.accuracy(
+                compress(teacher, plan, seed=seed, epochs=epochs, task=task, before=untuned)
+            )
             for seed in seeds
         ]
         result["bits"][label] = {
+            "accuracy_before_finetune": summary(untuned),
             "ratio": report.compression_ratio,
             "accuracy": summary(accuracies),
         }
         print(
             f"{label:<5} {report.compression_ratio:5.1f}×  "
             f"accuracy {statistics.fmean(accuracies):.4f} "
-            f"(min {min(accuracies):.4f}, max {max(accuracies):.4f})"
+            f"(min {min(accuracies):.4f}, max {max(accuracies):.4f}); "
+            f"before fine-tuning {statistics.fmean(untuned):.4f}"
         )
 
     plan = keep_plan(graph, 0.5)
@@ -299,20 +315,21 @@ def main() -> None:
                 student, Path(folder) / f"{name}.cpz", model_spec="zoo:digits", task="digits"
             )
             loaded = load(report.path)
+            predicted = size_report(plan, graph).total_bits / 8
             with torch.no_grad():
                 diff = (student(x) - loaded(x)).abs().max().item()
             round_trips[name] = {
                 "max_abs_diff": diff,
                 "payload_bytes": report.payload_bytes,
-                "predicted_bytes": report.predicted_bytes,
-                "padding_bytes": report.payload_bytes - report.predicted_bytes,
+                "predicted_bytes": predicted,
+                "padding_bytes": report.payload_bytes - predicted,
                 "extra_bytes": report.extra_bytes,
                 "file_bytes": report.file_bytes,
             }
             print(
                 f"export {name:<11} max |Δ| {diff:.1e}  payload {report.payload_bytes:,} B = "
-                f"predicted {report.predicted_bytes:,.0f} + "
-                f"{report.payload_bytes - report.predicted_bytes:.0f}"
+                f"predicted {predicted:,.0f} + "
+                f"{report.payload_bytes - predicted:.0f}"
                 f" padding; extra {report.extra_bytes} B; file {report.file_bytes:,} B"
             )
     result["export"] = round_trips

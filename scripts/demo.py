@@ -4,9 +4,11 @@
     .venv/bin/python scripts/demo.py [--cache-dir DIR]
 
 It trains `zoo:digits` on first use (under two minutes on a 2-core CPU; cached afterwards in the
-user's cache directory, or COMPPLAN_CACHE_DIR), reports its test accuracy, lists its layers, and
-prints the exact size of a few preset plans, writing each plan to out/. Later issues turn this into
-the full budget-constrained search, apply and export.
+user's cache directory, or COMPPLAN_CACHE_DIR), reports its test accuracy, lists its layers,
+prints the exact size of a few preset plans (writing each plan to out/), then applies PQF's small
+blocks: k-means, three epochs of distillation fine-tuning, export to out/digits-pqf-small.cpz,
+and the accuracy and bytes of the result. Later issues turn this into the budget-constrained
+search.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from pathlib import Path
 
 from planner.cli import inspect_rows
+from planner.compress import CompressionJob
 from planner.presets import make_preset
 from predictors.size import size_report
 from search_spaces import discover
@@ -58,10 +61,19 @@ def main() -> None:
         plan.save(path)
         report = size_report(plan, graph)
         print(f"{preset:<18} {report.size_bytes:>10,} B {report.compression_ratio:>6.1f}×  {path}")
+    print(f"baseline {graph.baseline_bits // 8:,} B at 32 bits")
+
+    print("\napplying pqf-small: k-means, 3 epochs of distillation, export")
+    result = CompressionJob(
+        "zoo:digits", plan_path=out / "digits-pqf-small.json", out=out / "digits-pqf-small.cpz"
+    ).run()
     print(
-        f"\nbaseline {graph.baseline_bits // 8:,} B at 32 bits. Next: "
-        f"compplan size --model zoo:digits --plan {out}/digits-pqf-small.json"
+        f"accuracy {result['accuracy_before']:.2%} → {result['accuracy_after']:.2%}; "
+        f"{out / 'digits-pqf-small.cpz'}: {result['file_bytes']:,} B on disk, weights "
+        f"{result['payload_bytes']:,} B (predicted {result['predicted_bytes']:,.0f} B), "
+        f"{result['compression_ratio']:.1f}× smaller"
     )
+    print(f"next: compplan eval {out / 'digits-pqf-small.cpz'}")
 
 
 if __name__ == "__main__":

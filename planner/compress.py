@@ -4,7 +4,7 @@ Load the model from its spec, keep a copy as the teacher, apply the plan, fine-t
 distillation from the teacher (on the task's data, or on inputs synthesized from the teacher's
 BatchNorm statistics when there is no data), export, and report accuracy and bytes. In Python:
 
-    from engine.compress import CompressionJob
+    from planner.compress import CompressionJob
     result = CompressionJob("zoo:digits", plan_path="plan.json", out="digits.cpz").run()
 """
 
@@ -21,6 +21,7 @@ from engine.apply import ApplyConfig, apply_plan_
 from engine.datafree import synthesize_batches
 from engine.export import export
 from engine.finetune import FinetuneConfig, finetune
+from predictors.size import size_report
 from search_spaces.model_spec import load_model
 from search_spaces.plan import Plan
 
@@ -97,14 +98,15 @@ class CompressionJob:
         report = export(student, self.out, model_spec=self.model_spec, task=loaded.task)
         accuracy_after = task.accuracy(student) if task else None
         baseline = applied.graph.baseline_bits / 8
+        predicted = size_report(plan, applied.graph).total_bits / 8
         return {
             "model": self.model_spec,
-            "predicted_bytes": report.predicted_bytes,
+            "predicted_bytes": predicted,
             "payload_bytes": report.payload_bytes,
             "extra_bytes": report.extra_bytes,
             "file_bytes": report.file_bytes,
             "baseline_bytes": baseline,
-            "compression_ratio": baseline / report.predicted_bytes,
+            "compression_ratio": baseline / predicted,
             "accuracy_before": accuracy_before,
             "accuracy_after": accuracy_after,
             "data": source,
