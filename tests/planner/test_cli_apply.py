@@ -19,8 +19,10 @@ def digits_cache(tmp_path_factory):
     monkeypatch.undo()
 
 
-def run(capsys, *argv):
-    code = main(list(argv))
+def run(capsys, command: str):
+    """Run `compplan COMMAND` (paths in it must have no spaces); (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = main(command.split())
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -28,26 +30,14 @@ def run(capsys, *argv):
 @pytest.fixture(scope="module")
 def plan_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("plans") / "pqf.json"
-    assert (
-        main(["preset", "--model", "zoo:digits", "--preset", "pqf-small", "--out", str(path)]) == 0
-    )
+    assert main(f"preset --model zoo:digits --preset pqf-small --out {path}".split()) == 0
     return path
 
 
 def test_apply_then_eval(capsys, tmp_path, plan_file):
     out_file = tmp_path / "digits.cpz"
     code, out, err = run(
-        capsys,
-        "apply",
-        "--model",
-        "zoo:digits",
-        "--plan",
-        str(plan_file),
-        "--out",
-        str(out_file),
-        "--epochs",
-        "1",
-        "--json",
+        capsys, f"apply --model zoo:digits --plan {plan_file} --out {out_file} --epochs 1 --json"
     )
     assert code == 0, err
     result = json.loads(out)
@@ -56,30 +46,18 @@ def test_apply_then_eval(capsys, tmp_path, plan_file):
     assert result["file_bytes"] == out_file.stat().st_size > result["payload_bytes"]
     assert result["accuracy_before"] >= 0.97 and result["accuracy_after"] >= 0.95
     assert round(result["compression_ratio"], 1) == 22.5
-    code, out, _ = run(capsys, "eval", str(out_file), "--json")
+    code, out, _ = run(capsys, f"eval {out_file} --json")
     assert code == 0
     assert json.loads(out)["accuracy"] == result["accuracy_after"]  # the file is the model
 
 
 def test_apply_data_free(capsys, tmp_path):
     plan = tmp_path / "bits.json"
-    assert main(["preset", "--model", "zoo:digits", "--preset", "bits:4", "--out", str(plan)]) == 0
-    capsys.readouterr()
+    assert run(capsys, f"preset --model zoo:digits --preset bits:4 --out {plan}")[0] == 0
     code, out, err = run(
         capsys,
-        "apply",
-        "--model",
-        "zoo:digits",
-        "--plan",
-        str(plan),
-        "--out",
-        str(tmp_path / "d.cpz"),
-        "--epochs",
-        "1",
-        "--no-data",
-        "--synthetic",
-        "64",
-        "--json",
+        f"apply --model zoo:digits --plan {plan} --out {tmp_path / 'd.cpz'} --epochs 1 "
+        "--no-data --synthetic 64 --json",
     )
     assert code == 0, err
     result = json.loads(out)
@@ -88,16 +66,7 @@ def test_apply_data_free(capsys, tmp_path):
 
 def test_apply_text_output(capsys, tmp_path, plan_file):
     code, out, _ = run(
-        capsys,
-        "apply",
-        "--model",
-        "zoo:digits",
-        "--plan",
-        str(plan_file),
-        "--out",
-        str(tmp_path / "d.cpz"),
-        "--epochs",
-        "0",
+        capsys, f"apply --model zoo:digits --plan {plan_file} --out {tmp_path / 'd.cpz'} --epochs 0"
     )
     assert code == 0
     assert "accuracy" in out and "predicted 107,032" in out
@@ -113,105 +82,33 @@ def build():
 
 def test_bad_inputs_are_one_line_errors(capsys, tmp_path, plan_file):
     resnet_plan = tmp_path / "r18.json"
-    assert (
-        main(["preset", "--model", "zoo:resnet18", "--preset", "bits:4", "--out", str(resnet_plan)])
-        == 0
-    )
-    capsys.readouterr()
-    truncated = tmp_path / "cut.cpz"
-    good = tmp_path / "good.cpz"
-    assert (
-        main(
-            [
-                "apply",
-                "--model",
-                "zoo:digits",
-                "--plan",
-                str(plan_file),
-                "--out",
-                str(good),
-                "--epochs",
-                "0",
-                "--json",
-            ]
-        )
-        == 0
-    )
+    assert run(capsys, f"preset --model zoo:resnet18 --preset bits:4 --out {resnet_plan}")[0] == 0
+    good, truncated = tmp_path / "good.cpz", tmp_path / "cut.cpz"
+    command = f"apply --model zoo:digits --plan {plan_file} --out {good} --epochs 0 --json"
+    assert run(capsys, command)[0] == 0
     truncated.write_bytes(good.read_bytes()[:1000])
     model_file = tmp_path / "nobn.py"
     model_file.write_text(NO_BN_MODEL)
     no_bn_plan = tmp_path / "nobn.json"
-    spec = f"{model_file}:build"
-    shape = "1,3,8,8"
-    assert (
-        main(
-            [
-                "preset",
-                "--model",
-                spec,
-                "--input-shape",
-                shape,
-                "--preset",
-                "bits:4",
-                "--out",
-                str(no_bn_plan),
-            ]
-        )
-        == 0
-    )
-    capsys.readouterr()
-    cases = [
-        (
-            [
-                "apply",
-                "--model",
-                "zoo:digits",
-                "--plan",
-                str(resnet_plan),
-                "--out",
-                str(tmp_path / "x"),
-            ],
-            "another model",
-        ),
-        (["eval", str(truncated)], "not a readable safetensors file"),
-        (["eval", str(tmp_path / "missing.cpz")], "does not exist"),
-        (["eval", str(plan_file)], "not a readable safetensors file"),
-        (
-            [
-                "apply",
-                "--model",
-                spec,
-                "--input-shape",
-                shape,
-                "--plan",
-                str(no_bn_plan),
-                "--out",
-                str(tmp_path / "y"),
-            ],
-            "--epochs 0",
-        ),
-    ]
-    for argv, message in cases:
-        code, out, err = run(capsys, *argv)
+    user_model = f"--model {model_file}:build --input-shape 1,3,8,8"
+    assert run(capsys, f"preset {user_model} --preset bits:4 --out {no_bn_plan}")[0] == 0
+    cases = {
+        f"apply --model zoo:digits --plan {resnet_plan} --out {tmp_path / 'x'}": "another model",
+        f"eval {truncated}": "not a readable safetensors file",
+        f"eval {tmp_path / 'missing.cpz'}": "does not exist",
+        f"eval {plan_file}": "not a readable safetensors file",
+        f"apply {user_model} --plan {no_bn_plan} --out {tmp_path / 'y'}": "--epochs 0",
+    }
+    for command, message in cases.items():
+        code, _, err = run(capsys, command)
         lines = err.strip().splitlines()
-        assert code == 2 and len(lines) == 1 and message in lines[0], (argv, err)
+        assert code == 2 and len(lines) == 1 and message in lines[0], (command, err)
     # without fine-tuning, a model with no task and no BatchNorm still compresses
+    out_file = tmp_path / "z.cpz"
     code, out, err = run(
-        capsys,
-        "apply",
-        "--model",
-        spec,
-        "--input-shape",
-        shape,
-        "--plan",
-        str(no_bn_plan),
-        "--out",
-        str(tmp_path / "z.cpz"),
-        "--epochs",
-        "0",
-        "--json",
+        capsys, f"apply {user_model} --plan {no_bn_plan} --out {out_file} --epochs 0 --json"
     )
     assert code == 0, err
     assert json.loads(out)["accuracy_after"] is None
-    code, _, err = run(capsys, "eval", str(tmp_path / "z.cpz"))
+    code, _, err = run(capsys, f"eval {out_file}")
     assert code == 2 and "no task" in err
