@@ -142,6 +142,7 @@ def apply_plan_(
     calibration: Tensor | None = None,
     example_inputs: Tensor | tuple[Tensor, ...] | None = None,
     config: ApplyConfig | None = None,
+    model_name: str = "the model",
 ) -> AppliedPlan:
     """Compress `model` in place as `plan` says.
 
@@ -152,13 +153,15 @@ def apply_plan_(
             quantizers; its first example also serves as example input.
         example_inputs: inputs to trace the model with when no calibration batch is given.
         config: k-means and progress settings.
+        model_name: how messages name the model (for example its spec, "zoo:digits").
 
     Returns:
         What was done (also kept on the model, where `export` finds it).
 
     Raises:
         PlanError: the plan does not fit the model.
-        ValueError: the plan prunes or quantizes activations but no inputs were given.
+        ValueError: no inputs were given, or the plan quantizes activations and no calibration
+            batch was given. Every check runs before the model is changed.
     """
     config = config or ApplyConfig()
     if example_inputs is None and calibration is not None:
@@ -173,19 +176,20 @@ def apply_plan_(
     inputs = tuple(t.to(device) for t in inputs)
     if calibration is not None:
         calibration = calibration.to(device)
-    graph = discover(model, inputs, model_name=plan.model or "model")
+    graph = discover(model, inputs, model_name=model_name)
     validate_plan(plan, graph)
     keeps = group_keeps(plan, graph)
-    prune_(model, graph, keeps, inputs)
-    if config.permute:
-        _permute_for_vq_(model, graph, plan, config)
-
     quantized_inputs = [n for n, lp in plan.layers.items() if lp.act_bits < 32]
     if quantized_inputs and calibration is None:
         raise ValueError(
             f"{len(quantized_inputs)} layers quantize their inputs (act_bits < 32); pass "
             "calibration= with a batch of real or synthesized inputs"
         )
+    _refuse_fast_path_layers(model, quantized_inputs)
+
+    prune_(model, graph, keeps, inputs)
+    if config.permute:
+        _permute_for_vq_(model, graph, plan, config)
     layer_inputs = _capture_inputs(model, quantized_inputs, calibration) if quantized_inputs else {}
 
     bar = tqdm(plan.layers.items(), desc="applying plan", unit="layer", disable=not config.progress)
@@ -207,6 +211,24 @@ def apply_plan_(
     model._compplan_applied = applied
     logger.info("applied %d layer plans (%d groups pruned)", len(plan), len(keeps))
     return applied
+
+
+def _refuse_fast_path_layers(model: nn.Module, names: list[str]) -> None:
+    """Activation quantizers inside a TransformerEncoderLayer would be skipped at inference:
+    PyTorch's fast path reads linear1/linear2's weights and never calls the modules."""
+    from search_spaces.plan import PlanError
+
+    for name in names:
+        parts = name.split(".")
+        for depth in range(len(parts) - 1, 0, -1):
+            parent = model.get_submodule(".".join(parts[:depth]))
+            if isinstance(parent, nn.TransformerEncoderLayer | nn.TransformerDecoderLayer):
+                raise PlanError(
+                    "act_bits < 32 inside a Transformer layer is not supported (PyTorch's "
+                    "inference fast path bypasses the quantizer); set act_bits to 32 here",
+                    layer=name,
+                    field="act_bits",
+                )
 
 
 def _permute_for_vq_(model: nn.Module, graph: ModelGraph, plan: Plan, config: ApplyConfig) -> None:

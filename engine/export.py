@@ -20,6 +20,7 @@ are folded. The frozen in-memory model and the loaded one compute identical outp
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,13 +42,26 @@ from engine.pruning import prune_
 from engine.quantizers import ActivationQuantizer
 from engine.vq import VQResult
 from search_spaces.discover import discover
-from search_spaces.plan import Plan
+from search_spaces.plan import Plan, PlanError
 
 __all__ = ["ExportError", "ExportReport", "export", "freeze_", "load", "read_metadata"]
 
 FORMAT = "compplan-model"
 FORMAT_VERSION = 1
 _META_KEY = "compplan"
+_REQUIRED_KEYS = frozenset(
+    {"input_shape", "plan", "keeps", "layers", "packed", "extra", "aliases", "sha256"}
+)
+
+
+def _digest(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes: damage anywhere shows."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        tensor = tensors[key].contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{list(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 class ExportError(ValueError):
@@ -191,6 +205,7 @@ def export(
         "packed": packed,
         "extra": extra,
         "aliases": aliases,
+        "sha256": _digest(tensors),
     }
     path = Path(path)
     save_file(tensors, str(path), metadata={_META_KEY: json.dumps(metadata)})
@@ -214,6 +229,8 @@ def read_metadata(path: str | Path) -> dict:
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_dir():
+        raise ExportError(f"{path} is a directory, not a model file")
     if not path.is_file():
         raise ExportError(f"model file {path} does not exist")
     try:
@@ -223,9 +240,19 @@ def read_metadata(path: str | Path) -> dict:
         raise ExportError(f"{path} is not a readable safetensors file ({error})") from None
     if raw is None:
         raise ExportError(f"{path} is a safetensors file but not a compplan model (no metadata)")
-    meta = json.loads(raw)
-    if meta.get("format") != FORMAT or meta.get("version", 0) > FORMAT_VERSION:
-        raise ExportError(f"{path}: unsupported format {meta.get('format')} v{meta.get('version')}")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise ExportError(f"{path}: its compplan metadata is damaged")
+    if meta.get("format") != FORMAT or not isinstance(meta.get("version"), int):
+        raise ExportError(f"{path}: not a compplan model file (format {meta.get('format')!r})")
+    if meta["version"] > FORMAT_VERSION:
+        raise ExportError(f"{path}: format version {meta['version']} is newer; upgrade compplan")
+    missing = _REQUIRED_KEYS - set(meta)
+    if missing:
+        raise ExportError(f"{path}: its compplan metadata is damaged (missing {sorted(missing)})")
     return meta
 
 
@@ -253,16 +280,34 @@ def _skeleton(meta: dict) -> PlannedLayer:
     return PlannedLayer(meta["kind"], weight, bias, geometry, act)
 
 
-def load(path: str | Path, *, model: nn.Module | None = None) -> nn.Module:
+def _rebuild_(model: nn.Module, meta: dict, shape: tuple[int, ...]) -> None:
+    """Give the uncompressed `model` the exported structure: pruned, planned layers, folded."""
+    inputs = (torch.zeros(shape),)
+    plan = Plan.from_dict(meta["plan"])
+    graph = discover(model, inputs, model_name=meta.get("model_spec") or "the model")
+    if plan.fingerprint and plan.fingerprint != graph.fingerprint:
+        raise ExportError("the file was exported from another model than the one given")
+    prune_(model, graph, {int(g): k for g, k in meta["keeps"].items()}, inputs)
+    for name, layer_meta in meta["layers"].items():
+        model.set_submodule(name, _skeleton(layer_meta))
+    freeze_(model)
+
+
+def load(
+    path: str | Path, *, model: nn.Module | None = None, trust_model_spec: bool = False
+) -> nn.Module:
     """Rebuild an exported model, ready to run (eval mode, deployed form).
 
     Args:
         path: a file written by `export`.
-        model: the uncompressed model's structure (any weights); needed when the file records
-            no model spec. Changed in place and returned.
+        model: the uncompressed model's structure (any weights). Needed unless the file names a
+            zoo model (or `trust_model_spec`). Changed in place and returned.
+        trust_model_spec: build the structure from a non-zoo spec recorded in the file, which
+            imports and calls code the file names: only for files you trust.
 
     Raises:
-        ExportError: the file is missing, damaged, or was exported from another model.
+        ExportError: the file is missing, damaged, names code it may not run, or was exported
+            from another model.
     """
     from safetensors.torch import load_file
 
@@ -270,26 +315,33 @@ def load(path: str | Path, *, model: nn.Module | None = None) -> nn.Module:
 
     path = Path(path)
     meta = read_metadata(path)
-    shape = tuple(meta["input_shape"])
-    if model is None:
-        if not meta.get("model_spec"):
-            raise ExportError(
-                f"{path} records no model spec; pass model= (the uncompressed structure)"
-            )
-        model = load_model(meta["model_spec"], input_shape=shape, pretrained=False).module
-    inputs = (torch.zeros(shape),)
-    plan = Plan.from_dict(meta["plan"])
-    graph = discover(model, inputs, model_name=meta.get("model_spec") or "model")
-    if plan.fingerprint and plan.fingerprint != graph.fingerprint:
-        raise ExportError(f"{path} was exported from another model than the one given")
-    prune_(model, graph, {int(g): k for g, k in meta["keeps"].items()}, inputs)
-    for name, layer_meta in meta["layers"].items():
-        model.set_submodule(name, _skeleton(layer_meta))
-    freeze_(model)
     try:
         tensors = load_file(str(path))
     except Exception as error:
         raise ExportError(f"{path} is damaged ({error})") from None
+    if _digest(tensors) != meta["sha256"]:
+        raise ExportError(f"{path} is damaged: its tensors do not match their checksum")
+    spec = meta.get("model_spec")
+    if model is None:
+        if not spec:
+            raise ExportError(
+                f"{path} records no model spec; pass model= (the uncompressed structure)"
+            )
+        if not str(spec).startswith("zoo:") and not trust_model_spec:
+            # A file must not make us import and run arbitrary code by naming it.
+            raise ExportError(
+                f"{path} names the model spec {spec!r}; pass model= (the structure), or "
+                "trust_model_spec=True if you trust the file"
+            )
+    try:
+        shape = tuple(int(v) for v in meta["input_shape"])
+        if model is None:
+            model = load_model(spec, input_shape=shape, pretrained=False).module
+        _rebuild_(model, meta, shape)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        if isinstance(error, ExportError | PlanError):
+            raise
+        raise ExportError(f"{path}: its compplan metadata is damaged ({error!r})") from None
     state = {}
     for key, tensor in tensors.items():
         info = meta["packed"].get(key)

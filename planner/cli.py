@@ -196,7 +196,7 @@ def _plan_for(args: argparse.Namespace, graph):
     from planner.presets import make_preset
     from search_spaces import Plan, validate_plan
 
-    if getattr(args, "preset", None) and not getattr(args, "plan", None):
+    if getattr(args, "preset", None) is not None and getattr(args, "plan", None) is None:
         return make_preset(graph, args.preset, model=args.model)
     plan = Plan.load(args.plan)
     validate_plan(plan, graph)
@@ -428,8 +428,12 @@ def _eval(args: argparse.Namespace) -> int:
             f"{args.file} records no task to evaluate on; compplan eval scores zoo task models "
             "(load it in Python with engine.load and evaluate it yourself)"
         )
+    try:
+        task = get_task(meta["task"])
+    except ValueError as error:
+        raise ExportError(f"{args.file}: {error}") from None
     model = load(args.file)
-    accuracy = get_task(meta["task"]).accuracy(model, "test")
+    accuracy = task.accuracy(model, "test")
     if args.json:
         _print_json({"file": args.file, "task": meta["task"], "accuracy": accuracy})
     else:

@@ -22,8 +22,9 @@ from engine.datafree import synthesize_batches
 from engine.export import export
 from engine.finetune import FinetuneConfig, finetune
 from predictors.size import size_report
+from search_spaces.discover import discover
 from search_spaces.model_spec import load_model
-from search_spaces.plan import Plan
+from search_spaces.plan import Plan, validate_plan
 
 __all__ = ["CompressionError", "CompressionJob"]
 
@@ -32,6 +33,14 @@ _BATCH = 64
 
 class CompressionError(ValueError):
     """The job cannot run as asked (for example: no data and no BatchNorm to synthesize from)."""
+
+
+def _portable(spec: str) -> str:
+    """A file-path spec made absolute, so that the exported file loads from any folder."""
+    where, sep, attr = spec.rpartition(":")
+    if sep and where.endswith(".py"):
+        return f"{Path(where).resolve()}:{attr}"
+    return spec
 
 
 def _has_batchnorm(model: nn.Module) -> bool:
@@ -75,12 +84,18 @@ class CompressionJob:
         """
         from zoo.tasks import get_task
 
+        self._check_arguments()
         plan = Plan.load(self.plan_path)
         loaded = load_model(self.model_spec, input_shape=self.input_shape)
         teacher = loaded.module.eval()
+        # Everything cheap is checked before anything slow (synthesis, k-means) runs.
+        validate_plan(plan, discover(teacher, loaded.example_inputs, model_name=self.model_spec))
         student = copy.deepcopy(teacher)
         task = get_task(loaded.task, seed=0) if loaded.task else None
-        data, calibration, source = self._data(teacher, task, loaded.example_inputs[0].shape)
+        needs_calibration = any(lp.act_bits < 32 for lp in plan.layers.values())
+        data, calibration, source = self._data(
+            teacher, task, loaded.example_inputs[0].shape, needs_calibration
+        )
         accuracy_before = task.accuracy(teacher) if task else None
 
         applied = apply_plan_(
@@ -89,13 +104,23 @@ class CompressionJob:
             calibration=calibration,
             example_inputs=loaded.example_inputs,
             config=ApplyConfig(seed=self.seed, progress=self.progress),
+            model_name=self.model_spec,
         )
         if self.epochs > 0:
             config = FinetuneConfig(
-                epochs=self.epochs, lr=self.lr, seed=self.seed, progress=self.progress
+                epochs=self.epochs,
+                lr=self.lr,
+                lr_min=self.lr * 1e-3,  # PQF's 1e-3 → 1e-6, for any base rate
+                seed=self.seed,
+                progress=self.progress,
             )
-            finetune(student, teacher, data, plan, config=config)
-        report = export(student, self.out, model_spec=self.model_spec, task=loaded.task)
+            try:
+                finetune(student, teacher, data, plan, config=config)
+            except FloatingPointError:
+                raise CompressionError(
+                    f"fine-tuning diverged (the loss is not finite); lower --lr (now {self.lr})"
+                ) from None
+        report = export(student, self.out, model_spec=_portable(self.model_spec), task=loaded.task)
         accuracy_after = task.accuracy(student) if task else None
         baseline = applied.graph.baseline_bits / 8
         predicted = size_report(plan, applied.graph).total_bits / 8
@@ -113,16 +138,30 @@ class CompressionJob:
             "epochs": self.epochs,
         }
 
+    def _check_arguments(self) -> None:
+        if self.epochs < 0:
+            raise CompressionError(f"--epochs must be 0 or more, not {self.epochs}")
+        if not self.lr > 0:
+            raise CompressionError(f"--lr must be a positive number, not {self.lr}")
+        if self.synthetic_samples < 1:
+            raise CompressionError(f"--synthetic must be at least 1, not {self.synthetic_samples}")
+        out = Path(self.out)
+        if out.is_dir() or not out.parent.is_dir():
+            where = "is a directory" if out.is_dir() else "is in a folder that does not exist"
+            raise CompressionError(f"--out {out} {where}; give a file path in an existing folder")
+
     def _data(
-        self, teacher: nn.Module, task, shape: torch.Size
+        self, teacher: nn.Module, task, shape: torch.Size, needs_calibration: bool
     ) -> tuple[object, Tensor | None, str]:
         if task is not None and not self.data_free:
             return task.train_loader(batch_size=_BATCH, seed=self.seed), task.calibration(), "task"
         if not _has_batchnorm(teacher):
-            if self.epochs > 0:
+            if self.epochs > 0 or needs_calibration:
+                why = "fine-tune" if self.epochs > 0 else "calibrate activation quantizers"
+                fix = "pass --epochs 0" if self.epochs > 0 else "use act_bits 32 in the plan"
                 raise CompressionError(
                     f"{self.model_spec} has no task data and no BatchNorm to synthesize inputs "
-                    "from; pass --epochs 0 to compress without fine-tuning"
+                    f"from, which it needs to {why}; {fix}"
                 )
             return [], None, "none"
         synthetic = synthesize_batches(

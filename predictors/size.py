@@ -37,11 +37,11 @@ MIB = 2**20
 
 
 def kept_channels_array(channels: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """`search_spaces.knobs.kept_channels` over arrays (same rounding, ties to even)."""
+    """`search_spaces.knobs.kept_channels` over arrays (same rounding: halves round up)."""
     channels = np.asarray(channels, dtype=np.int64)
     keep = np.asarray(keep, dtype=np.float64)
-    multiple_of_8 = np.clip(8 * np.round(channels * keep / 8), 8, channels).astype(np.int64)
-    single = np.clip(np.round(channels * keep), 1, channels).astype(np.int64)
+    multiple_of_8 = np.clip(8 * np.floor(channels * keep / 8 + 0.5), 8, channels).astype(np.int64)
+    single = np.clip(np.floor(channels * keep + 0.5), 1, channels).astype(np.int64)
     kept = np.where(channels >= 32, multiple_of_8, single)
     return np.where(keep >= 1.0, channels, kept)
 
@@ -221,7 +221,7 @@ class SizePredictor:
 
     def __init__(self, graph: ModelGraph):
         self.graph = graph
-        self.kept_bits = 32 * graph.kept_params
+        self.kept_bits = graph.kept_bits
         self._table = _LayerTable.of(graph)
 
     def fit(self, records: object = None) -> SizePredictor:
@@ -342,7 +342,7 @@ def size_report(plan: Plan, graph: ModelGraph) -> SizeReport:
         )
         for j, name in enumerate(graph.layers)
     )
-    kept_bits = 32 * graph.kept_params
+    kept_bits = graph.kept_bits
     return SizeReport(
         total_bits=sum(layer.bits for layer in layers) + kept_bits,
         baseline_bits=graph.baseline_bits,

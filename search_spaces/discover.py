@@ -222,9 +222,10 @@ def _classify(
             and params in (0, 2 * module.num_features)
         ):
             layers[owner] = replace(layers[owner], batchnorm=name, batchnorm_params=params)
-        elif params:
+        else:
             why = "BatchNorm that does not directly follow a compressible layer"
-            kept.append(KeptModule(name, type(module).__name__, params, why))
+            bits = 64 * module.num_features  # exported folded: a scale and a shift per channel
+            kept.append(KeptModule(name, type(module).__name__, params, why, bits))
     return layers, kept
 
 
@@ -339,6 +340,8 @@ def _couple(
                     problems.append(f"coupled to {cls} '{name}', which compplan cannot prune")
                 continue
             if isinstance(module, _BATCHNORM_TYPES):
+                if name in kept_names:
+                    problems.append(f"coupled to BatchNorm '{name}', which is kept as is")
                 continue
             if name not in layers:
                 problems.append(f"coupled to '{name}', which is kept as is")

@@ -100,13 +100,20 @@ class LayerSpec:
 class KeptModule:
     """A module with parameters that compplan leaves as it is, and why.
 
-    Its parameters count at 32 bits in the baseline and in every compressed size.
+    It costs `bits` in the baseline and in every compressed size: 32 per parameter, except a
+    BatchNorm, which is exported folded to two 32-bit vectors per channel whether or not it has
+    affine parameters.
     """
 
     name: str
     kind: str
     params: int
     reason: str
+    bits: int = -1
+
+    def __post_init__(self) -> None:
+        if self.bits < 0:
+            object.__setattr__(self, "bits", 32 * self.params)
 
 
 @dataclass(frozen=True)
@@ -178,9 +185,15 @@ class ModelGraph:
         return sum(module.params for module in self.kept)
 
     @property
+    def kept_bits(self) -> int:
+        """What the modules kept as is cost, in every plan."""
+        return sum(module.bits for module in self.kept)
+
+    @property
     def baseline_bits(self) -> int:
         """Every weight and bias at 32 bits, each BatchNorm as two 32-bit vectors per channel."""
-        return 32 * (self.compressible_params + self.batchnorm_params + self.kept_params)
+        batchnorms = sum(64 * s.out_channels for s in self.layers.values() if s.batchnorm)
+        return 32 * self.compressible_params + batchnorms + self.kept_bits
 
     @property
     def total_macs(self) -> int:

@@ -57,6 +57,7 @@ def kept_channels(channels: int, keep: float) -> int:
     """
     if keep >= 1.0:
         return channels
+    # Halves round up (not to even): keep 0.5 of 40 channels is 24, not 16.
     if channels >= 32:
-        return min(channels, max(8, 8 * round(channels * keep / 8)))
-    return min(channels, max(1, round(channels * keep)))
+        return min(channels, max(8, 8 * math.floor(channels * keep / 8 + 0.5)))
+    return min(channels, max(1, math.floor(channels * keep + 0.5)))

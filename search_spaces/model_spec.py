@@ -106,6 +106,8 @@ def _import_callable(spec: str):
             f"model spec '{spec}' is not zoo:NAME, package.module:callable or file.py:callable"
         )
     where, attr = spec.rsplit(":", 1)
+    if not attr:
+        raise ModelSpecError(f"model spec '{spec}' names no callable after ':'")
     if where.endswith(".py"):
         path = Path(where)
         if not path.is_file():
@@ -122,6 +124,10 @@ def _import_callable(spec: str):
         # A console script does not put the working directory on sys.path; users expect it there.
         if "" not in sys.path and str(Path.cwd()) not in sys.path:
             sys.path.insert(0, str(Path.cwd()))
+        if not where:
+            raise ModelSpecError(
+                f"model spec '{spec}' has no module before ':'; write package.module:callable"
+            )
         try:
             module = importlib.import_module(where)
         except ImportError as error:
