@@ -8,11 +8,13 @@
 
 Kinds: LR²VQ / PQ (`engine.vq`), b-bit and 1-bit weights and N2UQ activations
 (`engine.quantizers`), channel pruning (`engine.pruning`), PQF's permutation (`engine.permute`),
-data-free calibration (`engine.datafree`).
+data-free calibration (`engine.datafree`), BatchNorm re-estimation (`engine.calibrate`), and the
+deployed form that latency is measured on (`engine.deploy`).
 """
 
 from engine.apply import AppliedPlan, ApplyConfig, apply_plan_, register_weight_handler
 from engine.datafree import synthesize_batches
+from engine.deploy import deployed
 from engine.export import ExportError, ExportReport, export, freeze_, load
 from engine.finetune import FinetuneConfig, FinetuneResult, StopFinetune, finetune
 
@@ -25,6 +27,7 @@ __all__ = [
     "FinetuneResult",
     "StopFinetune",
     "apply_plan_",
+    "deployed",
     "export",
     "finetune",
     "freeze_",

@@ -237,6 +237,12 @@ class Plan:
         object.__setattr__(self, "layers", MappingProxyType(dict(self.layers)))
         object.__setattr__(self, "provenance", MappingProxyType(dict(self.provenance)))
 
+    def __reduce__(self):
+        # The read-only mapping views cannot be pickled; rebuild from plain dicts (copy, pickle,
+        # and Ray's object store all go through here).
+        args = (dict(self.layers), self.model, self.fingerprint, self.budget, dict(self.provenance))
+        return (Plan, args)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.layers)
 

@@ -223,3 +223,19 @@ def test_quantizer_parameters_train_at_a_tenth_of_their_layer_rate(base, graph):
     assert rates["weight_source.latent"] == pytest.approx(1e-4)
     assert rates["act_quant.lengths"] == pytest.approx(1e-4 * QUANTIZER_LR_FACTOR)
     assert rates["weight_source.quantizer.alpha"] == pytest.approx(1e-4 * QUANTIZER_LR_FACTOR)
+
+
+@pytest.mark.parametrize("kind", ["pq", "lr2vq", "bits2", "w2a4", "keep+pq"])
+def test_deployed_form_computes_the_same_with_plain_layers(base, graph, kind):
+    from engine.deploy import deployed
+
+    model = copy.deepcopy(base)
+    apply_plan_(
+        model, _plan(graph, kind), calibration=torch.rand(64, *INPUT_SHAPE[1:]), config=_quiet()
+    )
+    plain = deployed(model)
+    assert not any(isinstance(m, PlannedLayer) for m in plain.modules())
+    assert any(isinstance(m, PlannedLayer) for m in model.modules())  # the original is untouched
+    x = torch.rand(16, *INPUT_SHAPE[1:])
+    with torch.no_grad():
+        assert torch.allclose(plain(x), freeze_(model)(x), atol=1e-5)

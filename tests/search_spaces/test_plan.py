@@ -160,3 +160,11 @@ def test_load_errors_name_the_file(tmp_path):
         Plan.load(path)
     with pytest.raises(PlanError, match="does not exist"):
         Plan.load(tmp_path / "missing.json")
+
+
+def test_plans_copy_and_pickle(resnet18_graph):
+    import copy
+    import pickle
+
+    plan = make_preset(resnet18_graph, "pqf-small")
+    assert copy.deepcopy(plan) == plan == pickle.loads(pickle.dumps(plan))

@@ -1,0 +1,59 @@
+"""The deployed form of a compressed model: what really runs on a device without low-bit kernels.
+
+`export` stores the compact form (codes, packed levels); running it decodes every VQ weight on every
+call. `deployed(model)` returns a copy in which each planned layer is an ordinary Conv1d, Conv2d
+or Linear holding its decoded weight (with its activation quantizer in front where it has one),
+BatchNorms are folded, and pruned channels are gone. Its outputs equal the frozen model's up to
+float rounding; its speed is what a latency model should learn (no speed-up is assumed from low
+bit-widths that the device cannot use).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from engine.export import freeze_
+from engine.layers import PlannedLayer
+
+__all__ = ["deployed"]
+
+
+def _plain_layer(layer: PlannedLayer) -> nn.Module:
+    with torch.no_grad():
+        weight = layer.weight_source().detach().clone()
+    bias = layer.bias is not None
+    if layer.kind == "linear":
+        plain: nn.Module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias)
+    else:
+        conv = nn.Conv2d if layer.kind == "conv2d" else nn.Conv1d
+        groups = layer.geometry["groups"]
+        plain = conv(
+            weight.shape[1] * groups,
+            weight.shape[0],
+            tuple(weight.shape[2:]),
+            stride=layer.geometry["stride"],
+            padding=layer.geometry["padding"],
+            dilation=layer.geometry["dilation"],
+            groups=groups,
+            bias=bias,
+        )
+    with torch.no_grad():
+        plain.weight.copy_(weight)
+        if bias:
+            plain.bias.copy_(layer.bias)
+    plain = plain.to(weight.device)
+    if layer.act_quant is None:
+        return plain
+    return nn.Sequential(layer.act_quant, plain)
+
+
+def deployed(model: nn.Module) -> nn.Module:
+    """A copy of a compressed model in its deployed form (eval mode); `model` is not changed."""
+    copy_ = freeze_(copy.deepcopy(model))
+    for name, module in list(copy_.named_modules()):
+        if isinstance(module, PlannedLayer):
+            copy_.set_submodule(name, _plain_layer(module))
+    return copy_.eval()
