@@ -233,6 +233,20 @@ def _device_of(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def logits_of(output: object) -> Tensor:
+    """The logits in a model's output: the tensor itself, the first of a tuple or list, or a
+    dict's "logits" entry (else its first tensor)."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, dict):
+        output = [output["logits"]] if "logits" in output else list(output.values())
+    if isinstance(output, list | tuple):
+        for item in output:
+            if isinstance(item, Tensor):
+                return item
+    raise ValueError(f"cannot find logits in a model output of type {type(output).__name__}")
+
+
 def _loss(
     student_logits: Tensor,
     teacher_logits: Tensor | None,
@@ -242,10 +256,12 @@ def _loss(
     loss = student_logits.new_zeros(())
     if teacher_logits is not None:
         t = config.temperature
+        # Classes are the last dimension: (B, C) and (B, T, C) both distil per position.
+        classes = student_logits.shape[-1]
         # T² keeps the gradient scale independent of T (Hinton et al.).
         loss = loss + t * t * F.kl_div(
-            F.log_softmax(student_logits / t, dim=1),
-            F.log_softmax(teacher_logits / t, dim=1),
+            F.log_softmax(student_logits.reshape(-1, classes) / t, dim=-1),
+            F.log_softmax(teacher_logits.reshape(-1, classes) / t, dim=-1),
             log_target=True,
             reduction="batchmean",
         )
@@ -366,9 +382,9 @@ def finetune(
                 teacher_logits = None
                 if teacher is not None:
                     with torch.no_grad():
-                        teacher_logits = teacher(x).to(device)
+                        teacher_logits = logits_of(teacher(x)).to(device)
                 with torch.set_grad_enabled(optimizer is not None):
-                    loss = _loss(student(x), teacher_logits, y, config)
+                    loss = _loss(logits_of(student(x)), teacher_logits, y, config)
                 value = loss.item()
                 if not math.isfinite(value):
                     raise FloatingPointError(

@@ -19,7 +19,14 @@ from datetime import UTC, datetime
 
 from search_spaces.graph import LayerSpec, ModelGraph
 from search_spaces.knobs import WEIGHT_BITS, divisors
-from search_spaces.plan import LayerPlan, Plan, PlanError, validate_plan
+from search_spaces.plan import (
+    LayerPlan,
+    Plan,
+    PlanError,
+    group_keeps,
+    pruned_channels,
+    validate_plan,
+)
 
 __all__ = ["PRESET_HELP", "make_preset"]
 
@@ -52,6 +59,7 @@ def make_preset(graph: ModelGraph, name: str, *, model: str | None = None) -> Pl
             layers = _keep(graph, layers, _parse(part, float))
         else:
             raise PlanError(f"unknown preset '{part}'; presets are {PRESET_HELP}")
+    layers = _fit_block_sizes(graph, layers)
     plan = Plan(
         layers={n: layers[n] for n in graph.layers if n in layers},
         model=model or graph.model_name,
@@ -83,6 +91,26 @@ def _block_size(spec: LayerSpec, *, large: bool, bottleneck: bool) -> int:
     else:
         preferred = spec.kernel_elems * (2 if large else 1)
     return max(d for d in divisors(spec.row_length) if d <= preferred)
+
+
+def _fit_block_sizes(graph: ModelGraph, layers: dict[str, LayerPlan]) -> dict[str, LayerPlan]:
+    """Where pruning leaves a row length that m does not divide, the largest divisor below m.
+
+    Runs after every part, so "keep:0.5+pqf-small" and "pqf-small+keep:0.5" give the same plan.
+    """
+    keeps = group_keeps(Plan(layers), graph)
+    out = dict(layers)
+    for name, layer_plan in layers.items():
+        if layer_plan.m is None:
+            continue
+        spec = graph.layers[name]
+        c_out, c_in = pruned_channels(spec, graph, keeps)
+        groups = c_out if spec.is_depthwise else spec.groups
+        row = (c_in // groups) * spec.kernel_elems
+        if row % layer_plan.m:
+            m = max(d for d in divisors(row) if d <= layer_plan.m)
+            out[name] = replace(layer_plan, m=m, d_tilde=None)
+    return out
 
 
 def _is_bottleneck(graph: ModelGraph) -> bool:

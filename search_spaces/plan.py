@@ -103,7 +103,9 @@ class LayerPlan:
     lr_mult: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.k is not None and (not _is_int(self.k) or not is_power_of_two(self.k)):
+        if self.k is not None and not _is_int(self.k):
+            raise PlanError(f"k={self.k!r} must be an integer (a power of two)", field="k")
+        if self.k is not None and not is_power_of_two(self.k):
             raise PlanError(f"k={self.k!r} is not a power of two", field="k")
         if self.k is not None and not K_MIN <= self.k <= K_MAX:
             raise PlanError(f"k={self.k} is outside {K_MIN}..{K_MAX}", field="k")
@@ -336,7 +338,7 @@ class Plan:
     @classmethod
     def from_json(cls, text: str) -> Plan:
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
         except json.JSONDecodeError as error:
             raise PlanError(
                 f"not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})"
@@ -360,6 +362,16 @@ class Plan:
 
 
 _UNCHANGED = LayerPlan()
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads keeps the last of two equal keys silently; a plan must not."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise PlanError(f"the key '{key}' appears twice in one JSON object")
+        seen[key] = value
+    return seen
 
 
 def group_keeps(plan: Plan, graph: ModelGraph) -> dict[int, float]:

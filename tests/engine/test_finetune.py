@@ -389,3 +389,32 @@ def test_progress_bar_shows_the_running_loss_on_stderr(splits, teacher, capsys):
     finetune(_small_cnn(1), teacher, [splits.train_x[:8]], config=config)
     captured = capsys.readouterr()
     assert "loss=" in captured.err and captured.out == ""
+
+
+def test_sequence_and_tuple_outputs_distil_per_position():
+    import torch
+    from torch import nn
+
+    from engine.finetune import FinetuneConfig, finetune, logits_of
+
+    class Tagger(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(6, 4)
+
+        def forward(self, x):  # (B, T, 6) → ((B, T, 4), extra)
+            return self.proj(x), x.mean()
+
+    torch.manual_seed(0)
+    teacher, student = Tagger().eval(), Tagger()
+    data = [torch.randn(8, 5, 6) for _ in range(4)]
+    x = torch.randn(16, 5, 6)
+
+    def gap() -> float:
+        with torch.no_grad():
+            return (logits_of(student(x)) - logits_of(teacher(x))).abs().mean().item()
+
+    before = gap()
+    finetune(student, teacher, data, config=FinetuneConfig(epochs=30, lr=1e-2, progress=False))
+    assert gap() < 0.5 * before
+    assert logits_of({"logits": x}) is x and logits_of((x, 1)) is x

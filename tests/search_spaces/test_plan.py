@@ -53,7 +53,8 @@ def test_layer_plans_are_frozen():
         ({"keep": 0.0}, "keep", r"outside \(0, 1\]"),
         ({"keep": 1.5}, "keep", r"outside \(0, 1\]"),
         ({"lr_mult": -1}, "lr_mult", "≥ 0"),
-        ({"k": "256", "m": 9}, "k", "not a power of two"),
+        ({"k": "256", "m": 9}, "k", "must be an integer"),
+        ({"k": 256.0, "m": 9}, "k", "must be an integer"),
         ({"weight_bits": True}, "weight_bits", "not one of"),
     ],
 )
@@ -168,3 +169,34 @@ def test_plans_copy_and_pickle(resnet18_graph):
 
     plan = make_preset(resnet18_graph, "pqf-small")
     assert copy.deepcopy(plan) == plan == pickle.loads(pickle.dumps(plan))
+
+
+def test_duplicate_keys_are_refused():
+    text = '{"format": "compplan-plan", "schema_version": 1, "layers": {"a": {}, "a": {"k": 4}}}'
+    with pytest.raises(PlanError, match="'a' appears twice"):
+        Plan.from_json(text)
+
+
+def test_presets_compose_in_either_order_on_small_layers():
+    import torch
+    from torch import nn
+
+    from search_spaces import discover
+
+    class Small(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 10, 1)
+            self.b = nn.Conv2d(10, 6, 1)
+            self.head = nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.head(self.b(torch.relu(self.a(x))).mean((2, 3)))
+
+    graph = discover(Small(), torch.zeros(1, 3, 4, 4))
+    one = make_preset(graph, "keep:0.5+pqf-small")
+    two = make_preset(graph, "pqf-small+keep:0.5")
+    assert one.layers == two.layers
+    # b reads a's 10 channels, pruned to 5: pqf-small's m = 2 (for D = 10) becomes 1
+    assert one["b"].keep == 0.5 and one["b"].m == 1
+    validate_plan(one, graph)
