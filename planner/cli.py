@@ -119,6 +119,19 @@ def _build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--seed", type=int, default=0, help="seeds k-means and fine-tuning")
     apply.add_argument("--json", action="store_true", help="print JSON instead of text")
 
+    latency = command(
+        "measure-latency",
+        "Measure the deployed form of a plan on this machine (pruned channels removed, weights "
+        "decoded, activation quantizers in place), beside the uncompressed model.",
+    )
+    latency.add_argument("--plan", required=True, metavar="FILE", help="the plan file")
+    latency.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    latency.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    latency.add_argument(
+        "--runs", type=int, default=50, help="timed calls, at least 30 (default 50)"
+    )
+    latency.add_argument("--json", action="store_true", help="print JSON instead of text")
+
     evaluate = commands.add_parser(
         "eval",
         help="Load an exported model and evaluate it on its task.",
@@ -153,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "validate": _validate,
         "apply": _apply,
         "eval": _eval,
+        "measure-latency": _measure_latency,
     }
     try:
         return handlers[args.command](args)
@@ -414,6 +428,55 @@ def _apply(args: argparse.Namespace) -> int:
         f"wrote {args.out}: {result['file_bytes']:,} bytes on disk; weights "
         f"{result['payload_bytes']:,} bytes (predicted {result['predicted_bytes']:,.0f}), "
         f"{result['compression_ratio']:.1f}× smaller than {_mib(result['baseline_bytes'])}"
+    )
+    return 0
+
+
+def _measure_latency(args: argparse.Namespace) -> int:
+    import copy
+
+    import torch
+
+    from engine.deploy import deployed_structure
+    from engine.export import freeze_
+    from predictors.profile import MIN_RUNS, device_fingerprint, measure
+    from search_spaces import PlanError
+
+    if args.runs < MIN_RUNS or args.batch < 1 or args.threads < 1:
+        raise PlanError(f"--runs must be at least {MIN_RUNS}, --batch and --threads at least 1")
+    loaded, graph = _graph(args)
+    plan = _plan_for(args, graph)
+    compressed = deployed_structure(loaded.module, plan, loaded.example_inputs)
+    original = freeze_(copy.deepcopy(loaded.module))
+    batch = torch.randn(args.batch, *loaded.example_inputs[0].shape[1:])
+    # Interleaved, so that a change in the machine's load touches both alike.
+    timings = {"compressed": [], "uncompressed": []}
+    for _ in range(3):
+        timings["compressed"].append(
+            measure(compressed, batch, runs=args.runs, threads=args.threads)
+        )
+        timings["uncompressed"].append(
+            measure(original, batch, runs=args.runs, threads=args.threads)
+        )
+    # The middle of three interleaved repeats, and its interquartile spread.
+    middle = {k: sorted(v, key=lambda t: t.median_ms)[1] for k, v in timings.items()}
+    result = {
+        "latency_ms": middle["compressed"].median_ms,
+        "spread": middle["compressed"].spread,
+        "uncompressed_ms": middle["uncompressed"].median_ms,
+        "ratio": middle["compressed"].median_ms / middle["uncompressed"].median_ms,
+        "repeats": {k: [t.median_ms for t in v] for k, v in timings.items()},
+        "batch": args.batch,
+        "device": device_fingerprint("cpu", args.threads),
+    }
+    if args.json:
+        _print_json(result)
+        return 0
+    print(
+        f"{args.plan} on {args.model}: {result['latency_ms']:.3f} ms (spread "
+        f"{result['spread']:.1%}) against {result['uncompressed_ms']:.3f} ms uncompressed, "
+        f"×{result['ratio']:.3f}; batch {args.batch}, {args.threads} thread(s), "
+        f"{result['device']['cpu']}"
     )
     return 0
 
