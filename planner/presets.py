@@ -24,7 +24,7 @@ from search_spaces.plan import (
     Plan,
     PlanError,
     group_keeps,
-    pruned_channels,
+    pruned_row_length,
     validate_plan,
 )
 
@@ -103,10 +103,7 @@ def _fit_block_sizes(graph: ModelGraph, layers: dict[str, LayerPlan]) -> dict[st
     for name, layer_plan in layers.items():
         if layer_plan.m is None:
             continue
-        spec = graph.layers[name]
-        c_out, c_in = pruned_channels(spec, graph, keeps)
-        groups = c_out if spec.is_depthwise else spec.groups
-        row = (c_in // groups) * spec.kernel_elems
+        row = pruned_row_length(graph.layers[name], graph, keeps)
         if row % layer_plan.m:
             m = max(d for d in divisors(row) if d <= layer_plan.m)
             out[name] = replace(layer_plan, m=m, d_tilde=None)

@@ -48,6 +48,7 @@ __all__ = [
     "PlanError",
     "group_keeps",
     "pruned_channels",
+    "pruned_row_length",
     "validate_plan",
 ]
 
@@ -436,6 +437,13 @@ def pruned_channels(
     return c_out, c_in
 
 
+def pruned_row_length(spec: LayerSpec, graph: ModelGraph, keeps: Mapping[int, float]) -> int:
+    """D = C_in/groups · K² of a layer after pruning: the length a VQ subvector length m divides."""
+    c_out, c_in = pruned_channels(spec, graph, keeps)
+    groups = c_out if spec.is_depthwise else spec.groups
+    return (c_in // groups) * spec.kernel_elems
+
+
 def validate_plan(plan: Plan, graph: ModelGraph) -> None:
     """Check that `plan` fits the model described by `graph`.
 
@@ -464,9 +472,7 @@ def validate_plan(plan: Plan, graph: ModelGraph) -> None:
         if layer_plan.m is None:
             continue
         spec = graph.layers[name]
-        c_out, c_in = pruned_channels(spec, graph, keeps)
-        groups = c_out if spec.is_depthwise else spec.groups
-        row = (c_in // groups) * spec.kernel_elems
+        row = pruned_row_length(spec, graph, keeps)
         if row % layer_plan.m:
             pruned = " after pruning" if row != spec.row_length else ""
             raise PlanError(
