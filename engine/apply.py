@@ -185,7 +185,7 @@ def apply_plan_(
             f"{len(quantized_inputs)} layers quantize their inputs (act_bits < 32); pass "
             "calibration= with a batch of real or synthesized inputs"
         )
-    _refuse_fast_path_layers(model, quantized_inputs)
+    check_no_fast_path_quantizers(model, quantized_inputs)
 
     prune_(model, graph, keeps, inputs)
     if config.permute:
@@ -213,7 +213,7 @@ def apply_plan_(
     return applied
 
 
-def _refuse_fast_path_layers(model: nn.Module, names: list[str]) -> None:
+def check_no_fast_path_quantizers(model: nn.Module, names: list[str]) -> None:
     """Activation quantizers inside a TransformerEncoderLayer would be skipped at inference:
     PyTorch's fast path reads linear1/linear2's weights and never calls the modules."""
     from search_spaces.plan import PlanError

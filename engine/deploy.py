@@ -72,7 +72,7 @@ def deployed_structure(
     `deployed(model after apply_plan_)` in a fraction of the time, for profiling many plans.
     `model` is not changed.
     """
-    from engine.apply import _refuse_fast_path_layers
+    from engine.apply import check_no_fast_path_quantizers
     from engine.pruning import prune_
     from engine.quantizers import ActivationQuantizer
     from search_spaces.discover import discover
@@ -82,7 +82,7 @@ def deployed_structure(
     copy_ = copy.deepcopy(model).eval()
     graph = discover(copy_, inputs)
     validate_plan(plan, graph)
-    _refuse_fast_path_layers(copy_, [n for n, lp in plan.layers.items() if lp.act_bits < 32])
+    check_no_fast_path_quantizers(copy_, [n for n, lp in plan.layers.items() if lp.act_bits < 32])
     prune_(copy_, graph, group_keeps(plan, graph), inputs)
     for name, layer_plan in plan.layers.items():
         if layer_plan.act_bits < 32:

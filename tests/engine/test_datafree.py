@@ -8,8 +8,8 @@ import re
 
 import pytest
 import torch
+from support.models import SmallCNN
 from torch import nn
-from torch.nn import functional as F
 
 from engine.datafree import bn_statistics_loss, synthesize_batches
 from engine.finetune import FinetuneConfig, finetune
@@ -21,26 +21,6 @@ NO_BATCHNORM = re.escape(
 )
 
 
-class BNNet(nn.Module):
-    """Three conv/BN/ReLU layers and a linear head for 1 x 8 x 8 digits."""
-
-    def __init__(self, width: int = 16) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, width, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(2 * width)
-        self.conv3 = nn.Conv2d(2 * width, 2 * width, 3, padding=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(2 * width)
-        self.fc = nn.Linear(2 * width, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.relu(self.bn2(self.conv2(x)))
-        x = F.relu(self.bn3(self.conv3(x)))
-        return self.fc(x.mean(dim=(2, 3)))
-
-
 @pytest.fixture(scope="module")
 def splits() -> DigitsSplits:
     return load_digits_splits(0)
@@ -50,7 +30,7 @@ def splits() -> DigitsSplits:
 def teacher(splits: DigitsSplits) -> nn.Module:
     """A small CNN trained on digits for a second (about 96% test accuracy)."""
     torch.manual_seed(0)
-    model = train_digits(BNNet(), splits=splits, epochs=10, progress=False)
+    model = train_digits(SmallCNN(), splits=splits, epochs=10, progress=False)
     for param in model.parameters():
         param.grad = None  # so that tests can tell whether synthesis wrote any
     return model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support.models import SmallCNN
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
@@ -19,27 +20,6 @@ from search_spaces.plan import LayerPlan, Plan
 from zoo.digits import DigitsSplits, evaluate, load_digits_splits, train_digits
 
 QUIET = FinetuneConfig(progress=False)
-
-
-class SmallCNN(nn.Module):
-    """Three conv/BN/ReLU layers and a linear head for 1 x 8 x 8 digits (~15k parameters)."""
-
-    def __init__(self, width: int = 16, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, width, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(2 * width)
-        self.conv3 = nn.Conv2d(2 * width, 2 * width, 3, padding=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(2 * width)
-        self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(2 * width, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.relu(self.bn2(self.conv2(x)))
-        x = F.relu(self.bn3(self.conv3(x)))
-        return self.fc(self.drop(x.mean(dim=(2, 3))))
 
 
 def _small_cnn(seed: int, **kwargs: float) -> SmallCNN:
