@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from engine.export import freeze_
 from engine.layers import PlannedLayer
+from search_spaces.graph import ModelGraph
 from search_spaces.plan import Plan
 
 __all__ = ["deployed", "deployed_structure"]
@@ -61,7 +62,11 @@ def deployed(model: nn.Module) -> nn.Module:
 
 
 def deployed_structure(
-    model: nn.Module, plan: Plan, example_inputs: Tensor | tuple[Tensor, ...]
+    model: nn.Module,
+    plan: Plan,
+    example_inputs: Tensor | tuple[Tensor, ...],
+    *,
+    graph: ModelGraph | None = None,
 ) -> nn.Module:
     """The deployed form of `plan` applied to `model`, built without clustering or fine-tuning.
 
@@ -70,7 +75,8 @@ def deployed_structure(
     every layer an ordinary dense layer (VQ and b-bit weights are decoded to floats on a device
     without low-bit kernels). This gives the same layer shapes and operations as
     `deployed(model after apply_plan_)` in a fraction of the time, for profiling many plans.
-    `model` is not changed.
+    `model` is not changed. Pass `graph` (the model's, from `discover`) to skip discovering it
+    again when building many plans of one model.
     """
     from engine.apply import check_no_fast_path_quantizers
     from engine.pruning import prune_
@@ -80,7 +86,7 @@ def deployed_structure(
 
     inputs = (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
     copy_ = copy.deepcopy(model).eval()
-    graph = discover(copy_, inputs)
+    graph = graph if graph is not None else discover(copy_, inputs)
     validate_plan(plan, graph)
     check_no_fast_path_quantizers(copy_, [n for n, lp in plan.layers.items() if lp.act_bits < 32])
     prune_(copy_, graph, group_keeps(plan, graph), inputs)

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -28,6 +29,10 @@ examples:
   compplan apply --model zoo:digits --plan plan.json --out digits.cpz --epochs 3
   compplan eval digits.cpz
   compplan inspect --model mypackage.models:build_net --input-shape 1,3,64,64
+  compplan profile --model zoo:resnet18 --samples 300 --out resnet18.parquet
+  compplan fit-latency resnet18.parquet --out resnet18-latency.json
+  compplan predict-latency --predictor resnet18-latency.json --model zoo:resnet18 --plan plan.json
+  compplan measure-latency --model zoo:resnet18 --plan plan.json
 
 model specs: zoo:NAME (digits, mobilenet_v2, resnet18, resnet50), package.module:callable or
 path/to/file.py:callable (a function returning an nn.Module; give --input-shape).
@@ -132,6 +137,100 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     latency.add_argument("--json", action="store_true", help="print JSON instead of text")
 
+    profile = command(
+        "profile",
+        "Measure random plans of a model (and each of their layers alone) on this machine and "
+        "save the records for `compplan fit-latency`.",
+    )
+    profile.add_argument(
+        "--out", required=True, metavar="FILE", help="records file to write (.parquet or .csv)"
+    )
+    profile.add_argument(
+        "--samples", type=int, default=100, metavar="N", help="random plans (default 100)"
+    )
+    profile.add_argument(
+        "--plan",
+        action="append",
+        metavar="FILE",
+        help="measure this plan file instead of random plans (repeatable)",
+    )
+    profile.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    profile.add_argument(
+        "--threads", type=int, default=1, help="torch threads while timing (default 1)"
+    )
+    profile.add_argument(
+        "--runs", type=int, default=30, help="timed calls, at least 30 (default 30)"
+    )
+    profile.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="take the timed calls in this many rounds over all plans, so that each median "
+        "spans the whole run, not one moment's machine load (default 3)",
+    )
+    profile.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="split the measuring across this many fresh processes, run one at a time "
+        "(default 1; 0 measures in this process)",
+    )
+    profile.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="measure everything this many times in different processes and keep the median "
+        "(default 1; more on a noisy machine)",
+    )
+    profile.add_argument(
+        "--no-layers",
+        action="store_true",
+        help="skip timing each layer alone (the lookup table needs them)",
+    )
+    profile.add_argument(
+        "--synthetic-layers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time N random single layers (dense, pointwise, depthwise, linear): they teach "
+        "the network layer kinds this model lacks (default 0)",
+    )
+    profile.add_argument("--seed", type=int, default=0, help="seeds the random plans")
+    profile.add_argument("--json", action="store_true", help="print a JSON summary")
+
+    fit = commands.add_parser(
+        "fit-latency",
+        help="Fit a latency predictor on records from `compplan profile`.",
+        description="Fit a latency predictor on records from `compplan profile`: report its "
+        "accuracy on held-out plans, then fit it on all of them and save it as JSON.",
+    )
+    fit.add_argument("records", nargs="+", metavar="FILE", help="records files (.parquet/.csv)")
+    fit.add_argument("--out", required=True, metavar="FILE", help="the predictor file (JSON)")
+    fit.add_argument(
+        "--kind",
+        default="network",
+        choices=("network", "lookup", "flops"),
+        help="network (default): an MLP over layer features, summed; lookup: per-layer measured "
+        "times, summed; flops: linear in MACs",
+    )
+    fit.add_argument(
+        "--holdout",
+        type=float,
+        default=0.2,
+        help="share of the plans held out to report accuracy on (default 0.2; 0 skips it)",
+    )
+    fit.add_argument("--seed", type=int, default=0, help="seeds the split and the network")
+    fit.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    predict = command(
+        "predict-latency", "Predict a plan's latency with a predictor from `compplan fit-latency`."
+    )
+    predict.add_argument("--predictor", required=True, metavar="FILE", help="predictor file")
+    predict_source = predict.add_mutually_exclusive_group(required=True)
+    predict_source.add_argument("--plan", metavar="FILE", help="a plan file")
+    predict_source.add_argument("--preset", metavar="NAME", help=PRESET_HELP)
+    predict.add_argument("--json", action="store_true", help="print JSON instead of text")
+
     evaluate = commands.add_parser(
         "eval",
         help="Load an exported model and evaluate it on its task.",
@@ -156,9 +255,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from engine.export import ExportError
     from planner.compress import CompressionError
+    from predictors.latency import PredictorError, ProfileError, RecordsError
     from search_spaces import DiscoveryError, PlanError
     from search_spaces.model_spec import ModelSpecError
 
+    usage_errors = (
+        PlanError,
+        DiscoveryError,
+        ModelSpecError,
+        ExportError,
+        CompressionError,
+        PredictorError,
+        ProfileError,
+        RecordsError,
+    )
     handlers = {
         "inspect": _inspect,
         "preset": _preset,
@@ -167,10 +277,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "apply": _apply,
         "eval": _eval,
         "measure-latency": _measure_latency,
+        "profile": _profile,
+        "fit-latency": _fit_latency,
+        "predict-latency": _predict_latency,
     }
     try:
         return handlers[args.command](args)
-    except (PlanError, DiscoveryError, ModelSpecError, ExportError, CompressionError) as error:
+    except usage_errors as error:
         return _fail(str(error), USAGE_ERROR)
     except (OSError, UnicodeError) as error:
         return _fail(
@@ -198,11 +311,11 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def _graph(args: argparse.Namespace):
+def _graph(args: argparse.Namespace, *, pretrained: bool = True):
     from search_spaces import discover
     from search_spaces.model_spec import load_model
 
-    loaded = load_model(args.model, input_shape=args.input_shape)
+    loaded = load_model(args.model, input_shape=args.input_shape, pretrained=pretrained)
     return loaded, discover(loaded.module, loaded.example_inputs, model_name=args.model)
 
 
@@ -477,6 +590,177 @@ def _measure_latency(args: argparse.Namespace) -> int:
         f"{result['spread']:.1%}) against {result['uncompressed_ms']:.3f} ms uncompressed, "
         f"×{result['ratio']:.3f}; batch {args.batch}, {args.threads} thread(s), "
         f"{result['device']['cpu']}"
+    )
+    return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    import time
+
+    import pandas as pd
+
+    from predictors.latency import profile, profile_layers, save_records, synthetic_layer_configs
+    from predictors.latency.records import _format
+    from search_spaces import Plan, PlanError
+
+    if args.samples < 1 or args.synthetic_layers < 0 or args.processes < 0 or args.repeats < 1:
+        raise PlanError(
+            "--samples and --repeats must be at least 1, --synthetic-layers and --processes at "
+            "least 0"
+        )
+    if args.runs < 30 or args.threads < 1:
+        raise PlanError("--runs must be at least 30 and --threads at least 1")
+    out = Path(args.out)
+    _format(out)  # refuse a bad suffix before measuring for minutes
+    plans = [Plan.load(p) for p in args.plan] if args.plan else None
+    settings = {
+        "device": args.device,
+        "threads": args.threads,
+        "runs": args.runs,
+        "rounds": args.rounds,
+        "processes": args.processes,
+        "repeats": args.repeats,
+        "progress": sys.stderr.isatty(),
+    }
+    started = time.perf_counter()
+    try:
+        records = profile(
+            args.model,
+            input_shape=args.input_shape,
+            plans=plans,
+            samples=args.samples,
+            seed=args.seed,
+            layers=not args.no_layers,
+            **settings,
+        )
+    except ValueError as error:
+        raise PlanError(str(error)) from None
+    if args.synthetic_layers:
+        batch = int(records["input_shape"].iloc[0].split("x")[0])  # the user's batch size
+        configs = synthetic_layer_configs(args.synthetic_layers, batch=batch, seed=args.seed)
+        synthetic = profile_layers(configs, **settings)
+        records = pd.concat([records, synthetic], ignore_index=True)
+    records.attrs = {}
+    save_records(records, out)
+    seconds = time.perf_counter() - started
+    models = records[records["record"] == "model"]["latency_ms"]
+    summary = {
+        "out": str(out),
+        "plans": len(models),
+        "layers": int((records["record"] == "layer").sum()),
+        "seconds": seconds,
+        "latency_ms": {
+            "min": float(models.min()),
+            "median": float(models.median()),
+            "max": float(models.max()),
+        },
+        "spread_median": float(records[records["record"] == "model"]["spread"].median()),
+        "device": {k: records[k].iloc[0] for k in ("device", "cpu", "threads", "torch", "gpu")},
+    }
+    summary["device"]["threads"] = int(summary["device"]["threads"])
+    if args.json:
+        _print_json(summary)
+        return 0
+    lat = summary["latency_ms"]
+    print(
+        f"measured {summary['plans']} plans of {args.model} and {summary['layers']} single layers "
+        f"in {seconds:.0f} s on {summary['device']['cpu']} ({args.device}, {args.threads} "
+        f"thread(s)): {lat['min']:.3f}–{lat['max']:.3f} ms, median {lat['median']:.3f} ms, "
+        f"spread within a measurement {summary['spread_median']:.1%}"
+    )
+    print(f"wrote {out}; next: compplan fit-latency {out} --out latency.json")
+    return 0
+
+
+def _fit_latency(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+    import pandas as pd
+
+    from predictors.latency import PredictorError, load_records, make_predictor
+    from predictors.latency.models import _ModelRecords
+
+    if not 0 <= args.holdout < 1:
+        raise PredictorError(f"--holdout must be in [0, 1) (got {args.holdout})")
+    records = load_records(*args.records)
+    options = {"seed": args.seed} if args.kind == "network" else {}
+    models = records[records["record"] == "model"]
+    summary: dict = {"kind": args.kind, "records": len(records), "plans": len(models)}
+    # Discover each model once for both fits.
+    graphs = _graphs_of(models)
+    if args.holdout > 0:
+        order = np.random.default_rng(args.seed).permutation(len(models))
+        n_test = max(1, round(args.holdout * len(models)))
+        test, train = models.iloc[np.sort(order[:n_test])], models.iloc[np.sort(order[n_test:])]
+        layers = records[records["record"] == "layer"]
+        held = make_predictor(args.kind, **options).fit(
+            pd.concat([train, layers], ignore_index=True), graphs=graphs
+        )
+        errors = []
+        for _, graph, configs, measured in _ModelRecords(test, graphs).sets:
+            errors.append(np.abs(held._predict(graph, configs) / measured - 1))
+        error = np.concatenate(errors)
+        summary["holdout"] = {
+            "plans": len(error),
+            "within_10pct": float(np.mean(error <= 0.1)),
+            "mape": float(np.mean(error)),
+        }
+    started = time.perf_counter()
+    predictor = make_predictor(args.kind, **options).fit(records, graphs=graphs)
+    summary["fit_seconds"] = time.perf_counter() - started
+    summary["out"] = str(predictor.save(args.out))
+    summary["device"] = predictor.fingerprint
+    if args.json:
+        _print_json(summary)
+        return 0
+    if "holdout" in summary:
+        h = summary["holdout"]
+        print(
+            f"held-out {h['plans']} plans: {h['within_10pct']:.1%} within ±10%, "
+            f"mean error {h['mape']:.1%}"
+        )
+    print(
+        f"fit a {args.kind} predictor on {summary['plans']} plans in "
+        f"{summary['fit_seconds']:.1f} s for {predictor.fingerprint['cpu']} "
+        f"({predictor.fingerprint['device']}, {predictor.fingerprint['threads']} thread(s)); "
+        f"wrote {summary['out']}"
+    )
+    return 0
+
+
+def _graphs_of(models) -> dict:
+    from search_spaces import discover
+    from search_spaces.model_spec import load_model
+
+    graphs = {}
+    for model, shape in models[["model", "input_shape"]].drop_duplicates().itertuples(index=False):
+        loaded = load_model(model, input_shape=shape, pretrained=False)
+        graphs[(model, shape)] = discover(loaded.module, loaded.example_inputs, model_name=model)
+    return graphs
+
+
+def _predict_latency(args: argparse.Namespace) -> int:
+    from predictors.latency import load_predictor
+
+    predictor = load_predictor(args.predictor)
+    _, graph = _graph(args, pretrained=False)
+    plan = _plan_for(args, graph)
+    latency = float(predictor.predict(graph, [plan])[0])
+    result = {
+        "latency_ms": latency,
+        "predictor": args.predictor,
+        "kind": predictor.kind,
+        "device": predictor.fingerprint,
+    }
+    if args.json:
+        _print_json(result)
+        return 0
+    fingerprint = predictor.fingerprint
+    print(
+        f"{args.plan or args.preset} on {args.model}: {latency:.3f} ms predicted by the "
+        f"{predictor.kind} predictor for {fingerprint.get('cpu')} ({fingerprint.get('device')}, "
+        f"{fingerprint.get('threads')} thread(s))"
     )
     return 0
 

@@ -1,4 +1,4 @@
-"""Predictors of a plan's cost: exact size now; latency and accuracy proxies follow.
+"""Predictors of a plan's cost: exact size (`size`), latency (`latency`); accuracy proxies follow.
 
 Each predictor answers for a batch of plans at once (`predict(plans)`), because the search scores
 thousands.

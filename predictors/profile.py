@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Timing", "device_fingerprint", "measure"]
+__all__ = ["Timing", "device_fingerprint", "measure", "time_calls"]
 
 MIN_RUNS = 30
 
@@ -46,6 +46,18 @@ class Timing:
     def to_dict(self) -> dict:
         return {**asdict(self), "spread": self.spread}
 
+    @classmethod
+    def of(cls, times_ms: list[float]) -> Timing:
+        """The timing of a list of call durations (at least 2)."""
+        quartiles = statistics.quantiles(times_ms, n=4)
+        return cls(
+            median_ms=statistics.median(times_ms),
+            min_ms=min(times_ms),
+            max_ms=max(times_ms),
+            iqr_ms=quartiles[2] - quartiles[0],
+            runs=len(times_ms),
+        )
+
 
 def _cpu_model() -> str:
     try:
@@ -72,24 +84,19 @@ def device_fingerprint(device: str = "cpu", threads: int | None = None) -> dict:
 
 
 @torch.no_grad()
-def measure(
+def time_calls(
     module: nn.Module,
     inputs: Tensor | tuple[Tensor, ...],
     *,
-    runs: int = MIN_RUNS,
+    runs: int,
     warmup: int = 10,
     threads: int | None = None,
-) -> Timing:
-    """Time `module(*inputs)`: `warmup` untimed calls, then `runs` timed ones (at least 30).
+) -> list[float]:
+    """Durations in ms of `runs` calls of `module(*inputs)` after `warmup` untimed ones.
 
     On CUDA every call is synchronised, so a time is the call's, not its launch's. `threads`
-    sets torch's intra-op thread count for the measurement and restores it afterwards.
-
-    Raises:
-        ValueError: fewer than 30 runs were asked for.
+    sets torch's intra-op thread count for the calls and restores it afterwards.
     """
-    if runs < MIN_RUNS:
-        raise ValueError(f"a latency needs at least {MIN_RUNS} timed runs (got {runs})")
     inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
     cuda = any(t.is_cuda for t in inputs)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -109,11 +116,22 @@ def measure(
             times.append((time.perf_counter() - start) * 1e3)
     finally:
         torch.set_num_threads(previous)
-    quartiles = statistics.quantiles(times, n=4)
-    return Timing(
-        median_ms=statistics.median(times),
-        min_ms=min(times),
-        max_ms=max(times),
-        iqr_ms=quartiles[2] - quartiles[0],
-        runs=runs,
-    )
+    return times
+
+
+def measure(
+    module: nn.Module,
+    inputs: Tensor | tuple[Tensor, ...],
+    *,
+    runs: int = MIN_RUNS,
+    warmup: int = 10,
+    threads: int | None = None,
+) -> Timing:
+    """Time `module(*inputs)`: `warmup` untimed calls, then `runs` timed ones (at least 30).
+
+    Raises:
+        ValueError: fewer than 30 runs were asked for.
+    """
+    if runs < MIN_RUNS:
+        raise ValueError(f"a latency needs at least {MIN_RUNS} timed runs (got {runs})")
+    return Timing.of(time_calls(module, inputs, runs=runs, warmup=warmup, threads=threads))

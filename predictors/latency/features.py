@@ -1,0 +1,246 @@
+"""Layer configurations and the features a latency model reads from them.
+
+Every latency predictor here works on the same unit: one layer as it runs in the deployed form
+(channels after pruning, an activation quantizer in front where the plan asks for one). A layer
+configuration is a handful of integers — `LayerConfigs`, one array per column — and a plan is the
+configurations of its layers. Plans of one model share most configurations (a layer takes only a
+few distinct pruned shapes), so predictors score each distinct configuration once
+(`LayerConfigs.unique`) and sum per plan, which is what makes thousands of plans a second cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from predictors.size import PlanBatch, layer_bits
+from search_spaces.graph import LayerSpec, ModelGraph
+from search_spaces.plan import Plan
+
+__all__ = [
+    "FEATURE_NAMES",
+    "KINDS",
+    "LatencyBatch",
+    "LayerConfigs",
+    "features",
+    "plan_layer_configs",
+]
+
+KINDS = ("conv2d", "conv1d", "linear")
+
+FEATURE_NAMES = (
+    "is_conv2d",
+    "is_conv1d",
+    "is_linear",
+    "depthwise",
+    "log2_c_in",
+    "log2_c_out",
+    "log2_kernel",
+    "log2_in_spatial",
+    "log2_out_spatial",
+    "log2_batch",
+    "log2_macs",
+    "log2_in_elems",
+    "log2_out_elems",
+    "log2_weight_elems",
+    "log2_groups",
+    "act_quantized",
+    "act_bits",
+    "weight_bits",
+)
+
+
+@dataclass(frozen=True)
+class LayerConfigs:
+    """Deployed layer configurations, one array per column, all of one shape.
+
+    Attributes:
+        kind: index into `KINDS`.
+        c_in, c_out: channels after pruning (features for Linear).
+        groups: conv groups after pruning (a depthwise conv has c_out groups).
+        kernel: kernel elements (K² for a 2-d conv, 1 for Linear).
+        stride: spatial stride (1 for Linear).
+        in_spatial, out_spatial: elements per channel of the input and the output (H·W for a
+            2-d conv; tokens for a Linear over sequences, else 1).
+        batch: the batch size.
+        act_bits: input activation bits (32: not quantized).
+        weight_bits: weight bits as stored (32 for dense and for VQ, which runs decoded).
+    """
+
+    kind: np.ndarray
+    c_in: np.ndarray
+    c_out: np.ndarray
+    groups: np.ndarray
+    kernel: np.ndarray
+    stride: np.ndarray
+    in_spatial: np.ndarray
+    out_spatial: np.ndarray
+    batch: np.ndarray
+    act_bits: np.ndarray
+    weight_bits: np.ndarray
+
+    @classmethod
+    def from_columns(cls, **columns) -> LayerConfigs:
+        """Arrays (or scalars, broadcast) for every column, as int64."""
+        arrays = np.broadcast_arrays(*(np.asarray(columns[f.name]) for f in fields(cls)))
+        return cls(**{f.name: a.astype(np.int64) for f, a in zip(fields(cls), arrays, strict=True)})
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.kind.shape
+
+    def columns(self) -> dict[str, np.ndarray]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def reshape(self, *shape: int) -> LayerConfigs:
+        return LayerConfigs(**{k: v.reshape(*shape) for k, v in self.columns().items()})
+
+    def take(self, index: np.ndarray) -> LayerConfigs:
+        return LayerConfigs(**{k: v[index] for k, v in self.columns().items()})
+
+    @property
+    def macs(self) -> np.ndarray:
+        """Multiply-accumulates of the whole batch."""
+        return self.batch * self.out_spatial * self.c_out * (self.c_in // self.groups) * self.kernel
+
+    def unique(self) -> tuple[LayerConfigs, np.ndarray]:
+        """(the distinct configurations, flat; the index of each element among them).
+
+        `unique.take(inverse).reshape(*self.shape)` gives back `self`.
+        """
+        columns = self.columns()
+        flat = np.stack([v.reshape(-1) for v in columns.values()], axis=1)
+        key_columns = list(columns.values())
+        if self.kind.ndim == 2 and self.kind.shape[0] > 0:
+            # Plans × layers: a layer's static columns are one "layer index" column, so the
+            # key stays small enough for one int64.
+            varying = [v for v in key_columns if not (v == v[:1]).all()]
+            layer = np.broadcast_to(np.arange(self.kind.shape[1]), self.kind.shape)
+            key_columns = [layer, *varying]
+        key = np.zeros(flat.shape[0], dtype=np.int64)
+        radix_total = 1
+        for column in key_columns:
+            column = column.reshape(-1)
+            low = int(column.min()) if column.size else 0
+            base = int(column.max()) - low + 1 if column.size else 1
+            radix_total *= base
+            key = key * base + (column - low)
+        if radix_total >= 2**62:  # would overflow: rows compared column by column instead
+            stacked = np.stack([c.reshape(-1) for c in key_columns], axis=1)
+            _, first, inverse = np.unique(stacked, axis=0, return_index=True, return_inverse=True)
+        else:
+            _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        rows = flat[first]
+        unique = LayerConfigs.from_columns(**dict(zip(columns, rows.T, strict=True)))
+        return unique, inverse.reshape(-1)
+
+
+def features(configs: LayerConfigs) -> np.ndarray:
+    """The network's input per configuration: float32, shape (*configs.shape, len(FEATURE_NAMES)).
+
+    Counts enter as log2, so that one network spans a 1×1 conv on 7×7 and a 3×3 conv on 224×224.
+    """
+    c = configs
+    log2 = np.log2
+    f = np.stack(
+        [
+            c.kind == 0,
+            c.kind == 1,
+            c.kind == 2,
+            (c.groups > 1) & (c.groups == c.c_in) & (c.groups == c.c_out),
+            log2(c.c_in),
+            log2(c.c_out),
+            log2(c.kernel),
+            log2(c.in_spatial),
+            log2(c.out_spatial),
+            log2(c.batch),
+            log2(np.maximum(c.macs, 1)),
+            log2(c.batch * c.c_in * c.in_spatial),
+            log2(c.batch * c.c_out * c.out_spatial),
+            log2(c.c_out * (c.c_in // c.groups) * c.kernel),
+            log2(c.groups),
+            c.act_bits < 32,
+            c.act_bits / 32,
+            c.weight_bits / 32,
+        ],
+        axis=-1,
+    )
+    return f.astype(np.float32)
+
+
+def _spatial(shape: tuple[int, ...], kind: str) -> int:
+    """Elements per channel: H·W (or L) for a conv, tokens for a Linear."""
+    return math.prod(shape[2:]) if kind != "linear" else math.prod(shape[1:-1])
+
+
+def _static_columns(spec: LayerSpec) -> dict[str, int]:
+    kind = spec.kind
+    in_spatial = _spatial(spec.input_shape, kind)
+    out_spatial = _spatial(spec.output_shape, kind)
+    stride = 1
+    if kind != "linear" and len(spec.input_shape) > 2:
+        stride = max(1, round(spec.input_shape[-1] / max(spec.output_shape[-1], 1)))
+    return {
+        "kind": KINDS.index(kind),
+        "kernel": spec.kernel_elems,
+        "stride": stride,
+        "in_spatial": max(in_spatial, 1),
+        "out_spatial": max(out_spatial, 1),
+        "batch": spec.input_shape[0],
+    }
+
+
+@dataclass(frozen=True)
+class LatencyBatch:
+    """Plans of one model as arrays, with what latency needs beyond size: activation bits.
+
+    Attributes:
+        plans: the size model's arrays (k, m, d̃, weight bits, keep per group).
+        act_bits: input activation bits, plans × layers.
+    """
+
+    plans: PlanBatch
+    act_bits: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.plans)
+
+    @classmethod
+    def from_plans(cls, graph: ModelGraph, plans: Sequence[Plan]) -> LatencyBatch:
+        column = {name: j for j, name in enumerate(graph.layers)}
+        act = np.full((len(plans), len(column)), 32, dtype=np.int64)
+        for i, plan in enumerate(plans):
+            for name, layer_plan in plan.layers.items():
+                act[i, column[name]] = layer_plan.act_bits
+        return cls(plans=PlanBatch.from_plans(graph, plans), act_bits=act)
+
+
+def plan_layer_configs(graph: ModelGraph, plans: Sequence[Plan] | LatencyBatch) -> LayerConfigs:
+    """The deployed configuration of every layer under every plan: shape (plans, layers).
+
+    Channels come from the size model's pruning arithmetic (`predictors.size.layer_bits`), so
+    the two predictors cannot disagree about a pruned shape. VQ layers count as 32-bit weights:
+    they run decoded (DESIGN.md, Latency).
+    """
+    batch = plans if isinstance(plans, LatencyBatch) else LatencyBatch.from_plans(graph, plans)
+    parts = layer_bits(graph, batch.plans)
+    specs = list(graph.layers.values())
+    static = {
+        key: np.asarray([_static_columns(s)[key] for s in specs], dtype=np.int64)[None, :]
+        for key in ("kind", "kernel", "stride", "in_spatial", "out_spatial", "batch")
+    }
+    depthwise = np.asarray([s.is_depthwise for s in specs], dtype=bool)[None, :]
+    groups = np.asarray([s.groups for s in specs], dtype=np.int64)[None, :]
+    c_out = parts["c_out"]
+    weight_bits = np.where(batch.plans.k > 0, 32, batch.plans.weight_bits)
+    return LayerConfigs.from_columns(
+        c_in=parts["c_in"],
+        c_out=c_out,
+        groups=np.where(depthwise, c_out, groups),
+        act_bits=batch.act_bits,
+        weight_bits=weight_bits,
+        **{k: np.broadcast_to(v, c_out.shape) for k, v in static.items()},
+    )

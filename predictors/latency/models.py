@@ -1,0 +1,521 @@
+"""Latency predictors: a FLOPs baseline, a lookup table, and a latency predictor network.
+
+All three share one interface:
+- `fit(records)`: learn from latency records (`profile`'s DataFrame);
+- `predict(graph, plans)`: milliseconds for a batch of plans of one model (`Plan`s or a
+  `LatencyBatch`), as a numpy array;
+- `save(path)` / `load_predictor(path)`: a JSON file (weights as lists of numbers), so that a saved
+  predictor outlives library upgrades, unlike a pickled regressor.
+
+Predictions work per distinct layer configuration (`LayerConfigs.unique`) and sum per plan, so a
+batch of ten thousand plans costs a few thousand layer evaluations.
+
+The network follows W-Gates' latency-predicting network and nn-Meter's kernel view: an MLP maps each
+layer's features to its time alone and to its "glue" (what the layer adds inside a model: the
+activation, the residual add, memory traffic), the per-layer times are summed, and a per-model
+overhead (a function of the input size) is added. It learns from whole models and, where the
+records have them, from single layers — including random layers of kinds no profiled model has,
+which is what lets it price an unseen architecture.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from predictors.latency.features import (
+    FEATURE_NAMES,
+    LatencyBatch,
+    LayerConfigs,
+    features,
+    plan_layer_configs,
+)
+from predictors.latency.records import FINGERPRINT_COLUMNS
+from search_spaces.graph import ModelGraph
+from search_spaces.plan import Plan
+
+__all__ = [
+    "PREDICTOR_KINDS",
+    "FlopsPredictor",
+    "LatencyNetwork",
+    "LatencyPredictor",
+    "LookupTablePredictor",
+    "PredictorError",
+    "load_predictor",
+    "make_predictor",
+]
+
+FORMAT = "compplan-latency-predictor"
+VERSION = 1
+
+Plans = Sequence[Plan] | LatencyBatch
+
+
+class PredictorError(ValueError):
+    """A predictor that cannot be fit, loaded or used as asked; the message says why."""
+
+
+# -- records → training sets --------------------------------------------------------------------
+
+
+def _records_fingerprint(records: pd.DataFrame) -> dict[str, Any]:
+    devices = records[list(FINGERPRINT_COLUMNS)].astype(str).drop_duplicates()
+    if len(devices) > 1:
+        listed = "; ".join(", ".join(row) for row in devices.itertuples(index=False))
+        raise PredictorError(
+            f"the records come from {len(devices)} devices ({listed}); a predictor is for one "
+            "device and thread count: fit one per device"
+        )
+    row = devices.iloc[0].to_dict()
+    row["threads"] = int(row["threads"])
+    return row
+
+
+def _model_label(graph: ModelGraph) -> str:
+    """The model and the shape of its first layer's input: "zoo:digits@1x1x8x8"."""
+    first = next(iter(graph.layers.values()))
+    return f"{graph.model_name}@{'x'.join(map(str, first.input_shape))}"
+
+
+def _input_elements(graph: ModelGraph) -> int:
+    first = next(iter(graph.layers.values()))
+    return math.prod(first.input_shape)
+
+
+class _ModelRecords:
+    """Model records grouped by (model, input shape): graph, layer configs (plans × layers), ms."""
+
+    def __init__(self, records: pd.DataFrame, graphs: dict[tuple[str, str], ModelGraph] | None):
+        from search_spaces.discover import discover
+        from search_spaces.model_spec import load_model
+
+        self.sets: list[tuple[str, ModelGraph, LayerConfigs, np.ndarray]] = []
+        rows = records[records["record"] == "model"]
+        for (model, shape), group in rows.groupby(["model", "input_shape"], sort=False):
+            graph = (graphs or {}).get((model, shape))
+            if graph is None:
+                loaded = load_model(model, input_shape=shape, pretrained=False)
+                graph = discover(loaded.module, loaded.example_inputs, model_name=model)
+            plans = [Plan.from_json(text) for text in group["plan"]]
+            configs = plan_layer_configs(graph, plans)
+            self.sets.append(
+                (_model_label(graph), graph, configs, group["latency_ms"].to_numpy(float))
+            )
+
+    def __len__(self) -> int:
+        return sum(len(y) for *_, y in self.sets)
+
+
+def _layer_records(records: pd.DataFrame) -> tuple[LayerConfigs, np.ndarray]:
+    rows = records[records["record"] == "layer"]
+    columns = {
+        name: rows[name].to_numpy(float).astype(np.int64)
+        for name in LayerConfigs.__dataclass_fields__
+    }
+    return LayerConfigs.from_columns(**columns), rows["latency_ms"].to_numpy(float)
+
+
+# -- the interface ------------------------------------------------------------------------------
+
+
+class LatencyPredictor:
+    """Base of the predictors: fit on records, predict milliseconds for plans, save as JSON."""
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        self.fingerprint: dict[str, Any] = {}
+        self.fitted = False
+
+    def fit(
+        self,
+        records: pd.DataFrame,
+        *,
+        graphs: dict[tuple[str, str], ModelGraph] | None = None,
+    ) -> LatencyPredictor:
+        """Learn from `records`; `graphs` ((model, input_shape) → graph) saves rediscovering.
+
+        Raises:
+            PredictorError: the records are from several devices or lack what this predictor needs.
+        """
+        if records.empty:
+            raise PredictorError("no records to fit on")
+        self.fingerprint = _records_fingerprint(records)
+        self._fit(records, graphs)
+        self.fitted = True
+        return self
+
+    def predict(self, graph: ModelGraph, plans: Plans) -> np.ndarray:
+        """Predicted latency in ms of each plan of `graph`'s model (float64 array)."""
+        if not self.fitted:
+            raise PredictorError(f"the {self.kind} predictor is not fit yet")
+        configs = plan_layer_configs(graph, plans)
+        return self._predict(graph, configs)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the predictor as JSON."""
+        if not self.fitted:
+            raise PredictorError("fit the predictor before saving it")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        document = {
+            "format": FORMAT,
+            "version": VERSION,
+            "kind": self.kind,
+            "fingerprint": self.fingerprint,
+            "state": self._state(),
+        }
+        path.write_text(json.dumps(document))
+        return path
+
+    # subclasses
+    def _fit(self, records: pd.DataFrame, graphs) -> None:
+        raise NotImplementedError
+
+    def _predict(self, graph: ModelGraph, configs: LayerConfigs) -> np.ndarray:
+        raise NotImplementedError
+
+    def _state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class FlopsPredictor(LatencyPredictor):
+    """Latency linear in the deployed MACs: `a · MACs + b`, fit for the least relative error."""
+
+    kind = "flops"
+
+    def _fit(self, records, graphs) -> None:
+        models = _ModelRecords(records, graphs)
+        if len(models) < 2:
+            raise PredictorError("the FLOPs baseline needs at least 2 model records")
+        macs = np.concatenate([c.macs.sum(axis=1) for _, _, c, _ in models.sets]).astype(float)
+        y = np.concatenate([y for *_, y in models.sets])
+        design = np.stack([macs / y, 1 / y], axis=1)
+        (self.ms_per_mac, self.offset_ms), *_ = np.linalg.lstsq(design, np.ones_like(y), rcond=None)
+
+    def _predict(self, graph, configs) -> np.ndarray:
+        return self.ms_per_mac * configs.macs.sum(axis=1).astype(float) + self.offset_ms
+
+    def _state(self):
+        return {"ms_per_mac": float(self.ms_per_mac), "offset_ms": float(self.offset_ms)}
+
+    def _load_state(self, state):
+        self.ms_per_mac, self.offset_ms = state["ms_per_mac"], state["offset_ms"]
+
+
+_KEY = tuple(LayerConfigs.__dataclass_fields__)
+
+
+class LookupTablePredictor(LatencyPredictor):
+    """The sum of each layer's latency measured alone (NetAdapt, nn-Meter), plus a per-model
+    constant for everything between layers (the median residual on the model records).
+
+    A configuration missing from the table takes the nearest measured one of the same kind
+    (kernel, stride, depthwise or not, quantized input or not, batch; nearest in MACs), scaled by
+    the ratio of MACs. `misses` counts such look-ups since the last `predict`.
+    """
+
+    kind = "lookup"
+
+    def _fit(self, records, graphs) -> None:
+        layers, ms = _layer_records(records)
+        if len(ms) == 0:
+            raise PredictorError(
+                "the lookup table needs single-layer records: profile with layers on "
+                "(`compplan profile` does so unless --no-layers)"
+            )
+        frame = pd.DataFrame(layers.columns())
+        frame["ms"] = ms
+        table = frame.groupby(list(_KEY), sort=False)["ms"].median()
+        self.table = {tuple(int(v) for v in key): float(value) for key, value in table.items()}
+        self._index()
+        self.overheads: dict[str, float] = {}
+        models = _ModelRecords(records, graphs)
+        for label, _, configs, y in models.sets:
+            self.overheads[label] = float(np.median(y - self._sum(configs)))
+
+    def _index(self) -> None:
+        keys = np.asarray(list(self.table), dtype=np.int64).reshape(-1, len(_KEY))
+        self._entries = LayerConfigs.from_columns(**dict(zip(_KEY, keys.T, strict=True)))
+        self._entry_ms = np.asarray(list(self.table.values()), dtype=float)
+        self.misses = 0
+
+    def _lookup(self, unique: LayerConfigs) -> np.ndarray:
+        out = np.empty(len(unique.kind), dtype=float)
+        entries, entry_macs = self._entries, np.maximum(self._entries.macs, 1).astype(float)
+        columns = unique.columns()
+        for i in range(len(out)):
+            key = tuple(int(columns[k][i]) for k in _KEY)
+            value = self.table.get(key)
+            if value is None:
+                self.misses += 1
+                value = self._nearest(unique.take(np.array([i])), entries, entry_macs)
+            out[i] = value
+        return out
+
+    def _nearest(self, one: LayerConfigs, entries: LayerConfigs, entry_macs) -> float:
+        macs = float(max(one.macs[0], 1))
+        depthwise = lambda c: (c.groups > 1) & (c.groups == c.c_in)  # noqa: E731
+        same = (
+            (entries.kind == one.kind[0])
+            & (entries.kernel == one.kernel[0])
+            & (entries.stride == one.stride[0])
+            & (depthwise(entries) == depthwise(one)[0])
+            & ((entries.act_bits < 32) == (one.act_bits[0] < 32))
+            & (entries.batch == one.batch[0])
+        )
+        for candidates in (same, entries.kind == one.kind[0], np.ones_like(same)):
+            if candidates.any():
+                index = np.flatnonzero(candidates)
+                best = index[np.argmin(np.abs(np.log(entry_macs[index] / macs)))]
+                return float(self._entry_ms[best] * macs / entry_macs[best])
+        raise PredictorError("the lookup table is empty")
+
+    def _sum(self, configs: LayerConfigs) -> np.ndarray:
+        unique, inverse = configs.unique()
+        return self._lookup(unique)[inverse].reshape(configs.shape).sum(axis=1)
+
+    def _predict(self, graph, configs) -> np.ndarray:
+        self.misses = 0
+        overhead = self.overheads.get(_model_label(graph))
+        if overhead is None:  # an unseen model: the typical overhead
+            overhead = float(np.median(list(self.overheads.values()))) if self.overheads else 0.0
+        return self._sum(configs) + overhead
+
+    def _state(self):
+        return {
+            "columns": list(_KEY),
+            "entries": [[*key, ms] for key, ms in self.table.items()],
+            "overheads": self.overheads,
+        }
+
+    def _load_state(self, state):
+        if state["columns"] != list(_KEY):
+            raise PredictorError("the lookup table's columns differ from this compplan's")
+        self.table = {tuple(int(v) for v in row[:-1]): float(row[-1]) for row in state["entries"]}
+        self.overheads = dict(state["overheads"])
+        self._index()
+
+
+class LatencyNetwork(LatencyPredictor):
+    """The latency predictor network: per-layer MLP outputs summed, plus a per-model overhead.
+
+    Args:
+        hidden: width of the two hidden layers.
+        steps: full-batch Adam steps.
+        lr: Adam's learning rate (cosine-annealed).
+        layer_weight: weight of the single-layer loss against the whole-model loss.
+        seed: torch seed for the initial weights.
+
+    Both losses are squared errors of log latency, so the fit is for relative error, as the ±10%
+    measure is.
+    """
+
+    kind = "network"
+
+    def __init__(
+        self,
+        *,
+        hidden: int = 64,
+        steps: int = 3000,
+        lr: float = 3e-3,
+        layer_weight: float = 1.0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.config = {
+            "hidden": hidden,
+            "steps": steps,
+            "lr": lr,
+            "layer_weight": layer_weight,
+            "seed": seed,
+        }
+        self.training_log: list[dict[str, float]] = []
+
+    def _build(self):
+        import torch
+        from torch import nn
+
+        hidden = self.config["hidden"]
+        self.net = nn.Sequential(
+            nn.Linear(len(FEATURE_NAMES), hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, 2),  # log ms alone, log ms of glue inside a model
+        )
+        self.overhead = nn.Linear(1, 1)  # log overhead ms from log2 input elements
+        self.mean = torch.zeros(len(FEATURE_NAMES))
+        self.std = torch.ones(len(FEATURE_NAMES))
+
+    def _layer_out(self, x):
+        return self.net((x - self.mean) / self.std)
+
+    def _overhead_of(self, graph: ModelGraph):
+        import torch
+
+        z = torch.tensor([[math.log2(_input_elements(graph)) / 20.0]])
+        return self.overhead(z).exp().reshape(())
+
+    def _fit(self, records, graphs) -> None:
+        import torch
+
+        torch.manual_seed(self.config["seed"])
+        self._build()
+        models = _ModelRecords(records, graphs)
+        layers, layer_ms = _layer_records(records)
+        if len(models) < 2:
+            raise PredictorError("the network needs at least 2 model records")
+        sets = []
+        pieces = []
+        for _, graph, configs, y in models.sets:
+            unique, inverse = configs.unique()
+            x = torch.from_numpy(features(unique))
+            sets.append(
+                (graph, x, torch.from_numpy(inverse).reshape(configs.shape), torch.tensor(y))
+            )
+            pieces.append(x)
+        x_layers = torch.from_numpy(features(layers)) if len(layer_ms) else None
+        if x_layers is not None:
+            pieces.append(x_layers)
+            y_layers = torch.tensor(layer_ms).log()
+        everything = torch.cat(pieces)
+        self.mean = everything.mean(0)
+        # A floor on the scale: a feature (nearly) constant in training, such as "depthwise" for
+        # a model without depthwise convs, must not become a huge input on an unseen model.
+        self.std = everything.std(0).clamp(min=0.25)
+        parameters = [*self.net.parameters(), *self.overhead.parameters()]
+        optimizer = torch.optim.Adam(parameters, lr=self.config["lr"])
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.config["steps"])
+        for step in range(self.config["steps"]):
+            optimizer.zero_grad()
+            model_loss = torch.stack(
+                [
+                    (self._model_ms(graph, x, inverse).log() - y.log()).square().mean()
+                    for graph, x, inverse, y in sets
+                ]
+            ).mean()
+            loss = model_loss
+            if x_layers is not None:
+                layer_loss = (self._layer_out(x_layers)[:, 0] - y_layers).square().mean()
+                loss = loss + self.config["layer_weight"] * layer_loss
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            if step % 500 == 0 or step == self.config["steps"] - 1:
+                self.training_log.append({"step": step, "loss": float(loss.detach())})
+
+    def _model_ms(self, graph, x, inverse):
+        out = self._layer_out(x).double().exp().sum(dim=1)  # alone + glue, per unique config
+        return out[inverse].sum(dim=1) + self._overhead_of(graph)
+
+    def _predict(self, graph, configs) -> np.ndarray:
+        import torch
+
+        unique, inverse = configs.unique()
+        with torch.no_grad():
+            x = torch.from_numpy(features(unique))
+            ms = self._model_ms(graph, x, torch.from_numpy(inverse).reshape(configs.shape))
+        return ms.numpy()
+
+    def predict_layers(self, configs: LayerConfigs) -> np.ndarray:
+        """Predicted ms of single layers (each alone), any shape of `configs`."""
+        import torch
+
+        with torch.no_grad():
+            out = self._layer_out(torch.from_numpy(features(configs)))[..., 0]
+        return out.double().exp().numpy()
+
+    def _state(self):
+        tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
+        tensors |= {f"overhead.{k}": v for k, v in self.overhead.state_dict().items()}
+        tensors |= {"mean": self.mean, "std": self.std}
+        return {
+            "config": self.config,
+            "features": list(FEATURE_NAMES),
+            "tensors": {
+                k: {"shape": list(v.shape), "data": v.reshape(-1).tolist()}
+                for k, v in tensors.items()
+            },
+            "training_log": self.training_log,
+        }
+
+    def _load_state(self, state):
+        import torch
+
+        if state["features"] != list(FEATURE_NAMES):
+            raise PredictorError(
+                "this network was trained on other layer features than this compplan computes; "
+                "fit it again with `compplan fit-latency`"
+            )
+        self.config = dict(state["config"])
+        self.training_log = list(state.get("training_log", []))
+        self._build()
+        tensors = {
+            k: torch.tensor(v["data"], dtype=torch.float32).reshape(v["shape"])
+            for k, v in state["tensors"].items()
+        }
+        self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        self.overhead.load_state_dict(
+            {k[9:]: v for k, v in tensors.items() if k.startswith("overhead.")}
+        )
+        self.mean, self.std = tensors["mean"], tensors["std"]
+
+
+PREDICTOR_KINDS = {cls.kind: cls for cls in (FlopsPredictor, LookupTablePredictor, LatencyNetwork)}
+
+
+def make_predictor(kind: str, **options) -> LatencyPredictor:
+    """A new, unfit predictor of `kind` ("flops", "lookup" or "network")."""
+    try:
+        return PREDICTOR_KINDS[kind](**options)
+    except KeyError:
+        raise PredictorError(
+            f"unknown predictor kind '{kind}'; choose one of {', '.join(PREDICTOR_KINDS)}"
+        ) from None
+
+
+def load_predictor(path: str | Path) -> LatencyPredictor:
+    """Read a predictor saved with `save`.
+
+    Raises:
+        PredictorError: the file is missing, not a compplan predictor, or from a newer version.
+    """
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PredictorError(
+            f"{path}: no such predictor file (make one with `compplan fit-latency`)"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise PredictorError(f"{path}: not a latency predictor file ({error})") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise PredictorError(f"{path}: not a compplan latency predictor file")
+    if document.get("version") != VERSION:
+        raise PredictorError(
+            f"{path}: predictor file version {document.get('version')} is not supported "
+            f"(this compplan reads version {VERSION})"
+        )
+    kind = document.get("kind")
+    if kind not in PREDICTOR_KINDS:
+        raise PredictorError(f"{path}: unknown predictor kind {kind!r}")
+    predictor = PREDICTOR_KINDS[kind]()
+    try:
+        predictor._load_state(document["state"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        if isinstance(error, PredictorError):
+            raise
+        raise PredictorError(f"{path}: the saved {kind} predictor is damaged ({error})") from None
+    predictor.fingerprint = dict(document.get("fingerprint", {}))
+    predictor.fitted = True
+    return predictor

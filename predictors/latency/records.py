@@ -1,0 +1,85 @@
+"""Latency records on disk: a pandas DataFrame as parquet or CSV, checked when read back.
+
+A record is one measurement: of a whole plan ("model": its spec, input shape and plan JSON) or
+of one layer configuration ("layer": the `LayerConfigs` columns). Every record carries the device
+fingerprint it was measured on, so a predictor knows what it was fit for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from predictors.latency.features import LayerConfigs
+
+__all__ = ["FINGERPRINT_COLUMNS", "RecordsError", "load_records", "save_records"]
+
+FINGERPRINT_COLUMNS = ("device", "cpu", "threads", "torch", "gpu")
+_REQUIRED = ("record", "model", "input_shape", "plan", "latency_ms", *FINGERPRINT_COLUMNS)
+_LAYER_COLUMNS = tuple(LayerConfigs.__dataclass_fields__)
+_FORMATS = {".parquet": "parquet", ".csv": "csv"}
+
+
+class RecordsError(ValueError):
+    """A records file that cannot be written or read as latency records; the message says why."""
+
+
+def _format(path: Path) -> str:
+    try:
+        return _FORMATS[path.suffix.lower()]
+    except KeyError:
+        raise RecordsError(
+            f"{path}: latency records are saved as .parquet or .csv (got '{path.suffix}')"
+        ) from None
+
+
+def save_records(records: pd.DataFrame, path: str | Path) -> Path:
+    """Write records to `path` (.parquet or .csv); returns the path."""
+    path = Path(path)
+    kind = _format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "parquet":
+        records.to_parquet(path, index=False)
+    else:
+        records.to_csv(path, index=False)
+    return path
+
+
+def load_records(*paths: str | Path) -> pd.DataFrame:
+    """Read and concatenate records files, checking that they are latency records.
+
+    Raises:
+        RecordsError: a file is missing, unreadable, or lacks the columns records have.
+    """
+    if not paths:
+        raise RecordsError("no records file given")
+    frames = []
+    for path in map(Path, paths):
+        kind = _format(path)
+        if not path.is_file():
+            raise RecordsError(f"{path}: no such records file (make one with `compplan profile`)")
+        try:
+            frame = (
+                pd.read_parquet(path)
+                if kind == "parquet"
+                else pd.read_csv(path, dtype={"plan": str, "gpu": str, "input_shape": str})
+            )
+            for column in ("plan", "gpu", "input_shape"):
+                if column in frame.columns:
+                    frame[column] = frame[column].fillna("")
+        except Exception as error:
+            raise RecordsError(f"{path}: cannot read it as {kind}: {error}") from None
+        missing = [c for c in _REQUIRED if c not in frame.columns]
+        if "layer" in set(frame.get("record", ())):
+            missing += [c for c in _LAYER_COLUMNS if c not in frame.columns]
+        if missing:
+            raise RecordsError(
+                f"{path}: not latency records (missing columns {', '.join(missing)}); "
+                "make them with `compplan profile`"
+            )
+        unknown = set(frame["record"]) - {"model", "layer"}
+        if unknown:
+            raise RecordsError(f"{path}: unknown record kinds {sorted(unknown)}")
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,110 @@
+"""`compplan profile`, `fit-latency` and `predict-latency` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from planner.cli import main
+
+
+def _json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    path = tmp_path_factory.mktemp("latency") / "digits.parquet"
+    argv = ["profile", "--model", "zoo:digits", "--samples", "8", "--processes", "0"]
+    assert main([*argv, "--synthetic-layers", "3", "--out", str(path), "--json"]) == 0
+    return path
+
+
+def test_profile_writes_records_and_says_what_it_measured(records, capsys):
+    from predictors.latency import load_records
+
+    frame = load_records(records)
+    assert (frame["record"] == "model").sum() == 8
+    assert (frame["model"] == "synthetic").sum() == 3
+    assert (
+        main(
+            [
+                "profile",
+                "--model",
+                "zoo:digits",
+                "--samples",
+                "2",
+                "--processes",
+                "0",
+                "--no-layers",
+                "--out",
+                str(records.with_suffix(".csv")),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "measured 2 plans of zoo:digits" in out and "compplan fit-latency" in out
+
+
+@pytest.mark.parametrize("kind", ["network", "lookup", "flops"])
+def test_fit_then_predict(records, tmp_path, capsys, kind):
+    predictor = tmp_path / f"{kind}.json"
+    assert (
+        main(["fit-latency", str(records), "--kind", kind, "--out", str(predictor), "--json"]) == 0
+    )
+    fitted = _json(capsys)
+    assert fitted["plans"] == 8 and fitted["holdout"]["plans"] == 2
+    assert 0 <= fitted["holdout"]["within_10pct"] <= 1 and fitted["device"]["device"] == "cpu"
+    argv = ["predict-latency", "--predictor", str(predictor), "--model", "zoo:digits"]
+    assert main([*argv, "--preset", "keep:0.5", "--json"]) == 0
+    half = _json(capsys)["latency_ms"]
+    assert main([*argv, "--preset", "bits:4", "--json"]) == 0
+    full = _json(capsys)["latency_ms"]
+    assert half > 0 and full > 0
+    if kind != "lookup":  # the table may price an unprofiled shape by MACs alone
+        assert half < full
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["fit-latency", "absent.parquet", "--out", "p.json"], "no such records file"),
+        (["fit-latency", "x.txt", "--out", "p.json"], "parquet or .csv"),
+        (
+            [
+                "predict-latency",
+                "--predictor",
+                "absent.json",
+                "--model",
+                "zoo:digits",
+                "--preset",
+                "bits:4",
+            ],
+            "no such predictor file",
+        ),
+        (["profile", "--model", "zoo:digits", "--out", "r.txt"], "parquet or .csv"),
+        (["profile", "--model", "zoo:digits", "--out", "r.csv", "--runs", "3"], "at least 30"),
+        (
+            ["profile", "--model", "zoo:digits", "--out", "r.csv", "--device", "tpu"],
+            "'cpu' or 'cuda",
+        ),
+        (["profile", "--model", "zoo:nope", "--out", "r.csv"], "nope"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("compplan: error:") and message in err
+
+
+def test_records_from_two_devices_are_refused(records, tmp_path, capsys):
+    from predictors.latency import load_records, save_records
+
+    frame = load_records(records)
+    frame.loc[frame.index[0], "threads"] = 2
+    save_records(frame, tmp_path / "mixed.parquet")
+    assert main(["fit-latency", str(tmp_path / "mixed.parquet"), "--out", "p.json"]) == 2
+    assert "fit one per device" in capsys.readouterr().err

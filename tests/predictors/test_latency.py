@@ -1,0 +1,351 @@
+"""Latency: layer configurations, profiling records, and the three predictors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from engine.deploy import deployed_structure
+from predictors.latency import (
+    FEATURE_NAMES,
+    FlopsPredictor,
+    LatencyBatch,
+    LatencyNetwork,
+    LayerConfigs,
+    LookupTablePredictor,
+    PredictorError,
+    ProfileError,
+    RecordsError,
+    features,
+    load_predictor,
+    load_records,
+    profile,
+    profile_layers,
+    profiling,
+    random_plans,
+    save_records,
+    synthetic_layer_configs,
+)
+from predictors.latency.features import plan_layer_configs
+from predictors.size import layer_bits
+from search_spaces import PlanError, SearchSpace, discover
+from search_spaces.model_spec import load_model
+
+DIGITS = "zoo:digits"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    loaded = load_model(DIGITS, pretrained=False)
+    graph = discover(loaded.module, loaded.example_inputs, model_name=DIGITS)
+    return loaded, graph
+
+
+@pytest.fixture(scope="module")
+def digits_plans(digits):
+    _, graph = digits
+    return random_plans(SearchSpace(graph), 60, seed=3)
+
+
+@pytest.fixture(scope="module")
+def measured(digits_plans):
+    """Real records of 6 digits plans and their layers, measured in this process."""
+    return profile(DIGITS, plans=digits_plans[:6], processes=0, progress=False)
+
+
+# -- configurations -----------------------------------------------------------------------------
+
+
+def test_layer_configs_match_the_deployed_modules(digits, digits_plans):
+    loaded, graph = digits
+    configs = plan_layer_configs(graph, digits_plans[:8])
+    names = list(graph.layers)
+    for i, plan in enumerate(digits_plans[:8]):
+        model = deployed_structure(loaded.module, plan, loaded.example_inputs, graph=graph)
+        for j, name in enumerate(names):
+            module = model.get_submodule(name)
+            layer = module[-1] if isinstance(module, nn.Sequential) else module
+            quantized = isinstance(module, nn.Sequential)
+            assert configs.c_out[i, j] == layer.weight.shape[0], (plan, name)
+            assert configs.c_in[i, j] == layer.weight.shape[1] * getattr(layer, "groups", 1)
+            assert (configs.act_bits[i, j] < 32) == quantized
+
+
+def test_channels_agree_with_the_size_model(mobilenet_graph):
+    plans = random_plans(SearchSpace(mobilenet_graph), 40, seed=1)
+    batch = LatencyBatch.from_plans(mobilenet_graph, plans)
+    configs = plan_layer_configs(mobilenet_graph, batch)
+    bits = layer_bits(mobilenet_graph, batch.plans)
+    assert (configs.c_out == bits["c_out"]).all() and (configs.c_in == bits["c_in"]).all()
+    depthwise = [s.is_depthwise for s in mobilenet_graph.layers.values()]
+    assert (configs.groups[:, depthwise] == configs.c_out[:, depthwise]).all()
+    assert configs.macs[:, depthwise].max() > 0
+
+
+def test_unique_gives_back_every_configuration(mobilenet_graph):
+    plans = random_plans(SearchSpace(mobilenet_graph), 200, seed=2)
+    configs = plan_layer_configs(mobilenet_graph, plans)
+    unique, inverse = configs.unique()
+    assert len(unique.kind) < configs.kind.size
+    again = unique.take(inverse).reshape(*configs.shape)
+    for name, column in configs.columns().items():
+        assert (again.columns()[name] == column).all(), name
+
+
+def test_features_are_finite_and_named():
+    configs = synthetic_layer_configs(50, seed=0)
+    x = features(configs)
+    assert x.shape == (50, len(FEATURE_NAMES)) and np.isfinite(x).all()
+    depthwise = x[:, FEATURE_NAMES.index("depthwise")] == 1
+    assert depthwise.any() and (configs.groups[depthwise] == configs.c_in[depthwise]).all()
+
+
+def test_random_plans_span_light_to_heavy_compression(digits):
+    _, graph = digits
+    plans = random_plans(SearchSpace(graph), 40, seed=0)
+    pruned = [sum(lp.keep < 1 for lp in p.layers.values()) for p in plans]
+    assert min(pruned) == 0 and max(pruned) >= len(graph.layers) // 2
+    assert random_plans(SearchSpace(graph), 5, seed=7) == random_plans(
+        SearchSpace(graph), 5, seed=7
+    )
+
+
+# -- profiling and records -----------------------------------------------------------------------
+
+
+def test_profile_records_plans_and_their_layers(measured, digits, digits_plans):
+    _, graph = digits
+    models = measured[measured["record"] == "model"]
+    layers = measured[measured["record"] == "layer"]
+    assert len(models) == 6
+    unique, _ = plan_layer_configs(graph, digits_plans[:6]).unique()
+    assert len(layers) == len(unique.kind)
+    assert (measured["latency_ms"] > 0).all() and (measured["runs"] >= 30).all()
+    assert set(measured["device"]) == {"cpu"} and set(measured["threads"]) == {1}
+    assert set(measured["torch"]) == {torch.__version__}
+    assert (models["input_shape"] == "1x1x8x8").all()
+
+
+def test_pruned_plans_measure_faster():
+    from planner.presets import make_preset
+
+    loaded = load_model(DIGITS, input_shape="32,1,8,8", pretrained=False)
+    graph = discover(loaded.module, loaded.example_inputs, model_name=DIGITS)
+    plans = [make_preset(graph, "bits:32", model=DIGITS), make_preset(graph, "keep:0.25")]
+    records = profile(
+        DIGITS, input_shape="32,1,8,8", plans=plans, processes=0, progress=False, layers=False
+    )
+    assert list(records["input_shape"]) == ["32x1x8x8"] * 2
+    full, pruned = records["latency_ms"]
+    assert records["macs"][0] > 10 * records["macs"][1]
+    assert full > 1.5 * pruned, (full, pruned)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_records_round_trip(measured, tmp_path, suffix):
+    path = save_records(measured, tmp_path / f"records{suffix}")
+    loaded = load_records(path)
+    assert len(loaded) == len(measured)
+    assert list(loaded["plan"]) == list(measured["plan"])
+    assert np.allclose(loaded["latency_ms"], measured["latency_ms"])
+    layers = loaded[loaded["record"] == "layer"]
+    assert (layers["c_out"].astype(float) == measured[measured["record"] == "layer"]["c_out"]).all()
+
+
+def test_bad_records_files_say_why(tmp_path, measured):
+    with pytest.raises(RecordsError, match=r"parquet or \.csv"):
+        save_records(measured, tmp_path / "records.txt")
+    with pytest.raises(RecordsError, match="no such records file"):
+        load_records(tmp_path / "absent.parquet")
+    pd.DataFrame({"a": [1]}).to_csv(tmp_path / "other.csv", index=False)
+    with pytest.raises(RecordsError, match="missing columns"):
+        load_records(tmp_path / "other.csv")
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet")
+    with pytest.raises(RecordsError, match="cannot read"):
+        load_records(tmp_path / "broken.parquet")
+
+
+def test_profile_in_a_fresh_process(digits_plans):
+    records = profile(DIGITS, plans=digits_plans[:2], processes=1, layers=False, progress=False)
+    assert len(records) == 2 and (records["latency_ms"] > 0).all()
+
+
+def test_a_plan_for_another_model_is_refused_before_measuring(resnet18_graph):
+    wrong = random_plans(SearchSpace(resnet18_graph), 1, seed=0)
+    with pytest.raises(PlanError):
+        profile(DIGITS, plans=wrong, processes=1, layers=False, progress=False)
+
+
+def test_a_failing_measuring_process_is_reported(resnet18_graph):
+    wrong = random_plans(SearchSpace(resnet18_graph), 1, seed=0)[0]
+    settings = {
+        "model": DIGITS,
+        "input_shape": [1, 1, 8, 8],
+        "device": "cpu",
+        "threads": 1,
+        "runs": 30,
+        "warmup": 1,
+    }
+    with pytest.raises(ProfileError, match="measuring process failed: PlanError"):
+        profiling._run_jobs([{"plan": wrong.to_json()}], settings, 1, lambda: None)
+
+
+def test_profile_refuses_bad_settings():
+    with pytest.raises(ValueError, match="at least 30"):
+        profile(DIGITS, samples=1, runs=5, processes=0, progress=False)
+    with pytest.raises(ValueError, match="cpu"):
+        profile(DIGITS, samples=1, device="tpu", processes=0, progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ProfileError, match="no CUDA"):
+            profile(DIGITS, samples=1, device="cuda", processes=0, progress=False)
+
+
+def test_profile_layers_times_synthetic_layers():
+    records = profile_layers(synthetic_layer_configs(4, seed=1), processes=0, progress=False)
+    assert len(records) == 4 and (records["record"] == "layer").all()
+    assert (records["latency_ms"] > 0).all() and (records["model"] == "synthetic").all()
+
+
+# -- predictors on records with a known answer ----------------------------------------------------
+
+
+def _known_latency(configs: LayerConfigs) -> np.ndarray:
+    """A made-up device: 2 ns per MAC, 0.05 ms per layer, 0.1 ms per quantized input."""
+    return 2e-6 * configs.macs + 0.05 + 0.1 * (configs.act_bits < 32)
+
+
+def _known_records(graph, plans, *, device="cpu") -> pd.DataFrame:
+    """Records of a device whose times are `_known_latency` summed, plus 0.3 ms per model."""
+    configs = plan_layer_configs(graph, plans)
+    totals = _known_latency(configs).sum(axis=1) + 0.3
+    fingerprint = {"device": device, "cpu": "test", "threads": 1, "torch": "x", "gpu": ""}
+    rows = [
+        {
+            "record": "model",
+            "model": DIGITS,
+            "input_shape": "1x1x8x8",
+            "plan": p.to_json(),
+            "latency_ms": t,
+            **fingerprint,
+        }
+        for p, t in zip(plans, totals, strict=True)
+    ]
+    unique, _ = configs.unique()
+    for i, ms in enumerate(_known_latency(unique)):
+        config = {k: int(v[i]) for k, v in unique.columns().items()}
+        rows.append(
+            {
+                "record": "layer",
+                "model": DIGITS,
+                "input_shape": "1x1x8x8",
+                "plan": "",
+                "latency_ms": ms,
+                **config,
+                **fingerprint,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def known(digits, digits_plans):
+    _, graph = digits
+    train, test = digits_plans[:45], digits_plans[45:]
+    configs = plan_layer_configs(graph, test)
+    truth = _known_latency(configs).sum(axis=1) + 0.3
+    return graph, _known_records(graph, train), test, truth
+
+
+def _error(predicted, truth) -> np.ndarray:
+    return np.abs(predicted / truth - 1)
+
+
+def test_lookup_table_is_exact_on_known_layers(known, digits_plans):
+    graph = known[0]
+    everything = _known_records(graph, digits_plans)
+    predictor = LookupTablePredictor().fit(everything)
+    truth = everything[everything["record"] == "model"]["latency_ms"].to_numpy()
+    assert _error(predictor.predict(graph, digits_plans), truth).max() < 1e-9
+    assert predictor.misses == 0
+
+
+def test_network_learns_a_device(known):
+    graph, records, test, truth = known
+    network = LatencyNetwork(steps=800).fit(records)
+    error = _error(network.predict(graph, test), truth)
+    assert np.mean(error <= 0.10) >= 0.9, error
+    assert network.training_log[-1]["loss"] < network.training_log[0]["loss"]
+
+
+def test_flops_baseline_fits_a_linear_device(digits, digits_plans):
+    _, graph = digits
+    configs = plan_layer_configs(graph, digits_plans)
+    macs = configs.macs.sum(axis=1)
+    records = _known_records(graph, digits_plans)
+    records.loc[records["record"] == "model", "latency_ms"] = 3e-6 * macs + 0.2
+    predictor = FlopsPredictor().fit(records)
+    assert predictor.ms_per_mac == pytest.approx(3e-6, rel=1e-6)
+    assert predictor.offset_ms == pytest.approx(0.2, rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", [FlopsPredictor, LookupTablePredictor, LatencyNetwork])
+def test_saved_predictors_predict_the_same(kind, known, tmp_path):
+    graph, records, test, _ = known
+    predictor = kind(steps=50) if kind is LatencyNetwork else kind()
+    predictor.fit(records)
+    path = predictor.save(tmp_path / "predictor.json")
+    document = json.loads(path.read_text())  # plain JSON, no pickle
+    assert document["kind"] == predictor.kind and document["fingerprint"]["cpu"] == "test"
+    again = load_predictor(path)
+    assert type(again) is kind
+    assert np.allclose(again.predict(graph, test), predictor.predict(graph, test), rtol=1e-6)
+
+
+def test_predictors_refuse_what_they_cannot_use(known, tmp_path):
+    graph, records, test, _ = known
+    other = records.copy()
+    other.loc[other.index[:3], "cpu"] = "another cpu"
+    with pytest.raises(PredictorError, match="2 devices"):
+        LatencyNetwork(steps=5).fit(other)
+    with pytest.raises(PredictorError, match="single-layer records"):
+        LookupTablePredictor().fit(records[records["record"] == "model"])
+    with pytest.raises(PredictorError, match="not fit"):
+        FlopsPredictor().predict(graph, test)
+    with pytest.raises(PredictorError, match="no such predictor"):
+        load_predictor(tmp_path / "absent.json")
+    (tmp_path / "x.json").write_text('{"format": "something else"}')
+    with pytest.raises(PredictorError, match="not a compplan latency predictor"):
+        load_predictor(tmp_path / "x.json")
+    path = FlopsPredictor().fit(records).save(tmp_path / "flops.json")
+    document = json.loads(path.read_text())
+    document["version"] = 99
+    path.write_text(json.dumps(document))
+    with pytest.raises(PredictorError, match="version 99"):
+        load_predictor(path)
+
+
+def test_lookup_table_prices_a_missing_configuration_by_macs(known, digits_plans):
+    graph, records, _, _ = known
+    layers = records[records["record"] == "layer"]
+    half = pd.concat([records[records["record"] == "model"], layers.iloc[::2]])
+    predictor = LookupTablePredictor().fit(half)
+    predicted = predictor.predict(graph, digits_plans)
+    assert predictor.misses > 0 and np.isfinite(predicted).all() and (predicted > 0).all()
+
+
+def test_real_records_fit_every_predictor(measured, digits):
+    _, graph = digits
+    models = measured[measured["record"] == "model"]
+    from search_spaces.plan import Plan
+
+    plans = [Plan.from_json(p) for p in models["plan"]]
+    for predictor in (FlopsPredictor(), LookupTablePredictor(), LatencyNetwork(steps=1500)):
+        predicted = predictor.fit(measured).predict(graph, plans)
+        assert np.isfinite(predicted).all() and (predicted > 0).all()
+        # Within a factor of 2 of what was measured, on the plans it was fit on.
+        assert np.all(np.abs(np.log(predicted / models["latency_ms"].to_numpy())) < np.log(2))
