@@ -599,8 +599,13 @@ def _profile(args: argparse.Namespace) -> int:
 
     import pandas as pd
 
-    from predictors.latency import profile, profile_layers, save_records, synthetic_layer_configs
-    from predictors.latency.records import _format
+    from predictors.latency import (
+        check_records_path,
+        profile,
+        profile_layers,
+        save_records,
+        synthetic_layer_configs,
+    )
     from search_spaces import Plan, PlanError
 
     if args.samples < 1 or args.synthetic_layers < 0 or args.processes < 0 or args.repeats < 1:
@@ -611,7 +616,7 @@ def _profile(args: argparse.Namespace) -> int:
     if args.runs < 30 or args.threads < 1:
         raise PlanError("--runs must be at least 30 and --threads at least 1")
     out = Path(args.out)
-    _format(out)  # refuse a bad suffix before measuring for minutes
+    check_records_path(out)  # refuse a bad suffix before measuring for minutes
     plans = [Plan.load(p) for p in args.plan] if args.plan else None
     settings = {
         "device": args.device,
@@ -678,8 +683,7 @@ def _fit_latency(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 
-    from predictors.latency import PredictorError, load_records, make_predictor
-    from predictors.latency.models import _ModelRecords
+    from predictors.latency import PredictorError, load_records, make_predictor, record_graphs
 
     if not 0 <= args.holdout < 1:
         raise PredictorError(f"--holdout must be in [0, 1) (got {args.holdout})")
@@ -687,8 +691,7 @@ def _fit_latency(args: argparse.Namespace) -> int:
     options = {"seed": args.seed} if args.kind == "network" else {}
     models = records[records["record"] == "model"]
     summary: dict = {"kind": args.kind, "records": len(records), "plans": len(models)}
-    # Discover each model once for both fits.
-    graphs = _graphs_of(models)
+    graphs = record_graphs(records)  # discovered once, for both fits
     if args.holdout > 0:
         order = np.random.default_rng(args.seed).permutation(len(models))
         n_test = max(1, round(args.holdout * len(models)))
@@ -697,10 +700,8 @@ def _fit_latency(args: argparse.Namespace) -> int:
         held = make_predictor(args.kind, **options).fit(
             pd.concat([train, layers], ignore_index=True), graphs=graphs
         )
-        errors = []
-        for _, graph, configs, measured in _ModelRecords(test, graphs).sets:
-            errors.append(np.abs(held._predict(graph, configs) / measured - 1))
-        error = np.concatenate(errors)
+        predicted, measured = held.predict_records(test, graphs=graphs)
+        error = np.abs(predicted / measured - 1)
         summary["holdout"] = {
             "plans": len(error),
             "within_10pct": float(np.mean(error <= 0.1)),
@@ -727,17 +728,6 @@ def _fit_latency(args: argparse.Namespace) -> int:
         f"wrote {summary['out']}"
     )
     return 0
-
-
-def _graphs_of(models) -> dict:
-    from search_spaces import discover
-    from search_spaces.model_spec import load_model
-
-    graphs = {}
-    for model, shape in models[["model", "input_shape"]].drop_duplicates().itertuples(index=False):
-        loaded = load_model(model, input_shape=shape, pretrained=False)
-        graphs[(model, shape)] = discover(loaded.module, loaded.example_inputs, model_name=model)
-    return graphs
 
 
 def _predict_latency(args: argparse.Namespace) -> int:

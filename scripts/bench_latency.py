@@ -38,12 +38,12 @@ from predictors.latency import (
     profile,
     profile_layers,
     random_plans,
+    record_graphs,
     save_records,
     synthetic_layer_configs,
 )
 from predictors.profile import device_fingerprint
-from search_spaces import SearchSpace, discover
-from search_spaces.model_spec import load_model
+from search_spaces import SearchSpace
 from search_spaces.plan import Plan
 
 MODELS = {
@@ -57,11 +57,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _name(model: str) -> str:
     return model.split(":", 1)[1]
-
-
-def _graph(model: str, shape: str):
-    loaded = load_model(model, input_shape=shape, pretrained=False)
-    return discover(loaded.module, loaded.example_inputs, model_name=model)
 
 
 def _split(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -207,8 +202,8 @@ def main() -> None:
     records_dir = (args.records or ROOT / "benchmarks" / "records") / args.device.replace(":", "")
     profile_seconds = _collect(args, records_dir)
 
-    graphs = {(m, s): _graph(m, s) for m, s in MODELS.items()}
     records = {_name(m): load_records(records_dir / f"{_name(m)}.parquet") for m in MODELS}
+    graphs = record_graphs(pd.concat(records.values()))
     synthetic = load_records(records_dir / "synthetic_layers.parquet")
     result: dict = {
         "device": device_fingerprint(args.device, args.threads),

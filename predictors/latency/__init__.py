@@ -15,6 +15,7 @@ from predictors.latency.models import (
     PredictorError,
     load_predictor,
     make_predictor,
+    record_graphs,
 )
 from predictors.latency.profiling import (
     ProfileError,
@@ -23,7 +24,12 @@ from predictors.latency.profiling import (
     random_plans,
     synthetic_layer_configs,
 )
-from predictors.latency.records import RecordsError, load_records, save_records
+from predictors.latency.records import (
+    RecordsError,
+    check_records_path,
+    load_records,
+    save_records,
+)
 
 __all__ = [
     "FEATURE_NAMES",
@@ -37,6 +43,7 @@ __all__ = [
     "PredictorError",
     "ProfileError",
     "RecordsError",
+    "check_records_path",
     "features",
     "load_predictor",
     "load_records",
@@ -44,6 +51,7 @@ __all__ = [
     "profile",
     "profile_layers",
     "random_plans",
+    "record_graphs",
     "save_records",
     "synthetic_layer_configs",
 ]

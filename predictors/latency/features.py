@@ -228,8 +228,9 @@ def plan_layer_configs(graph: ModelGraph, plans: Sequence[Plan] | LatencyBatch) 
     batch = plans if isinstance(plans, LatencyBatch) else LatencyBatch.from_plans(graph, plans)
     parts = layer_bits(graph, batch.plans)
     specs = list(graph.layers.values())
+    rows = [_static_columns(s) for s in specs]  # once per layer, not once per column
     static = {
-        key: np.asarray([_static_columns(s)[key] for s in specs], dtype=np.int64)[None, :]
+        key: np.asarray([row[key] for row in rows], dtype=np.int64).reshape(1, len(rows))
         for key in ("kind", "kernel", "stride", "in_spatial", "out_spatial", "batch")
     }
     depthwise = np.asarray([s.is_depthwise for s in specs], dtype=bool)[None, :]

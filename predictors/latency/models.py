@@ -51,6 +51,7 @@ __all__ = [
     "PredictorError",
     "load_predictor",
     "make_predictor",
+    "record_graphs",
 ]
 
 FORMAT = "compplan-latency-predictor"
@@ -91,25 +92,40 @@ def _input_elements(graph: ModelGraph) -> int:
     return math.prod(first.input_shape)
 
 
+def record_graphs(
+    records: pd.DataFrame, graphs: dict[tuple[str, str], ModelGraph] | None = None
+) -> dict[tuple[str, str], ModelGraph]:
+    """The graph of every (model, input shape) the model records name: those in `graphs`, the
+    others discovered from their model specs (structure only, nothing trained)."""
+    from search_spaces.discover import discover
+    from search_spaces.model_spec import load_model
+
+    found = dict(graphs or {})
+    rows = records[records["record"] == "model"]
+    for model, shape in rows[["model", "input_shape"]].drop_duplicates().itertuples(index=False):
+        if (model, shape) not in found:
+            loaded = load_model(model, input_shape=shape, pretrained=False)
+            found[(model, shape)] = discover(loaded.module, loaded.example_inputs, model_name=model)
+    return found
+
+
 class _ModelRecords:
-    """Model records grouped by (model, input shape): graph, layer configs (plans × layers), ms."""
+    """Model records grouped by (model, input shape): graph, layer configs (plans × layers), ms,
+    and the records' positions among the model records."""
 
     def __init__(self, records: pd.DataFrame, graphs: dict[tuple[str, str], ModelGraph] | None):
-        from search_spaces.discover import discover
-        from search_spaces.model_spec import load_model
-
+        graphs = record_graphs(records, graphs)
         self.sets: list[tuple[str, ModelGraph, LayerConfigs, np.ndarray]] = []
-        rows = records[records["record"] == "model"]
+        self.positions: list[np.ndarray] = []
+        rows = records[records["record"] == "model"].reset_index(drop=True)
         for (model, shape), group in rows.groupby(["model", "input_shape"], sort=False):
-            graph = (graphs or {}).get((model, shape))
-            if graph is None:
-                loaded = load_model(model, input_shape=shape, pretrained=False)
-                graph = discover(loaded.module, loaded.example_inputs, model_name=model)
+            graph = graphs[(model, shape)]
             plans = [Plan.from_json(text) for text in group["plan"]]
             configs = plan_layer_configs(graph, plans)
             self.sets.append(
                 (_model_label(graph), graph, configs, group["latency_ms"].to_numpy(float))
             )
+            self.positions.append(group.index.to_numpy())
 
     def __len__(self) -> int:
         return sum(len(y) for *_, y in self.sets)
@@ -160,6 +176,21 @@ class LatencyPredictor:
             raise PredictorError(f"the {self.kind} predictor is not fit yet")
         configs = plan_layer_configs(graph, plans)
         return self._predict(graph, configs)
+
+    def predict_records(
+        self,
+        records: pd.DataFrame,
+        *,
+        graphs: dict[tuple[str, str], ModelGraph] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(predicted, measured) ms for the model records, in their order (any models)."""
+        if not self.fitted:
+            raise PredictorError(f"the {self.kind} predictor is not fit yet")
+        models = _ModelRecords(records, graphs)
+        predicted, measured = np.empty(len(models)), np.empty(len(models))
+        for (_, graph, configs, y), at in zip(models.sets, models.positions, strict=True):
+            predicted[at], measured[at] = self._predict(graph, configs), y
+        return predicted, measured
 
     def save(self, path: str | Path) -> Path:
         """Write the predictor as JSON."""

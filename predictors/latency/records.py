@@ -13,7 +13,13 @@ import pandas as pd
 
 from predictors.latency.features import LayerConfigs
 
-__all__ = ["FINGERPRINT_COLUMNS", "RecordsError", "load_records", "save_records"]
+__all__ = [
+    "FINGERPRINT_COLUMNS",
+    "RecordsError",
+    "check_records_path",
+    "load_records",
+    "save_records",
+]
 
 FINGERPRINT_COLUMNS = ("device", "cpu", "threads", "torch", "gpu")
 _REQUIRED = ("record", "model", "input_shape", "plan", "latency_ms", *FINGERPRINT_COLUMNS)
@@ -25,7 +31,13 @@ class RecordsError(ValueError):
     """A records file that cannot be written or read as latency records; the message says why."""
 
 
-def _format(path: Path) -> str:
+def check_records_path(path: str | Path) -> str:
+    """The format a records path asks for ("parquet" or "csv"), by its suffix.
+
+    Raises:
+        RecordsError: any other suffix.
+    """
+    path = Path(path)
     try:
         return _FORMATS[path.suffix.lower()]
     except KeyError:
@@ -37,7 +49,7 @@ def _format(path: Path) -> str:
 def save_records(records: pd.DataFrame, path: str | Path) -> Path:
     """Write records to `path` (.parquet or .csv); returns the path."""
     path = Path(path)
-    kind = _format(path)
+    kind = check_records_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "parquet":
         records.to_parquet(path, index=False)
@@ -56,7 +68,7 @@ def load_records(*paths: str | Path) -> pd.DataFrame:
         raise RecordsError("no records file given")
     frames = []
     for path in map(Path, paths):
-        kind = _format(path)
+        kind = check_records_path(path)
         if not path.is_file():
             raise RecordsError(f"{path}: no such records file (make one with `compplan profile`)")
         try:
