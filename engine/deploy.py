@@ -2,8 +2,9 @@
 
 `export` stores the compact form (codes, packed levels); running it decodes every VQ weight on every
 call. `deployed(model)` returns a copy in which each planned layer is an ordinary Conv1d, Conv2d
-or Linear holding its decoded weight (with its activation quantizer in front where it has one),
-BatchNorms are folded, and pruned channels are gone. Its outputs equal the frozen model's up to
+or Linear holding its decoded weight (with its activation quantizer in front where it has one, in
+its frozen form, whose cost does not depend on the data: `engine.frozen_quantizer`), BatchNorms
+are folded, and pruned channels are gone. Its outputs equal the frozen model's up to
 float rounding; its speed is what a latency model should learn (no speed-up is assumed from low
 bit-widths that the device cannot use).
 """
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.export import freeze_
+from engine.frozen_quantizer import FrozenActivationQuantizer
 from engine.layers import PlannedLayer
 from search_spaces.graph import ModelGraph
 from search_spaces.plan import Plan
@@ -49,7 +51,7 @@ def _plain_layer(layer: PlannedLayer) -> nn.Module:
     plain = plain.to(weight.device)
     if layer.act_quant is None:
         return plain
-    return nn.Sequential(layer.act_quant, plain)
+    return nn.Sequential(FrozenActivationQuantizer.of(layer.act_quant), plain)
 
 
 def deployed(model: nn.Module) -> nn.Module:
@@ -71,9 +73,9 @@ def deployed_structure(
     """The deployed form of `plan` applied to `model`, built without clustering or fine-tuning.
 
     Latency depends on the structure, not on the weight values: channels pruned as the plan says,
-    an activation quantizer in front of each layer whose input it quantizes, BatchNorms folded,
-    every layer an ordinary dense layer (VQ and b-bit weights are decoded to floats on a device
-    without low-bit kernels). This gives the same layer shapes and operations as
+    a (frozen) activation quantizer in front of each layer whose input it quantizes, BatchNorms
+    folded, every layer an ordinary dense layer (VQ and b-bit weights are decoded to floats on a
+    device without low-bit kernels). This gives the same layer shapes and operations as
     `deployed(model after apply_plan_)` in a fraction of the time, for profiling many plans.
     `model` is not changed. Pass `graph` (the model's, from `discover`) to skip discovering it
     again when building many plans of one model.
@@ -93,6 +95,7 @@ def deployed_structure(
     for name, layer_plan in plan.layers.items():
         if layer_plan.act_bits < 32:
             layer = copy_.get_submodule(name)
-            quantizer = ActivationQuantizer(layer_plan.act_bits).to(layer.weight.device)
+            quantizer = FrozenActivationQuantizer.of(ActivationQuantizer(layer_plan.act_bits))
+            quantizer = quantizer.to(layer.weight.device)
             copy_.set_submodule(name, nn.Sequential(quantizer, layer))
     return freeze_(copy_)

@@ -142,6 +142,7 @@ def _layer_module(config: dict[str, int], device: str):
     """A single layer as the deployed form runs it, and the shape of its input."""
     from torch import nn
 
+    from engine.frozen_quantizer import FrozenActivationQuantizer
     from engine.quantizers import ActivationQuantizer
 
     kind = KINDS[config["kind"]]
@@ -163,7 +164,7 @@ def _layer_module(config: dict[str, int], device: str):
             else (batch, c_in, spatial)
         )
     if config["act_bits"] < 32:
-        quantizer = ActivationQuantizer(config["act_bits"])
+        quantizer = FrozenActivationQuantizer.of(ActivationQuantizer(config["act_bits"]))
         layer = nn.Sequential(quantizer, layer)
     return layer.to(device).eval(), tuple(shape)
 
