@@ -1,7 +1,7 @@
 """Latency predictors against measurement: FLOPs baseline, lookup table and network, side by side.
 
     .venv/bin/python scripts/bench_latency.py [--samples 300] [--device cpu] [--threads 1]
-                                              [--synthetic 300] [--reuse]
+                                              [--synthetic 600] [--reuse]
 
 For zoo:resnet18 (1×3×224×224), zoo:mobilenet_v2 (1×3×224×224) and zoo:digits (1×1×8×8) it
 profiles `--samples` random plans each (deployed form, median of 30 timed calls after 10 warm-up
@@ -189,7 +189,7 @@ def _spread(values: list[float]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=300)
-    parser.add_argument("--synthetic", type=int, default=300)
+    parser.add_argument("--synthetic", type=int, default=600)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
