@@ -33,6 +33,7 @@ examples:
   compplan fit-latency resnet18.parquet --out resnet18-latency.json
   compplan predict-latency --predictor resnet18-latency.json --model zoo:resnet18 --plan plan.json
   compplan measure-latency --model zoo:resnet18 --plan plan.json
+  compplan search --model zoo:digits --size-budget x25 --out plan.json
 
 model specs: zoo:NAME (digits, mobilenet_v2, resnet18, resnet50), package.module:callable or
 path/to/file.py:callable (a function returning an nn.Module; give --input-shape).
@@ -136,6 +137,73 @@ def _build_parser() -> argparse.ArgumentParser:
         "--runs", type=int, default=50, help="timed calls, at least 30 (default 50)"
     )
     latency.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    search = command(
+        "search",
+        "Search the best per-layer plan under size, latency and MACs budgets (Optuna; the "
+        "exact solver's answer seeds it) and write it as a plan file.",
+    )
+    search.add_argument(
+        "--size-budget",
+        metavar="SIZE",
+        help="the most the compressed model may take: bytes (1258291), a unit (300KiB, 1.2MiB, "
+        "2MB) or a ratio of the fp32 size (x25)",
+    )
+    search.add_argument(
+        "--latency-budget",
+        type=float,
+        metavar="MS",
+        help="the most its predicted latency may be, in ms (needs --latency-model)",
+    )
+    search.add_argument(
+        "--latency-model",
+        metavar="FILE",
+        help="a latency predictor from `compplan fit-latency`, for --latency-budget",
+    )
+    search.add_argument("--macs-budget", type=int, metavar="N", help="the most MACs per example")
+    search.add_argument(
+        "--objective",
+        choices=["proxy"],
+        default="proxy",
+        help="proxy: predicted output distortion per layer (seconds per thousand trials)",
+    )
+    search.add_argument(
+        "--trials",
+        type=int,
+        default=300,
+        metavar="N",
+        help="trials in the study (a resumed study counts those it has; default 300)",
+    )
+    search.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
+    search.add_argument(
+        "--sampler", choices=["tpe", "nsga2", "random"], default="tpe", help="default tpe"
+    )
+    search.add_argument(
+        "--pareto",
+        action="store_true",
+        help="multi-objective: minimize proxy, size (and latency) together with NSGA-II",
+    )
+    search.add_argument(
+        "--storage",
+        metavar="URL",
+        help="where trials are kept: sqlite:///file.db (default sqlite:///compplan-studies.db), "
+        "journal:FILE, or a SQLAlchemy URL such as postgresql+psycopg2://user@host/db",
+    )
+    search.add_argument(
+        "--study",
+        metavar="NAME",
+        help="study name; the same name resumes (default from the model and budgets)",
+    )
+    search.add_argument(
+        "--protect-ends",
+        choices=["yes", "no"],
+        default="yes",
+        help="keep the first conv and the classifier at 32 bits (default yes)",
+    )
+    search.add_argument("--seed", type=int, default=0, help="the sampler's seed")
+    search.add_argument("--out", required=True, metavar="FILE", help="the best plan (JSON)")
+    search.add_argument("--trials-csv", metavar="FILE", help="also write every trial as CSV")
+    search.add_argument("--json", action="store_true", help="print a JSON summary")
 
     profile = command(
         "profile",
@@ -280,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "profile": _profile,
         "fit-latency": _fit_latency,
         "predict-latency": _predict_latency,
+        "search": _search,
     }
     try:
         return handlers[args.command](args)
@@ -776,6 +845,138 @@ def _eval(args: argparse.Namespace) -> int:
     else:
         print(f"{args.file}: {meta['task']} test accuracy {accuracy:.2%}")
     return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from planner.budgets import parse_size
+    from planner.search import Planner, PlannerError
+    from search_spaces import Budget, SearchSpace
+    from zoo.tasks import get_task
+
+    if args.trials < 1:
+        raise PlannerError(f"--trials must be at least 1, not {args.trials}")
+    if args.size_budget is None and args.latency_budget is None and args.macs_budget is None:
+        raise PlannerError(
+            "give at least one budget: --size-budget (x25, 1.2MiB), --latency-budget MS "
+            "or --macs-budget N"
+        )
+    out = Path(args.out)
+    if out.is_dir() or not out.parent.is_dir():
+        raise PlannerError(f"--out {out}: give a file path in an existing folder")
+    loaded, graph = _graph(args)
+    budget = Budget(
+        size_bytes=None
+        if args.size_budget is None
+        else parse_size(args.size_budget, graph.baseline_bits / 8),
+        latency_ms=args.latency_budget,
+        macs=args.macs_budget,
+    )
+    task = get_task(loaded.task) if loaded.task else None
+    planner = Planner(
+        loaded.module,
+        loaded.example_inputs,
+        space=SearchSpace(graph, protect_ends=args.protect_ends == "yes"),
+        budget=budget,
+        latency=args.latency_model,
+        storage=args.storage,
+        study_name=args.study,
+        sampler=args.sampler,
+        multi_objective=args.pareto,
+        calibration=[task.calibration()] if task is not None else None,
+        seed=args.seed,
+        model_spec=args.model,
+    )
+    where = f"{planner.storage_url} (study '{planner.study_name}')"
+    bar = _SearchBar(args.trials, enabled=not args.json)
+    try:
+        result = planner.search(n_trials=args.trials, timeout=args.timeout, progress=bar.update)
+    except KeyboardInterrupt:
+        bar.close()
+        return _fail(
+            f"search stopped; every finished trial is in {where}: run the same command again "
+            "to resume",
+            130,
+        )
+    bar.close()
+    if result.best_plan is None:
+        raise PlannerError(
+            f"no feasible plan in {len(result.trials)} trials (kept in {where}); run more "
+            "trials (--trials) or loosen the budgets"
+        )
+    result.best_plan.save(out)
+    if args.trials_csv:
+        result.trials.to_csv(args.trials_csv, index=False)
+    summary = {
+        "plan": str(out),
+        "storage": planner.storage_url,
+        "study": planner.study_name,
+        "trials": len(result.trials),
+        "feasible_trials": int(result.trials["feasible"].fillna(False).astype(bool).sum()),
+        "best": result.best,
+        "exact": result.exact and {k: v for k, v in result.exact.items() if k != "params"},
+        "baseline_bytes": graph.baseline_bits / 8,
+        "budget": budget.to_dict(),
+    }
+    if args.json:
+        _print_json(summary)
+        return 0
+    _print_plan_table(result.best_plan, graph)
+    best = result.best
+    ratio = graph.baseline_bits / 8 / best["size_bytes"]
+    latency = "" if best["latency_ms"] is None else f", {best['latency_ms']:.2f} ms predicted"
+    print(
+        f"\nbest of {len(result.trials)} trials (#{best['number']}): proxy {best['value']:.4g}, "
+        f"{_mib(best['size_bytes'])} ({ratio:.1f}×){latency}"
+    )
+    if result.exact is not None:
+        exact = result.exact
+        print(f"exact solver (keep 1): proxy {exact['proxy']:.4g} in {exact['seconds']:.2f} s")
+    print(f"wrote {out}; trials kept in {where}")
+    return 0
+
+
+def _print_plan_table(plan, graph) -> None:
+    from planner.study_space import option_label
+    from predictors.size import size_report
+
+    report = size_report(plan, graph)
+    rows = []
+    for layer in report.layers:
+        lp = plan.get(layer.name)
+        rows.append(
+            [
+                layer.name,
+                option_label(lp),
+                str(lp.act_bits),
+                f"{lp.keep:g}",
+                f"{layer.bits / 8:,.0f}",
+                f"{layer.ratio:.1f}×",
+            ]
+        )
+    print(_table(rows, ["layer", "weights", "act bits", "keep", "bytes", "ratio"], {2, 3, 4, 5}))
+
+
+class _SearchBar:
+    """The search's progress bar on stderr, with the best feasible trial so far."""
+
+    def __init__(self, total: int, enabled: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="trial", disable=not enabled, file=sys.stderr)
+        self.done = None
+
+    def update(self, finished: int, best) -> None:
+        if self.done is None:  # a resumed study starts with its finished trials
+            self.bar.update(finished - 1 - self.bar.n)
+            self.done = finished - 1
+        self.bar.update(finished - self.bar.n)
+        if best is not None:
+            self.bar.set_postfix_str(
+                f"best {best['value']:.4g} at {best['size_bytes'] / 1024:,.0f} KiB"
+            )
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,528 @@
+"""`Planner`: a budget-constrained search for the best per-layer plan of one model.
+
+    planner = Planner(model, example_inputs, budget=Budget(size_bytes=1.2 * 2**20))
+    result = planner.search(n_trials=300)
+    result.best_plan.save("plan.json")
+
+How a search runs (DESIGN.md, Search):
+- The study's parameters (`planner.study_space.StudySpace`) are one option per layer from its
+  efficient frontier (undominated in proxy and size), its activation bits, and one keep ratio per
+  prunable group.
+- Size (exact), predicted latency (a saved latency predictor) and MACs are functions of the
+  parameters: they are computed before the objective, and each budget becomes an Optuna
+  constraint, `value / budget − 1` (≤ 0 is feasible; Optuna 5's `trial.set_constraint`), which
+  TPE and NSGA-II use to steer toward feasible plans.
+- A budget below what the space can reach is refused at the start (`BudgetError`, with the
+  least reachable value).
+- The proxy objective (`planner.proxy`) scores a plan in microseconds; the exact solver
+  (`planner.exact`) finds the proxy's optimum under the size budget with keep ratios at 1 and
+  seeds the study with it (`seed_exact`).
+- Storage is any Optuna storage URL: a SQLite file by default, a SQLAlchemy URL (PostgreSQL),
+  or a journal file ("journal:PATH"). The same study name resumes; every finished trial is
+  written as it finishes, so whatever stops the search, the finished trials are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from torch import Tensor, nn
+
+from planner.budgets import BudgetError, Reachable, reachable_minimum
+from planner.exact import InfeasibleBudget, solve_choices
+from planner.options import layer_options, options_plan
+from planner.proxy import ProxyObjective, layer_sensitivities, proxy_table
+from planner.study_space import StudySpace
+from predictors.size import SizePredictor
+from search_spaces.discover import discover
+from search_spaces.plan import Budget, Plan, PlanError
+from search_spaces.space import SearchSpace
+
+__all__ = ["DEFAULT_STORAGE", "Planner", "PlannerError", "SearchResult", "open_storage"]
+
+log = logging.getLogger("compplan")
+
+DEFAULT_STORAGE = "sqlite:///compplan-studies.db"
+SAMPLERS = ("tpe", "nsga2", "random")
+
+
+class PlannerError(PlanError):
+    """A search that cannot start: a bad storage URL, sampler or objective."""
+
+
+def open_storage(url: str):
+    """An Optuna storage for `url`: "journal:PATH" (a journal file), a path ending in .log or
+    .journal (the same), a SQLAlchemy URL (sqlite:///file.db, postgresql+psycopg2://...), or
+    "memory" (kept in this process only: for benchmarks and throwaway searches).
+
+    Raises:
+        PlannerError: the URL names no storage Optuna can open, with what to write instead.
+    """
+    import optuna
+
+    text = str(url)
+    if text == "memory":
+        return optuna.storages.InMemoryStorage()
+    journal = text[len("journal:") :] if text.startswith("journal:") else None
+    if journal is None and text.endswith((".log", ".journal")) and "://" not in text:
+        journal = text
+    if journal is not None:
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        Path(journal).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(journal))
+    if "://" not in text:
+        raise PlannerError(
+            f"storage '{text}' is not a URL: write sqlite:///{text} for a SQLite file, "
+            f"journal:{text} for a journal file, or a SQLAlchemy URL"
+        )
+    try:
+        return optuna.storages.RDBStorage(text, heartbeat_interval=None)
+    except Exception as error:  # SQLAlchemy's errors: bad dialect, driver, host, file
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise PlannerError(
+            f"cannot open storage '{text}': {reason} (SQLite: sqlite:///path/to/file.db; "
+            "PostgreSQL: postgresql+psycopg2://user:password@host/db)"
+        ) from None
+
+
+@dataclass
+class SearchResult:
+    """What a search found.
+
+    Attributes:
+        trials: one row per trial: number, state, value(s), size_bytes, latency_ms, macs,
+            feasible, and the parameters ("params_<name>").
+        pareto: the feasible trials no other feasible trial beats in proxy and size (and
+            latency where predicted), best proxy first.
+        best_plan: the best feasible plan (None if no trial is feasible).
+        best: its trial number, value, size_bytes, latency_ms and macs.
+        study_name, storage: where the trials are kept.
+        exact: the exact solver's plan and figures, when it ran.
+    """
+
+    trials: pd.DataFrame
+    pareto: pd.DataFrame
+    best_plan: Plan | None
+    best: dict[str, Any]
+    study_name: str
+    storage: str
+    exact: dict[str, Any] | None = None
+
+
+@dataclass
+class _Evaluation:
+    size_bytes: float
+    latency_ms: float | None
+    macs: int
+    proxy: float
+    constraints: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def feasible(self) -> bool:
+        return all(v <= 0 for v in self.constraints.values())
+
+
+class Planner:
+    """Search the best plan of `model` under `budget`.
+
+    Args:
+        model: the trained model (not changed).
+        example_inputs: one input batch (a tensor or a tuple of tensors).
+        space: the search space (default: `SearchSpace` of the model with default knobs).
+        budget: size in bytes, latency in ms (needs `latency`), MACs; None fields are unlimited.
+        objective: "proxy" (per-layer output distortion, lower is better).
+        latency: a fitted latency predictor, or the path of a saved one.
+        storage: an Optuna storage URL (see `open_storage`); default a SQLite file in the
+            working directory.
+        study_name: the study to create or resume (default derived from model and budget).
+        sampler: "tpe" (default), "nsga2" or "random".
+        multi_objective: minimize (proxy, size[, latency]) together with NSGA-II; the result's
+            Pareto front is the answer.
+        calibration: input batches for the layer sensitivities (default: `example_inputs`);
+            an empty sequence weighs every layer the same.
+        seed_exact: seed the study with the exact solver's answer (single objective).
+        seed: the sampler's seed.
+        model_spec: the spec recorded in plans (for example "zoo:digits").
+
+    Raises:
+        BudgetError: a budget below what the space can reach, or a latency budget without a
+            latency predictor.
+        PlannerError: an unknown objective or sampler.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Tensor | tuple[Tensor, ...],
+        *,
+        space: SearchSpace | None = None,
+        budget: Budget | None = None,
+        objective: str = "proxy",
+        latency=None,
+        storage: str | None = None,
+        study_name: str | None = None,
+        sampler: str = "tpe",
+        multi_objective: bool = False,
+        calibration: Sequence[Tensor | tuple[Tensor, ...]] | None = None,
+        seed_exact: bool = True,
+        seed: int = 0,
+        model_spec: str = "",
+    ):
+        if objective != "proxy":
+            raise PlannerError(f"unknown objective '{objective}'; this planner offers 'proxy'")
+        if sampler not in SAMPLERS:
+            raise PlannerError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
+        self.model = model.eval()
+        self.inputs = (
+            (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
+        )
+        self.graph = (
+            space.graph
+            if space is not None
+            else discover(self.model, self.inputs, model_name=model_spec or "model")
+        )
+        self.space = space or SearchSpace(self.graph)
+        self.budget = budget or Budget()
+        self.latency = _load_latency(latency)
+        self.storage_url = storage or DEFAULT_STORAGE
+        self.sampler_name = "nsga2" if multi_objective and sampler == "tpe" else sampler
+        self.multi_objective = multi_objective
+        self.seed_exact = seed_exact
+        self.seed = seed
+        self.model_spec = model_spec or self.graph.model_name
+        self.sizes = SizePredictor(self.graph)
+        self.reachable = self._check_budget()
+        self.study_name = study_name or self._default_study_name()
+        self._calibration = list(calibration) if calibration is not None else [self.inputs]
+        self._proxy: ProxyObjective | None = None
+
+    # -- setup ------------------------------------------------------------------------------------
+
+    def _check_budget(self) -> Reachable:
+        budget = self.budget
+        if budget.latency_ms is not None and self.latency is None:
+            raise BudgetError(
+                "a latency budget needs a latency predictor: build one with `compplan profile` "
+                "and `compplan fit-latency`, then pass it (--latency-model PATH)"
+            )
+        reachable = reachable_minimum(self.space, self.latency)
+        if budget.size_bytes is not None and budget.size_bytes < reachable.size_bytes:
+            raise BudgetError(
+                f"size budget {_bytes(budget.size_bytes)} is below the smallest plan this space "
+                f"reaches, {_bytes(reachable.size_bytes)} (×{self._ratio(reachable.size_bytes):.1f}"
+                "); raise the budget or widen the knobs (smaller k, fewer bits, lower keep)"
+            )
+        if (
+            budget.latency_ms is not None
+            and reachable.latency_ms is not None
+            and budget.latency_ms < reachable.latency_ms
+        ):
+            raise BudgetError(
+                f"latency budget {budget.latency_ms:g} ms is below the fastest plan this space "
+                f"reaches by the predictor, {reachable.latency_ms:.3g} ms; raise the budget or "
+                "allow lower keep ratios"
+            )
+        if budget.macs is not None and reachable.macs is not None and budget.macs < reachable.macs:
+            raise BudgetError(
+                f"MACs budget {budget.macs:,} is below the fewest this space reaches, "
+                f"{reachable.macs:,}; raise the budget or allow lower keep ratios"
+            )
+        return reachable
+
+    def _ratio(self, size_bytes: float) -> float:
+        return self.graph.baseline_bits / 8 / size_bytes
+
+    def _default_study_name(self) -> str:
+        parts = [self.model_spec.replace(":", "-"), "proxy"]
+        if self.budget.size_bytes is not None:
+            parts.append(f"size{int(self.budget.size_bytes)}")
+        if self.budget.latency_ms is not None:
+            parts.append(f"lat{self.budget.latency_ms:g}ms")
+        if self.budget.macs is not None:
+            parts.append(f"macs{self.budget.macs}")
+        if self.multi_objective:
+            parts.append("pareto")
+        return "-".join(parts)
+
+    def proxy(self) -> ProxyObjective:
+        """The proxy objective (built on first use: sensitivities and the option table)."""
+        if self._proxy is None:
+            start = time.perf_counter()
+            options = layer_options(self.space)
+            sensitivities = (
+                layer_sensitivities(self.model, self._calibration, list(self.graph.layers))
+                if self._calibration
+                else None
+            )
+            table = proxy_table(self.model, options, sensitivities=sensitivities)
+            self._options = options
+            self._proxy = ProxyObjective(self.model, self.space, table, options)
+            self.study_space = StudySpace(self.space, options, table)
+            log.info(
+                "proxy table: %d options in %.1f s", _count(options), time.perf_counter() - start
+            )
+        return self._proxy
+
+    # -- evaluation -------------------------------------------------------------------------------
+
+    def evaluate(self, plans: Sequence[Plan]) -> list[_Evaluation]:
+        """Size, predicted latency, MACs, proxy and budget constraints of each plan."""
+        from predictors.latency.features import plan_layer_configs
+
+        proxy = self.proxy()
+        sizes = self.sizes.predict(plans)
+        latencies = self.latency.predict(self.graph, plans) if self.latency is not None else None
+        macs = plan_layer_configs(self.graph, plans).macs.sum(axis=1)
+        evaluations = []
+        for i, plan in enumerate(plans):
+            e = _Evaluation(
+                size_bytes=float(sizes[i]),
+                latency_ms=None if latencies is None else float(latencies[i]),
+                macs=int(macs[i]),
+                proxy=proxy.value(plan),
+            )
+            if self.budget.size_bytes is not None:
+                e.constraints["size"] = e.size_bytes / self.budget.size_bytes - 1
+            if self.budget.latency_ms is not None:
+                e.constraints["latency"] = e.latency_ms / self.budget.latency_ms - 1
+            if self.budget.macs is not None:
+                e.constraints["macs"] = e.macs / self.budget.macs - 1
+            evaluations.append(e)
+        return evaluations
+
+    def exact(self) -> dict[str, Any]:
+        """The proxy's optimum under the size budget with every keep ratio at 1 and activations
+        as the space's first choice (the separable part of the space), by `solve_choices`.
+
+        Raises:
+            BudgetError: the size budget cannot be met at keep 1.
+        """
+        proxy = self.proxy()
+        options = self._options
+        limits, uses = {}, {}
+        if self.budget.size_bytes is not None:
+            limits["size"] = self.budget.size_bytes * 8 - self.graph.kept_bits
+            uses["size"] = {name: o.bits for name, o in options.items()}
+        try:
+            solution = solve_choices(proxy.table.errors, uses, limits)
+        except InfeasibleBudget as error:
+            raise BudgetError(f"exact solver: {error} with every keep ratio at 1") from None
+        plan = options_plan(
+            self.space,
+            options,
+            solution.chosen,
+            budget=self.budget,
+            provenance={"source": "compplan exact", "objective": "proxy"},
+        )
+        (evaluation,) = self.evaluate([plan])
+        return {
+            "plan": plan,
+            "proxy": evaluation.proxy,
+            "size_bytes": evaluation.size_bytes,
+            "latency_ms": evaluation.latency_ms,
+            "feasible": evaluation.feasible,
+            "seconds": solution.seconds,
+            "params": self.study_space.params_of(solution.chosen),
+        }
+
+    # -- the search -------------------------------------------------------------------------------
+
+    def _sampler(self):
+        import optuna
+
+        if self.sampler_name == "tpe":
+            # Multivariate: one joint sample per trial instead of one model per parameter
+            # (about 1.6× less sampler time at ~50 parameters).
+            return optuna.samplers.TPESampler(seed=self.seed, multivariate=True)
+        if self.sampler_name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=self.seed)
+        return optuna.samplers.RandomSampler(seed=self.seed)
+
+    def _directions(self) -> list[str]:
+        if not self.multi_objective:
+            return ["minimize"]
+        return ["minimize"] * (3 if self.latency is not None else 2)
+
+    def open_study(self):
+        """Create the study in storage, or load it when it exists (resume)."""
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = open_storage(self.storage_url)
+        study = optuna.create_study(
+            storage=storage,
+            study_name=self.study_name,
+            sampler=self._sampler(),
+            directions=self._directions(),
+            load_if_exists=True,
+        )
+        return study
+
+    def search(
+        self,
+        n_trials: int | None = 100,
+        timeout: float | None = None,
+        *,
+        progress: Callable[[int, dict[str, Any] | None], None] | None = None,
+    ) -> SearchResult:
+        """Run trials until the study holds `n_trials` finished trials (a resumed study counts
+        those it has) or `timeout` seconds pass; returns the result over all of them.
+
+        The sampler works on an in-memory copy of the study (loaded from storage first, so a
+        resumed search continues where it stopped), and each finished trial is written to the
+        storage at once in one transaction: writing every parameter as it is sampled would cost
+        more than the proxy objective itself. Whatever stops the search (an exception, Ctrl-C,
+        a killed process), every finished trial is in storage. `progress(finished, best)` is
+        called after each trial.
+        """
+        import optuna
+
+        self.proxy()
+        stored = self.open_study()
+        mirror = optuna.create_study(
+            storage=optuna.storages.InMemoryStorage(),
+            sampler=self._sampler(),
+            directions=self._directions(),
+        )
+        finished = [t for t in stored.get_trials(deepcopy=False) if t.state.is_finished()]
+        mirror.add_trials(finished)
+        if self.seed_exact and not self.multi_objective and not finished:
+            try:
+                seed = self.exact()
+                mirror.enqueue_trial(seed["params"], user_attrs={"seeded_by": "exact"})
+                self._exact_result = seed
+            except BudgetError as error:
+                log.info("not seeding with the exact solver: %s", error)
+        target = None if n_trials is None else max(0, n_trials - len(finished))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        distributions = self.study_space.distributions
+        count = len(finished)
+        while (target is None or count - len(finished) < target) and (
+            deadline is None or time.monotonic() < deadline
+        ):
+            trial = mirror.ask(distributions)
+            plan = self.study_space.decode(trial.params)
+            (e,) = self.evaluate([plan])
+            trial.set_user_attr("size_bytes", e.size_bytes)
+            trial.set_user_attr("macs", e.macs)
+            if e.latency_ms is not None:
+                trial.set_user_attr("latency_ms", e.latency_ms)
+            trial.set_user_attr("feasible", e.feasible)
+            for key, value in e.constraints.items():
+                trial.set_constraint(key, value)
+            values: list[float] = [e.proxy]
+            if self.multi_objective:
+                values += [e.size_bytes] + ([e.latency_ms] if e.latency_ms is not None else [])
+            frozen = mirror.tell(trial, values)
+            stored.add_trial(frozen)
+            count += 1
+            if progress is not None:
+                progress(count, self._best_row(mirror))
+        return self.result(stored)
+
+    def _best_row(self, study) -> dict[str, Any] | None:
+        from optuna.trial import TrialState
+
+        best = None
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if not t.user_attrs.get("feasible", False):
+                continue
+            if best is None or t.values[0] < best.values[0]:
+                best = t
+        if best is None:
+            return None
+        return {
+            "number": best.number,
+            "value": best.values[0],
+            "size_bytes": best.user_attrs["size_bytes"],
+            "latency_ms": best.user_attrs.get("latency_ms"),
+            "macs": best.user_attrs.get("macs"),
+        }
+
+    def result(self, study=None) -> SearchResult:
+        """The result over every finished trial of the study (open it if not given)."""
+        study = study or self.open_study()
+        trials = study.trials_dataframe(
+            attrs=("number", "state", "values", "params", "user_attrs", "duration")
+        )
+        trials = trials.rename(columns=lambda c: c.removeprefix("user_attrs_"))
+        # "value" is the proxy in both modes; a multi-objective study's other values are the
+        # size and latency columns again.
+        trials = trials.rename(columns={"values_0": "value"})
+        trials = trials.drop(columns=[c for c in trials if c.startswith("values_")])
+        self.proxy()
+        best = self._best_row(study)
+        best_plan = None
+        if best is not None:
+            params = study.trials[best["number"]].params
+            best_plan = self.study_space.decode(params)
+            best_plan = Plan(
+                layers=best_plan.layers,
+                model=self.model_spec,
+                fingerprint=self.graph.fingerprint,
+                budget=self.budget,
+                provenance={
+                    "source": "compplan search",
+                    "objective": "proxy",
+                    "study": self.study_name,
+                    "storage": self.storage_url,
+                    "trial": best["number"],
+                    "proxy": best["value"],
+                    "size_bytes": best["size_bytes"],
+                    "latency_ms": best["latency_ms"],
+                },
+            )
+        exact = getattr(self, "_exact_result", None)
+        return SearchResult(
+            trials=trials,
+            pareto=_pareto(trials),
+            best_plan=best_plan,
+            best=best or {},
+            study_name=self.study_name,
+            storage=self.storage_url,
+            exact=None if exact is None else {k: v for k, v in exact.items() if k != "plan"},
+        )
+
+
+def _pareto(trials: pd.DataFrame) -> pd.DataFrame:
+    """Feasible complete trials not beaten in every column of (value, size[, latency])."""
+    if trials.empty or "feasible" not in trials:
+        return trials.iloc[0:0]
+    value = "value"
+    done = trials[(trials["state"] == "COMPLETE") & trials["feasible"].fillna(False).astype(bool)]
+    columns = [value, "size_bytes"] + (["latency_ms"] if "latency_ms" in done else [])
+    points = done[columns].to_numpy(float)
+    keep = []
+    for i, p in enumerate(points):
+        beaten = np.all(points <= p, axis=1) & np.any(points < p, axis=1)
+        if not beaten.any():
+            keep.append(i)
+    return done.iloc[keep].sort_values(value)
+
+
+def _load_latency(latency):
+    if latency is None or hasattr(latency, "predict"):
+        return latency
+    from predictors.latency import load_predictor
+
+    return load_predictor(latency)
+
+
+def _count(options) -> int:
+    return sum(len(o) for o in options.values())
+
+
+def _bytes(n: float) -> str:
+    if n >= 2**20:
+        return f"{n / 2**20:.3f} MiB"
+    if n >= 1024:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n:.0f} B"

@@ -1,0 +1,123 @@
+"""The study's parameters: one option per layer from its efficient frontier, its activation bits,
+and one keep ratio per prunable group.
+
+`SearchSpace` offers one parameter per knob (method, k, m, d̃ fraction, bits, …): 147 for
+ResNet-18. Most of those combinations are never worth taking: an option that is larger than
+another and distorts more (by the proxy, at keep 1) is dominated. `StudySpace` keeps, per layer,
+the undominated options only (this is also where LR²VQ's d̃ estimate narrows d̃: a d̃ whose
+low-rank loss is not paid back by easier clustering drops out), ordered from largest to smallest,
+and offers them as one categorical parameter per layer. A search then has about two parameters
+per layer, a sampler learns faster, and the storage holds fewer rows.
+
+Parameter names: "<layer>/option" (labels such as "vq k=256 m=8 d=4", "bits 4", "none"),
+"<layer>/act_bits" and "group<id>/keep". Parameters with one choice are constants and omitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from planner.exact import undominated
+from planner.options import LayerOptions
+from planner.proxy import ProxyTable
+from search_spaces.plan import LayerPlan, Plan
+from search_spaces.space import SearchSpace
+
+__all__ = ["StudySpace", "option_label"]
+
+
+def option_label(plan: LayerPlan) -> str:
+    """A short readable name of a weight-compression option."""
+    if plan.k is not None:
+        return f"vq k={plan.k} m={plan.m} d={plan.clustering_dim}"
+    if plan.weight_bits is not None:
+        return f"bits {plan.weight_bits}"
+    return "none"
+
+
+class StudySpace:
+    """Per-layer efficient options, activation bits and group keep ratios as study parameters.
+
+    Args:
+        space: the knob space (its activation bits and keep ratios are used as they are).
+        options: each layer's options at keep 1 (`planner.options.layer_options(space)`).
+        table: their proxy errors (`planner.proxy.proxy_table`).
+    """
+
+    def __init__(self, space: SearchSpace, options: Mapping[str, LayerOptions], table: ProxyTable):
+        self.space = space
+        self.graph = space.graph
+        self.options = options
+        self.frontier: dict[str, list[int]] = {}
+        for name, layer_options in options.items():
+            kept = undominated(table.errors[name], [layer_options.bits])
+            # Largest (least distorting) first: the first choice is the gentlest plan.
+            self.frontier[name] = sorted(kept.tolist(), key=lambda i: -layer_options.bits[i])
+        self.labels = {
+            name: [option_label(options[name].plans[i]) for i in indices]
+            for name, indices in self.frontier.items()
+        }
+        self.distributions = self._distributions()
+
+    def _distributions(self) -> dict[str, Any]:
+        from optuna.distributions import CategoricalDistribution
+
+        result = {}
+        for name in self.graph.layers:
+            if len(self.labels[name]) > 1:
+                result[f"{name}/option"] = CategoricalDistribution(self.labels[name])
+            act = self.space.layers[name].act_bits
+            if len(act) > 1:
+                result[f"{name}/act_bits"] = CategoricalDistribution(act)
+        for gid, choices in self.space.group_keep.items():
+            if len(choices) > 1:
+                result[f"group{gid}/keep"] = CategoricalDistribution(choices)
+        return result
+
+    @property
+    def size(self) -> int:
+        """Number of parameters."""
+        return len(self.distributions)
+
+    def decode(self, params: Mapping[str, Any]) -> Plan:
+        """The plan a set of parameter values stands for (missing ones take the first choice)."""
+        keeps = {
+            gid: params.get(f"group{gid}/keep", choices[0])
+            for gid, choices in self.space.group_keep.items()
+        }
+        layers = {}
+        for name, spec in self.graph.layers.items():
+            labels = self.labels[name]
+            label = params.get(f"{name}/option", labels[0])
+            option = self.options[name].plans[self.frontier[name][labels.index(label)]]
+            keep = keeps.get(spec.group, 1.0) if spec.group is not None else 1.0
+            act_bits = params.get(f"{name}/act_bits", self.space.layers[name].act_bits[0])
+            plan = LayerPlan(
+                k=option.k,
+                m=option.m,
+                d_tilde=option.d_tilde,
+                weight_bits=option.weight_bits,
+                act_bits=act_bits,
+                keep=keep,
+            )
+            if plan != LayerPlan():
+                layers[name] = plan
+        return Plan(layers=layers, model=self.graph.model_name, fingerprint=self.graph.fingerprint)
+
+    def params_of(self, chosen: Mapping[str, int], *, act_bits: int = 32) -> dict[str, Any]:
+        """Parameters for option `chosen[name]` (an index into the layer's `LayerOptions`) per
+        layer, keep 1 and `act_bits` where allowed (the exact solver's answer, as a trial)."""
+        params: dict[str, Any] = {}
+        for name, index in chosen.items():
+            if f"{name}/option" in self.distributions:
+                if index not in self.frontier[name]:
+                    raise ValueError(f"layer {name}: option {index} is dominated")
+                params[f"{name}/option"] = self.labels[name][self.frontier[name].index(index)]
+            key = f"{name}/act_bits"
+            if key in self.distributions and act_bits in self.distributions[key].choices:
+                params[key] = act_bits
+        for gid, choices in self.space.group_keep.items():
+            if f"group{gid}/keep" in self.distributions and 1.0 in choices:
+                params[f"group{gid}/keep"] = 1.0
+        return params

@@ -1,0 +1,231 @@
+"""The planner: options and their sizes, the proxy, the exact solver, budgets, and searches on real
+Optuna storage (SQLite and journal files) that resume and survive being killed."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from engine.vq import decode, lr2vq
+from planner.budgets import BudgetError, parse_size
+from planner.exact import InfeasibleBudget, solve_choices
+from planner.options import layer_options, options_plan
+from planner.proxy import proxy_table
+from planner.search import Planner, PlannerError
+from predictors.size import SizePredictor
+from search_spaces import Budget, SearchSpace, discover
+from search_spaces.model_spec import load_model
+
+
+@pytest.fixture(scope="module")
+def digits():
+    loaded = load_model("zoo:digits")
+    graph = discover(loaded.module, loaded.example_inputs, model_name="zoo:digits")
+    return loaded, graph
+
+
+def _planner(digits, tmp_path, *, ratio=25.0, **options) -> Planner:
+    loaded, graph = digits
+    options.setdefault("storage", f"sqlite:///{tmp_path / 'studies.db'}")
+    return Planner(
+        loaded.module,
+        loaded.example_inputs,
+        budget=Budget(size_bytes=graph.baseline_bits / 8 / ratio),
+        model_spec="zoo:digits",
+        **options,
+    )
+
+
+# -- options, proxy, exact solver ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("keep", [1.0, 0.5])
+def test_option_sizes_add_up_to_the_size_predictor(resnet18_graph, keep):
+    space = SearchSpace(resnet18_graph, protect_ends=False)
+    keeps = {gid: keep for gid in space.group_keep}
+    options = layer_options(space, keeps)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        chosen = {name: int(rng.integers(len(o))) for name, o in options.items()}
+        plan = options_plan(space, options, chosen)
+        summed = sum(int(options[n].bits[i]) for n, i in chosen.items()) + resnet18_graph.kept_bits
+        assert SizePredictor(resnet18_graph).predict_bits([plan])[0] == summed
+
+
+def test_vq_estimate_ranks_options_as_real_clustering_does(digits):
+    loaded, graph = digits
+    options = layer_options(SearchSpace(graph))
+    table = proxy_table(loaded.module, options)
+    rng = np.random.default_rng(0)
+    estimated, real = [], []
+    for name in ["blocks.1.conv2", "blocks.2.conv1"]:
+        weight = loaded.module.get_submodule(name).weight.detach()
+        # k ≤ 256 keeps the real k-means to a second or two.
+        vq = [i for i, p in enumerate(options[name].plans) if p.k is not None and p.k <= 256]
+        for i in rng.choice(vq, 8, replace=False):
+            p = options[name].plans[i]
+            result = lr2vq(weight, k=p.k, m=p.m, d_tilde=p.clustering_dim)
+            approx = decode(result.codes, result.codebook, result.projection, result.shape)
+            real.append(float((approx - weight).square().sum() / weight.square().sum()))
+            estimated.append(table.relative_errors[name][i])
+    assert spearmanr(estimated, real).statistic > 0.85
+    assert 0.7 < np.median(np.array(estimated) / np.array(real)) < 1.4
+
+
+def test_exact_solver_matches_brute_force_with_two_budgets():
+    rng = np.random.default_rng(1)
+    for _ in range(60):
+        costs = {f"l{i}": rng.integers(0, 6, rng.integers(1, 5)).astype(float) for i in range(4)}
+        size = {n: rng.integers(1, 8, len(c)).astype(float) for n, c in costs.items()}
+        latency = {n: rng.integers(1, 8, len(c)).astype(float) for n, c in costs.items()}
+        limits = {"size": float(rng.integers(4, 25)), "latency": float(rng.integers(4, 25))}
+        best = None
+        for combo in itertools.product(*[range(len(c)) for c in costs.values()]):
+            pick = dict(zip(costs, combo, strict=True))
+            if sum(size[n][i] for n, i in pick.items()) > limits["size"]:
+                continue
+            if sum(latency[n][i] for n, i in pick.items()) > limits["latency"]:
+                continue
+            value = sum(costs[n][i] for n, i in pick.items())
+            best = value if best is None else min(best, value)
+        uses = {"size": size, "latency": latency}
+        if best is None:
+            with pytest.raises(InfeasibleBudget):
+                solve_choices(costs, uses, limits)
+            continue
+        solution = solve_choices(costs, uses, limits)
+        assert solution.objective == pytest.approx(best)
+        assert all(solution.totals[b] <= limits[b] for b in limits)
+
+
+# -- budgets -------------------------------------------------------------------------------------
+
+
+def test_size_budgets_read_as_users_write_them():
+    assert parse_size("123456", 1e6) == 123456
+    assert parse_size("300KiB", 1e6) == 300 * 1024
+    assert parse_size("1.2MiB", 1e6) == pytest.approx(1.2 * 2**20)
+    assert parse_size("2MB", 1e6) == 2e6
+    assert parse_size("x25", 1e6) == 40000
+    for bad in ["", "x0", "twelve", "5 parsecs", "-3"]:
+        with pytest.raises(BudgetError, match="size budget"):
+            parse_size(bad, 1e6)
+
+
+def test_unreachable_budgets_are_refused_at_the_start(digits, tmp_path):
+    with pytest.raises(BudgetError, match=r"below the smallest plan this space reaches, [0-9.]+"):
+        _planner(digits, tmp_path, ratio=5000)
+    loaded, _ = digits
+    with pytest.raises(BudgetError, match="latency predictor"):
+        Planner(loaded.module, loaded.example_inputs, budget=Budget(latency_ms=1.0))
+
+
+def test_a_bad_storage_url_says_what_to_write(digits, tmp_path):
+    for url, expected in [
+        ("postgres://nohost/db", "cannot open storage"),
+        (str(tmp_path / "plain.db"), "is not a URL"),
+    ]:
+        with pytest.raises(PlannerError, match=expected):
+            _planner(digits, tmp_path, storage=url).search(n_trials=1)
+
+
+# -- searching -----------------------------------------------------------------------------------
+
+
+def test_search_finds_a_feasible_plan_no_worse_than_the_exact_seed(digits, tmp_path):
+    _, graph = digits
+    planner = _planner(digits, tmp_path)
+    result = planner.search(n_trials=25)
+    assert len(result.trials) == 25
+    plan = result.best_plan
+    size = SizePredictor(graph).predict([plan])[0]
+    assert size <= planner.budget.size_bytes
+    assert result.best["size_bytes"] == pytest.approx(size)
+    assert result.best["value"] <= result.exact["proxy"] + 1e-12
+    assert planner.proxy().value(plan) == pytest.approx(result.best["value"])
+    assert not result.pareto.empty and result.pareto["feasible"].all()
+    # The trials that break the budget are marked so; those that keep it are not.
+    over = result.trials["size_bytes"] > planner.budget.size_bytes
+    assert (result.trials["feasible"] == ~over).all()
+
+
+def test_the_same_study_name_resumes(digits, tmp_path):
+    first = _planner(digits, tmp_path, study_name="resume").search(n_trials=12)
+    again = _planner(digits, tmp_path, study_name="resume").search(n_trials=20)
+    assert len(again.trials) == 20
+    kept = again.trials.set_index("number").loc[first.trials["number"], "value"]
+    assert np.allclose(kept.to_numpy(), first.trials["value"].to_numpy())
+    other = _planner(digits, tmp_path, study_name="other").search(n_trials=3)
+    assert len(other.trials) == 3
+
+
+def test_journal_storage_and_multi_objective_pareto(digits, tmp_path):
+    planner = _planner(
+        digits, tmp_path, storage=f"journal:{tmp_path / 'trials.log'}", multi_objective=True
+    )
+    result = planner.search(n_trials=30)
+    assert len(result.trials) == 30
+    front = result.pareto[["value", "size_bytes"]].to_numpy()
+    for a, b in itertools.permutations(front, 2):  # nobody on the front beats another
+        assert not (np.all(a <= b) and np.any(a < b))
+
+
+@pytest.mark.slow
+def test_a_killed_search_keeps_every_finished_trial_and_resumes(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'killed.db'}"
+    argv = [sys.executable, "-m", "planner.cli", "search", "--model", "zoo:digits"]
+    argv += ["--size-budget", "x25", "--storage", storage, "--study", "killed"]
+    process = subprocess.Popen(
+        [*argv, "--trials", "100000", "--out", str(tmp_path / "never.json")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import optuna
+
+    try:
+        deadline = time.monotonic() + 120
+        stored = 0
+        while stored < 15 and time.monotonic() < deadline:
+            time.sleep(1)
+            try:
+                stored = len(optuna.load_study(study_name="killed", storage=storage).trials)
+            except KeyError:  # the study is not created yet
+                stored = 0
+        assert stored >= 15, "the search wrote no trials in two minutes"
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    study = optuna.load_study(study_name="killed", storage=storage)
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(finished) == len(study.trials) >= stored
+    target = len(finished) + 5
+    done = subprocess.run(
+        [*argv, "--trials", str(target), "--out", str(tmp_path / "plan.json"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(optuna.load_study(study_name="killed", storage=storage).trials) == target
+
+
+def test_sensitivities_weigh_layers_by_their_effect_on_the_output(digits):
+    from planner.proxy import layer_sensitivities
+
+    loaded, graph = digits
+    inputs = [loaded.example_inputs[0].repeat(16, 1, 1, 1) + torch.randn(16, 1, 8, 8)]
+    before = [p.detach().clone() for p in loaded.module.parameters()]
+    sensitivities = layer_sensitivities(loaded.module, inputs, list(graph.layers))
+    assert all(np.isfinite(v) and v > 0 for v in sensitivities.values())
+    assert len(set(np.round(list(sensitivities.values()), 6))) > 1
+    after = list(loaded.module.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
