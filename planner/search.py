@@ -123,6 +123,7 @@ class _Evaluation:
     latency_ms: float | None
     macs: int
     proxy: float
+    objective_seconds: float = 0.0
     constraints: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -200,6 +201,7 @@ class Planner:
         self.model_spec = model_spec or self.graph.model_name
         self.sizes = SizePredictor(self.graph)
         self.reachable = self._check_budget()
+        self.storage = open_storage(self.storage_url)  # a bad URL fails here, before any work
         self.study_name = study_name or self._default_study_name()
         self._calibration = list(calibration) if calibration is not None else [self.inputs]
         self._proxy: ProxyObjective | None = None
@@ -283,11 +285,14 @@ class Planner:
         macs = plan_layer_configs(self.graph, plans).macs.sum(axis=1)
         evaluations = []
         for i, plan in enumerate(plans):
+            started = time.perf_counter()
+            value = proxy.value(plan)
             e = _Evaluation(
                 size_bytes=float(sizes[i]),
                 latency_ms=None if latencies is None else float(latencies[i]),
                 macs=int(macs[i]),
-                proxy=proxy.value(plan),
+                proxy=value,
+                objective_seconds=time.perf_counter() - started,
             )
             if self.budget.size_bytes is not None:
                 e.constraints["size"] = e.size_bytes / self.budget.size_bytes - 1
@@ -356,9 +361,8 @@ class Planner:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = open_storage(self.storage_url)
         study = optuna.create_study(
-            storage=storage,
+            storage=self.storage,
             study_name=self.study_name,
             sampler=self._sampler(),
             directions=self._directions(),
@@ -405,9 +409,12 @@ class Planner:
         deadline = None if timeout is None else time.monotonic() + timeout
         distributions = self.study_space.distributions
         count = len(finished)
+        best = self._best_row(mirror)
+        self.trial_seconds: list[tuple[float, float]] = []  # (whole trial, objective) per trial
         while (target is None or count - len(finished) < target) and (
             deadline is None or time.monotonic() < deadline
         ):
+            started = time.perf_counter()
             trial = mirror.ask(distributions)
             plan = self.study_space.decode(trial.params)
             (e,) = self.evaluate([plan])
@@ -424,8 +431,11 @@ class Planner:
             frozen = mirror.tell(trial, values)
             stored.add_trial(frozen)
             count += 1
+            self.trial_seconds.append((time.perf_counter() - started, e.objective_seconds))
+            if e.feasible and (best is None or e.proxy < best["value"]):
+                best = _row(frozen)
             if progress is not None:
-                progress(count, self._best_row(mirror))
+                progress(count, best)
         return self.result(stored)
 
     def _best_row(self, study) -> dict[str, Any] | None:
@@ -433,19 +443,11 @@ class Planner:
 
         best = None
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if not t.user_attrs.get("feasible", False):
-                continue
-            if best is None or t.values[0] < best.values[0]:
+            if t.user_attrs.get("feasible", False) and (
+                best is None or t.values[0] < best.values[0]
+            ):
                 best = t
-        if best is None:
-            return None
-        return {
-            "number": best.number,
-            "value": best.values[0],
-            "size_bytes": best.user_attrs["size_bytes"],
-            "latency_ms": best.user_attrs.get("latency_ms"),
-            "macs": best.user_attrs.get("macs"),
-        }
+        return None if best is None else _row(best)
 
     def result(self, study=None) -> SearchResult:
         """The result over every finished trial of the study (open it if not given)."""
@@ -490,6 +492,16 @@ class Planner:
             storage=self.storage_url,
             exact=None if exact is None else {k: v for k, v in exact.items() if k != "plan"},
         )
+
+
+def _row(trial) -> dict[str, Any]:
+    return {
+        "number": trial.number,
+        "value": trial.values[0],
+        "size_bytes": trial.user_attrs["size_bytes"],
+        "latency_ms": trial.user_attrs.get("latency_ms"),
+        "macs": trial.user_attrs.get("macs"),
+    }
 
 
 def _pareto(trials: pd.DataFrame) -> pd.DataFrame:

@@ -9,8 +9,11 @@ low-rank loss is not paid back by easier clustering drops out), ordered from lar
 and offers them as one categorical parameter per layer. A search then has about two parameters
 per layer, a sampler learns faster, and the storage holds fewer rows.
 
-Parameter names: "<layer>/option" (labels such as "vq k=256 m=8 d=4", "bits 4", "none"),
-"<layer>/act_bits" and "group<id>/keep". Parameters with one choice are constants and omitted.
+Parameter names: "<layer>/option" (the position on the layer's frontier, 0 the largest option;
+`labels` names them, e.g. "vq k=256 m=8 d=4", "bits 4", "none"), "<layer>/act_bits" and
+"group<id>/keep". Parameters with one choice are constants and omitted. The option is an integer,
+not a label, because neighbours on the frontier are alike: at 300 trials on ResNet-18 at 20×, TPE
+came within 57% of the exact optimum with integers and 193% with labels.
 """
 
 from __future__ import annotations
@@ -61,12 +64,14 @@ class StudySpace:
         self.distributions = self._distributions()
 
     def _distributions(self) -> dict[str, Any]:
-        from optuna.distributions import CategoricalDistribution
+        from optuna.distributions import CategoricalDistribution, IntDistribution
 
         result = {}
         for name in self.graph.layers:
             if len(self.labels[name]) > 1:
-                result[f"{name}/option"] = CategoricalDistribution(self.labels[name])
+                # An ordinal: neighbours on the frontier are alike in size and distortion,
+                # which TPE and NSGA-II exploit; unordered labels they cannot.
+                result[f"{name}/option"] = IntDistribution(0, len(self.labels[name]) - 1)
             act = self.space.layers[name].act_bits
             if len(act) > 1:
                 result[f"{name}/act_bits"] = CategoricalDistribution(act)
@@ -88,9 +93,8 @@ class StudySpace:
         }
         layers = {}
         for name, spec in self.graph.layers.items():
-            labels = self.labels[name]
-            label = params.get(f"{name}/option", labels[0])
-            option = self.options[name].plans[self.frontier[name][labels.index(label)]]
+            position = params.get(f"{name}/option", 0)
+            option = self.options[name].plans[self.frontier[name][position]]
             keep = keeps.get(spec.group, 1.0) if spec.group is not None else 1.0
             act_bits = params.get(f"{name}/act_bits", self.space.layers[name].act_bits[0])
             plan = LayerPlan(
@@ -113,7 +117,7 @@ class StudySpace:
             if f"{name}/option" in self.distributions:
                 if index not in self.frontier[name]:
                     raise ValueError(f"layer {name}: option {index} is dominated")
-                params[f"{name}/option"] = self.labels[name][self.frontier[name].index(index)]
+                params[f"{name}/option"] = self.frontier[name].index(index)
             key = f"{name}/act_bits"
             if key in self.distributions and act_bits in self.distributions[key].choices:
                 params[key] = act_bits

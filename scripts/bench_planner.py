@@ -1,0 +1,160 @@
+"""The planner on the proxy: optimality gap of TPE and NSGA-II, the exact solver's time, and the
+planner's overhead per trial.
+
+    .venv/bin/python scripts/bench_planner.py [--trials 1000] [--models resnet18,resnet50]
+                                              [--overhead-trials 1000] [--seeds 1]
+
+- Spaces: zoo:resnet18 and zoo:resnet50 (1×3×224×224), every layer searchable (first conv and
+  classifier included, as PQF compresses them), keep 1 and 32-bit activations, so that the proxy
+  is separable and the exact solver's answer is the true optimum. Size budgets 1/20 and 1/40 of
+  fp32.
+- Gap: the best feasible proxy after 100, 300 and 1000 trials, relative to the exact optimum
+  (0 = optimal), for TPE and NSGA-II without the exact seed, per seed; medians over seeds.
+- Exact: the solver's wall time per model and budget (median of 3).
+- Overhead: seconds per trial outside the objective (ask, decode, size, constraints, tell, the
+  storage write), on ResNet-18 at 20×, over the last 100 of `--overhead-trials` trials, for
+  in-memory, journal-file and SQLite storage; median and quartiles.
+
+Prints everything and writes benchmarks/results/planner.json. The models' weights are their
+random initialisation (no downloads); the proxy's sensitivities come from one random input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from planner.search import Planner
+from search_spaces import Budget, Knobs, SearchSpace, discover
+from search_spaces.model_spec import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINTS = (100, 300, 1000)
+
+
+def _planner(loaded, graph, ratio, **options) -> Planner:
+    space = SearchSpace(
+        graph, Knobs(keep=(1.0,), act_bits=(32,), lr_mult=(1.0,)), protect_ends=False
+    )
+    return Planner(
+        loaded.module,
+        loaded.example_inputs,
+        space=space,
+        budget=Budget(size_bytes=graph.baseline_bits / 8 / ratio),
+        model_spec=graph.model_name,
+        **options,
+    )
+
+
+def _best_after(trials, n: int) -> float | None:
+    first = trials[trials["number"] < n]
+    feasible = first[first["feasible"].fillna(False).astype(bool)]
+    return None if feasible.empty else float(feasible["value"].min())
+
+
+def _gap(loaded, graph, ratio, args, seeds) -> dict:
+    reference = _planner(loaded, graph, ratio, storage="memory")
+    exact = reference.exact()
+    times = [exact["seconds"]] + [reference.exact()["seconds"] for _ in range(2)]
+    entry = {
+        "exact_proxy": exact["proxy"],
+        "exact_seconds": statistics.median(times),
+        "exact_size_bytes": exact["size_bytes"],
+        "parameters": reference.study_space.size,
+        "options": sum(len(f) for f in reference.study_space.frontier.values()),
+    }
+    for sampler in ("tpe", "nsga2"):
+        runs = []
+        for seed in seeds:
+            planner = _planner(
+                loaded, graph, ratio, storage="memory", sampler=sampler, seed=seed, seed_exact=False
+            )
+            start = time.perf_counter()
+            result = planner.search(n_trials=args.trials)
+            seconds = time.perf_counter() - start
+            gaps = {}
+            for n in CHECKPOINTS:
+                if n <= args.trials:
+                    best = _best_after(result.trials, n)
+                    gaps[str(n)] = None if best is None else best / exact["proxy"] - 1
+            runs.append({"seed": seed, "gap": gaps, "seconds": seconds})
+            print(
+                f"  {graph.model_name} ×{ratio} {sampler} seed {seed}: gap {gaps} ({seconds:.0f} s)"
+            )
+        entry[sampler] = {
+            "runs": runs,
+            "median_gap": {
+                n: statistics.median(r["gap"][n] for r in runs if r["gap"].get(n) is not None)
+                if any(r["gap"].get(n) is not None for r in runs)
+                else None
+                for n in runs[0]["gap"]
+            },
+        }
+    return entry
+
+
+def _overhead(loaded, graph, args) -> dict:
+    result = {}
+    with tempfile.TemporaryDirectory() as folder:
+        storages = {
+            "memory": "memory",
+            "journal": f"journal:{folder}/trials.log",
+            "sqlite": f"sqlite:///{folder}/trials.db",
+        }
+        for name, url in storages.items():
+            planner = _planner(loaded, graph, 20, storage=url, seed_exact=False)
+            planner.search(n_trials=args.overhead_trials)
+            last = planner.trial_seconds[-100:]
+            overhead = [(total - objective) * 1000 for total, objective in last]
+            objective = [o * 1000 for _, o in last]
+            q1, median, q3 = np.percentile(overhead, [25, 50, 75])
+            result[name] = {
+                "overhead_ms_median": float(median),
+                "overhead_ms_iqr": [float(q1), float(q3)],
+                "objective_ms_median": float(np.median(objective)),
+                "trials": args.overhead_trials,
+            }
+            print(
+                f"  overhead with {name} storage at trial {args.overhead_trials}: "
+                f"{median:.1f} ms (IQR {q1:.1f}–{q3:.1f}); objective {np.median(objective):.2f} ms"
+            )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=1000)
+    parser.add_argument("--models", default="resnet18,resnet50")
+    parser.add_argument("--ratios", default="20,40")
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--overhead-trials", type=int, default=1000)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    result: dict = {"trials": args.trials, "gap": {}}
+    seeds = list(range(args.seeds))
+    for name in args.models.split(","):
+        loaded = load_model(f"zoo:{name}", pretrained=False)
+        graph = discover(loaded.module, loaded.example_inputs, model_name=f"zoo:{name}")
+        for ratio in (float(r) for r in args.ratios.split(",")):
+            print(f"{name} at ×{ratio:g}:", flush=True)
+            result["gap"][f"{name}_x{ratio:g}"] = _gap(loaded, graph, ratio, args, seeds)
+    loaded = load_model("zoo:resnet18", pretrained=False)
+    graph = discover(loaded.module, loaded.example_inputs, model_name="zoo:resnet18")
+    print("planner overhead per trial (objective excluded), zoo:resnet18 at ×20:", flush=True)
+    result["overhead"] = _overhead(loaded, graph, args)
+    out = ROOT / "benchmarks" / "results" / "planner.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""`compplan search` as a user runs it: a plan within the budget, a table, resuming, and one-line
+errors for bad budgets and storage."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from planner.cli import main
+from predictors.size import SizePredictor
+from search_spaces import Plan, discover
+from search_spaces.model_spec import load_model
+
+
+def _search(tmp_path, *extra: str) -> list[str]:
+    return [
+        "search",
+        "--model",
+        "zoo:digits",
+        "--storage",
+        f"sqlite:///{tmp_path / 'studies.db'}",
+        "--out",
+        str(tmp_path / "plan.json"),
+        *extra,
+    ]
+
+
+def test_search_writes_a_plan_within_the_budget_and_resumes(tmp_path, capsys):
+    argv = _search(tmp_path, "--size-budget", "x30", "--trials", "15")
+    assert main([*argv, "--trials-csv", str(tmp_path / "trials.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "blocks.1.conv1" in out and "best of 15 trials" in out and "sqlite:///" in out
+    loaded = load_model("zoo:digits")
+    graph = discover(loaded.module, loaded.example_inputs, model_name="zoo:digits")
+    plan = Plan.load(tmp_path / "plan.json")
+    assert SizePredictor(graph).predict([plan])[0] <= graph.baseline_bits / 8 / 30
+    assert len((tmp_path / "trials.csv").read_text().splitlines()) == 16
+    assert main([*_search(tmp_path, "--size-budget", "x30", "--trials", "20"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (
+        summary["trials"] == 20 and summary["best"]["size_bytes"] <= summary["budget"]["size_bytes"]
+    )
+    assert main(["validate", "--model", "zoo:digits", "--plan", str(tmp_path / "plan.json")]) == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--size-budget", "12 parsecs"], "size budget '12 parsecs'"),
+        (["--size-budget", "10"], "below the smallest plan this space reaches"),
+        (["--latency-budget", "5"], "needs a latency predictor"),
+        ([], "give at least one budget"),
+        (["--size-budget", "x25", "--storage", "mysql+nodriver://x/y"], "cannot open storage"),
+        (["--size-budget", "x25", "--trials", "0"], "--trials must be at least 1"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
+    argv = _search(tmp_path, *extra)
+    if "--storage" in extra:  # the given storage replaces the default one
+        i = argv.index("--storage")
+        del argv[i : i + 2]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("compplan: error:") and message in err[0]
