@@ -163,9 +163,25 @@ def _build_parser() -> argparse.ArgumentParser:
     search.add_argument("--macs-budget", type=int, metavar="N", help="the most MACs per example")
     search.add_argument(
         "--objective",
-        choices=["proxy"],
+        choices=["proxy", "real"],
         default="proxy",
-        help="proxy: predicted output distortion per layer (seconds per thousand trials)",
+        help="proxy: predicted output distortion per layer (seconds per thousand trials); real: "
+        "the proxy search, then its best candidates applied, fine-tuned and scored on the task's "
+        "validation data (needs a model with a task, such as zoo:digits)",
+    )
+    search.add_argument(
+        "--candidates",
+        type=int,
+        default=5,
+        metavar="N",
+        help="with --objective real: how many of the proxy's best plans to fine-tune (default 5)",
+    )
+    search.add_argument(
+        "--epochs",
+        type=int,
+        default=2,
+        metavar="E",
+        help="with --objective real: fine-tune epochs per candidate (default 2)",
     )
     search.add_argument(
         "--trials",
@@ -864,6 +880,13 @@ def _search(args: argparse.Namespace) -> int:
     if out.is_dir() or not out.parent.is_dir():
         raise PlannerError(f"--out {out}: give a file path in an existing folder")
     loaded, graph = _graph(args)
+    if args.objective == "real" and not loaded.task:
+        raise PlannerError(
+            f"the real objective needs task data, and {args.model} has none; use --objective "
+            "proxy (or a zoo model with a task, such as zoo:digits)"
+        )
+    if args.candidates < 1 or args.epochs < 0:
+        raise PlannerError("--candidates must be at least 1 and --epochs at least 0")
     budget = Budget(
         size_bytes=None
         if args.size_budget is None
@@ -903,7 +926,18 @@ def _search(args: argparse.Namespace) -> int:
             f"no feasible plan in {len(result.trials)} trials (kept in {where}); run more "
             "trials (--trials) or loosen the budgets"
         )
-    result.best_plan.save(out)
+    best_plan, refined = result.best_plan, None
+    if args.objective == "real":
+        from planner.real import RealObjective
+
+        real = RealObjective(
+            loaded.module, loaded.example_inputs, task, epochs=args.epochs, seed=args.seed
+        )
+        if not args.json:
+            print(f"fine-tuning the {args.candidates} best plans by proxy …", file=sys.stderr)
+        refined = planner.refine(real, candidates=args.candidates)
+        best_plan = refined["plan"]
+    best_plan.save(out)
     if args.trials_csv:
         result.trials.to_csv(args.trials_csv, index=False)
     summary = {
@@ -914,13 +948,20 @@ def _search(args: argparse.Namespace) -> int:
         "feasible_trials": int(result.trials["feasible"].fillna(False).astype(bool).sum()),
         "best": result.best,
         "exact": result.exact and {k: v for k, v in result.exact.items() if k != "params"},
+        "real": refined
+        and {
+            "validation_accuracy": refined["accuracy"],
+            "proxy": refined["proxy"],
+            "size_bytes": refined["size_bytes"],
+            "candidates": len(refined["trials"]),
+        },
         "baseline_bytes": graph.baseline_bits / 8,
         "budget": budget.to_dict(),
     }
     if args.json:
         _print_json(summary)
         return 0
-    _print_plan_table(result.best_plan, graph)
+    _print_plan_table(best_plan, graph)
     best = result.best
     ratio = graph.baseline_bits / 8 / best["size_bytes"]
     latency = "" if best["latency_ms"] is None else f", {best['latency_ms']:.2f} ms predicted"
@@ -931,6 +972,12 @@ def _search(args: argparse.Namespace) -> int:
     if result.exact is not None:
         exact = result.exact
         print(f"exact solver (keep 1): proxy {exact['proxy']:.4g} in {exact['seconds']:.2f} s")
+    if refined is not None:
+        print(
+            f"real objective: {len(refined['trials'])} candidates fine-tuned {args.epochs} "
+            f"epochs; best validation accuracy {refined['accuracy']:.2%} at "
+            f"{_mib(refined['size_bytes'])} (proxy {refined['proxy']:.4g})"
+        )
     print(f"wrote {out}; trials kept in {where}")
     return 0
 

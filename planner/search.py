@@ -438,6 +438,94 @@ class Planner:
                 progress(count, best)
         return self.result(stored)
 
+    def refine(self, real, *, candidates: int = 5) -> dict[str, Any]:
+        """Evaluate the proxy study's best feasible plans with the real objective.
+
+        `real` is a `planner.real.RealObjective`. The `candidates` best distinct feasible plans
+        by proxy are applied, fine-tuned and scored in a study of their own
+        ("<study name>-real", same storage, maximizing validation accuracy); each epoch's accuracy
+        is reported, and Optuna's median pruner stops a candidate that falls behind the others.
+        Candidates already scored there (a resumed run) are not run again.
+
+        Returns:
+            {"plan": best Plan, "accuracy", "proxy", "size_bytes", "trials": DataFrame}.
+
+        Raises:
+            PlannerError: the proxy study has no feasible trial (run `search` first).
+        """
+        import optuna
+
+        study = self.open_study()
+        complete = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if t.user_attrs.get("feasible", False)
+        ]
+        if not complete:
+            raise PlannerError(f"study '{self.study_name}' has no feasible trial: search first")
+        self.proxy()
+        chosen, seen = [], set()
+        for t in sorted(complete, key=lambda t: t.values[0]):
+            plan = self.study_space.decode(t.params)
+            key = plan.to_json()
+            if key not in seen:
+                seen.add(key)
+                chosen.append((t, plan))
+            if len(chosen) == candidates:
+                break
+        scored = optuna.create_study(
+            storage=self.storage,
+            study_name=f"{self.study_name}-real",
+            direction="maximize",
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+            load_if_exists=True,
+        )
+        done = {t.user_attrs.get("proxy_trial") for t in scored.trials if t.state.is_finished()}
+        for source, plan in chosen:
+            if source.number in done:
+                continue
+            trial = scored.ask()
+            trial.set_user_attr("proxy_trial", source.number)
+            trial.set_user_attr("proxy", source.values[0])
+            trial.set_user_attr("size_bytes", source.user_attrs["size_bytes"])
+
+            def report(step: int, accuracy: float, trial=trial) -> bool:
+                trial.report(accuracy, step)
+                return trial.should_prune()
+
+            outcome = real(plan, report)
+            if outcome.pruned:
+                scored.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                scored.tell(trial, outcome.accuracy)
+            log.info(
+                "real objective: proxy trial %d, accuracy %.4f%s",
+                source.number,
+                outcome.accuracy,
+                " (pruned)" if outcome.pruned else "",
+            )
+        best = scored.best_trial
+        plan = self.study_space.decode(study.trials[best.user_attrs["proxy_trial"]].params)
+        return {
+            "plan": Plan(
+                layers=plan.layers,
+                model=self.model_spec,
+                fingerprint=self.graph.fingerprint,
+                budget=self.budget,
+                provenance={
+                    "source": "compplan search (real objective)",
+                    "study": f"{self.study_name}-real",
+                    "storage": self.storage_url,
+                    "proxy_trial": best.user_attrs["proxy_trial"],
+                    "validation_accuracy": best.value,
+                },
+            ),
+            "accuracy": best.value,
+            "proxy": best.user_attrs["proxy"],
+            "size_bytes": best.user_attrs["size_bytes"],
+            "trials": scored.trials_dataframe(attrs=("number", "state", "value", "user_attrs")),
+        }
+
     def _best_row(self, study) -> dict[str, Any] | None:
         from optuna.trial import TrialState
 

@@ -53,6 +53,7 @@ def test_search_writes_a_plan_within_the_budget_and_resumes(tmp_path, capsys):
         ([], "give at least one budget"),
         (["--size-budget", "x25", "--storage", "mysql+nodriver://x/y"], "cannot open storage"),
         (["--size-budget", "x25", "--trials", "0"], "--trials must be at least 1"),
+        (["--size-budget", "x25", "--candidates", "0"], "--candidates must be at least 1"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
@@ -63,3 +64,21 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("compplan: error:") and message in err[0]
+
+
+def test_the_real_objective_fine_tunes_the_best_candidates(tmp_path, capsys):
+    argv = _search(tmp_path, "--size-budget", "x45", "--trials", "30", "--objective", "real")
+    assert main([*argv, "--candidates", "2", "--epochs", "1", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["real"]["candidates"] == 2
+    assert 0.5 < summary["real"]["validation_accuracy"] <= 1.0
+    plan = Plan.load(tmp_path / "plan.json")
+    assert plan.provenance["validation_accuracy"] == summary["real"]["validation_accuracy"]
+    assert summary["real"]["size_bytes"] <= summary["budget"]["size_bytes"]
+
+
+def test_the_real_objective_needs_task_data(tmp_path, capsys):
+    argv = _search(tmp_path, "--size-budget", "x25", "--objective", "real")
+    argv[argv.index("zoo:digits")] = "zoo:resnet18"
+    assert main(argv) == 2
+    assert "needs task data" in capsys.readouterr().err
