@@ -28,7 +28,7 @@ from search_spaces.plan import (
     validate_plan,
 )
 
-__all__ = ["PRESET_HELP", "make_preset"]
+__all__ = ["PRESET_HELP", "make_preset", "uniform_pq_at_size"]
 
 PRESET_HELP = "pqf-small, pqf-large, bits:N (N in 1,2,3,4,8,16,32), keep:R (0<R≤1), joined by '+'"
 
@@ -161,3 +161,33 @@ def _keep(graph: ModelGraph, layers: dict[str, LayerPlan], keep: float) -> dict[
             for name in group.layers:
                 out[name] = replace(out.get(name, LayerPlan()), keep=keep)
     return out
+
+
+def uniform_pq_at_size(graph: ModelGraph, size_bytes: float, *, model: str | None = None) -> Plan:
+    """The uniform baseline at a size: PQF's small blocks with one k for every layer (the first
+    conv kept), the largest power-of-two k whose plan fits in `size_bytes`.
+
+    Raises:
+        PlanError: even k = 2 does not fit.
+    """
+    from predictors.size import SizePredictor
+
+    base = make_preset(graph, "pqf-small", model=model)
+    sizes = SizePredictor(graph)
+    best = None
+    for k in (2**i for i in range(1, 13)):
+        layers = {
+            name: replace(lp, k=k) if lp.k is not None else lp for name, lp in base.layers.items()
+        }
+        plan = Plan(
+            layers=layers,
+            model=base.model,
+            fingerprint=base.fingerprint,
+            provenance={**base.provenance, "preset": f"uniform PQ k={k}"},
+        )
+        if sizes.predict([plan])[0] > size_bytes:
+            break
+        best = plan
+    if best is None:
+        raise PlanError(f"no uniform PQ plan fits in {size_bytes:,.0f} bytes")
+    return best

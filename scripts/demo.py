@@ -1,14 +1,19 @@
-"""The main job, on its embedded default: the digits model on this machine.
+"""The main job, on its embedded default: the digits model on this machine, under two budgets.
 
     make demo                      # sets up .venv, then runs this
-    .venv/bin/python scripts/demo.py [--cache-dir DIR]
+    .venv/bin/python scripts/demo.py [--ratio 25] [--trials 300] [--storage URL] [--out out]
 
-It trains `zoo:digits` on first use (under two minutes on a 2-core CPU; cached afterwards in the
-user's cache directory, or COMPPLAN_CACHE_DIR), reports its test accuracy, lists its layers,
-prints the exact size of a few preset plans (writing each plan to out/), then applies PQF's small
-blocks: k-means, three epochs of distillation fine-tuning, export to out/digits-pqf-small.cpz,
-and the accuracy and bytes of the result. Later issues turn this into the budget-constrained
-search.
+1. Trains `zoo:digits` on first use (under two minutes on a 2-core CPU; cached afterwards in the
+   user's cache directory, or COMPPLAN_CACHE_DIR) and reports its test accuracy.
+2. Builds a latency predictor for this CPU: profiles 40 random plans (and their layers) and fits
+   the latency network. The latency budget is 90% of the uncompressed model's predicted latency.
+3. Searches, on the proxy objective, the best plan within 1/`ratio` of the fp32 size and the
+   latency budget (Optuna on SQLite, seeded by the exact solver), then fine-tunes the 4 best
+   candidates for 2 epochs each and keeps the one with the best validation accuracy.
+4. Applies it (k-means, 3 epochs of distillation) and exports it to out/digits-planned.cpz.
+5. Does the same for the uniform plan at the same size (PQF's blocks, one k for every layer)
+   and prints both test accuracies and predicted latencies side by side (the uniform plan does
+   not prune, so it may miss the latency budget).
 """
 
 from __future__ import annotations
@@ -18,62 +23,105 @@ import os
 import time
 from pathlib import Path
 
-from planner.cli import inspect_rows
 from planner.compress import CompressionJob
-from planner.presets import make_preset
+from planner.presets import uniform_pq_at_size
+from planner.real import RealObjective
+from planner.search import Planner
+from predictors.latency import LatencyNetwork, profile
 from predictors.size import size_report
-from search_spaces import discover
+from search_spaces import Budget, Plan, discover
 from search_spaces.model_spec import load_model
-from zoo.digits import accuracy_on
+from zoo.tasks import get_task
 
-PRESETS = ("pqf-small", "pqf-large", "bits:8", "bits:4", "bits:2", "keep:0.5", "bits:4+keep:0.5")
+
+def _apply(plan: Plan, out: Path, name: str) -> dict:
+    path = out / f"digits-{name}.json"
+    plan.save(path)
+    return CompressionJob(
+        "zoo:digits", plan_path=path, out=out / f"digits-{name}.cpz", progress=False
+    ).run()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache-dir", help="where the trained digits model is cached")
-    parser.add_argument("--out", default="out", help="folder for the preset plans (default: out)")
+    parser.add_argument("--out", default="out", help="folder for plans and models (default out)")
+    parser.add_argument("--ratio", type=float, default=25.0, help="size budget: 1/RATIO of fp32")
+    parser.add_argument("--trials", type=int, default=300, help="proxy trials (default 300)")
+    parser.add_argument(
+        "--storage", default="sqlite:///out/demo-studies.db", help="where the trials are kept"
+    )
     args = parser.parse_args()
     if args.cache_dir:
         os.environ["COMPPLAN_CACHE_DIR"] = args.cache_dir
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
     loaded = load_model("zoo:digits")
-    accuracy = accuracy_on(loaded.module, "test")
-    print(f"zoo:digits ready in {time.perf_counter() - start:.1f} s; test accuracy {accuracy:.2%}")
-
+    task = get_task("digits")
     graph = discover(loaded.module, loaded.example_inputs, model_name="zoo:digits")
-    print(f"\n{len(graph.layers)} compressible layers, {graph.total_params:,} parameters:")
-    for row in inspect_rows(graph):
-        if row["compressible"]:
-            shape = "×".join(map(str, row["weight_shape"]))
-            name, params, group = row["name"], row["params"], row["group"]
-            print(f"  {name:<22} {shape:<14} {params:>9,} params  group {group}")
-    prunable = sum(g.prunable for g in graph.groups)
-    print(f"{len(graph.groups)} coupling groups, {prunable} prunable")
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"\n{'preset':<18} {'size':>12} {'ratio':>7}  plan file")
-    for preset in PRESETS:
-        plan = make_preset(graph, preset, model="zoo:digits")
-        path = out / f"digits-{preset.replace(':', '').replace('+', '-')}.json"
-        plan.save(path)
-        report = size_report(plan, graph)
-        print(f"{preset:<18} {report.size_bytes:>10,} B {report.compression_ratio:>6.1f}×  {path}")
-    print(f"baseline {graph.baseline_bits // 8:,} B at 32 bits")
-
-    print("\napplying pqf-small: k-means, 3 epochs of distillation, export")
-    result = CompressionJob(
-        "zoo:digits", plan_path=out / "digits-pqf-small.json", out=out / "digits-pqf-small.cpz"
-    ).run()
     print(
-        f"accuracy {result['accuracy_before']:.2%} → {result['accuracy_after']:.2%}; "
-        f"{out / 'digits-pqf-small.cpz'}: {result['file_bytes']:,} B on disk, weights "
-        f"{result['payload_bytes']:,} B (predicted {result['predicted_bytes']:,.0f} B), "
-        f"{result['compression_ratio']:.1f}× smaller"
+        f"zoo:digits ready in {time.perf_counter() - start:.1f} s: {len(graph.layers)} layers, "
+        f"{graph.baseline_bits / 8 / 1024:,.1f} KiB at fp32, test accuracy "
+        f"{task.accuracy(loaded.module):.2%}"
     )
-    print(f"next: compplan eval {out / 'digits-pqf-small.cpz'}")
+
+    print("\nprofiling 40 random plans on this CPU for the latency predictor …", flush=True)
+    start = time.perf_counter()
+    records = profile("zoo:digits", samples=40, processes=1, progress=False)
+    latency = LatencyNetwork().fit(records)
+    uncompressed = float(latency.predict(graph, [Plan(layers={})])[0])
+    budget = Budget(size_bytes=graph.baseline_bits / 8 / args.ratio, latency_ms=0.9 * uncompressed)
+    print(
+        f"latency predictor built in {time.perf_counter() - start:.0f} s; uncompressed "
+        f"{uncompressed:.3f} ms predicted; budgets: {budget.size_bytes / 1024:.1f} KiB "
+        f"(1/{args.ratio:g} of fp32) and {budget.latency_ms:.3f} ms"
+    )
+
+    planner = Planner(
+        loaded.module,
+        loaded.example_inputs,
+        budget=budget,
+        latency=latency,
+        storage=args.storage,
+        calibration=[task.calibration()],
+        model_spec="zoo:digits",
+    )
+    start = time.perf_counter()
+    result = planner.search(n_trials=args.trials)
+    best = result.best
+    print(
+        f"\nproxy search: {len(result.trials)} trials in {time.perf_counter() - start:.0f} s "
+        f"(kept in {planner.storage_url}, study '{planner.study_name}'); best proxy "
+        f"{best['value']:.4f} at {best['size_bytes'] / 1024:.1f} KiB, "
+        f"{best['latency_ms']:.3f} ms predicted"
+    )
+    start = time.perf_counter()
+    real = RealObjective(loaded.module, loaded.example_inputs, task, epochs=2)
+    refined = planner.refine(real, candidates=4)
+    print(
+        f"real objective: 4 candidates fine-tuned 2 epochs in {time.perf_counter() - start:.0f} "
+        f"s; best validation accuracy {refined['accuracy']:.2%}"
+    )
+
+    planned = refined["plan"]
+    planned_bytes = size_report(planned, graph).size_bytes
+    uniform = uniform_pq_at_size(graph, planned_bytes, model="zoo:digits")
+    print("\napplying both plans: k-means, 3 epochs of distillation, export")
+    rows = []
+    for name, plan in (("planned", planned), ("uniform", uniform)):
+        job = _apply(plan, out, name)
+        rows.append((name, job))
+    predicted_ms = latency.predict(graph, [planned, uniform])
+    print(f"\n{'plan':<8} {'bytes':>9} {'ratio':>7} {'latency':>10} {'test accuracy':>14}  file")
+    for (name, job), ms in zip(rows, predicted_ms, strict=True):
+        over = " (over budget)" if ms > budget.latency_ms else ""
+        print(
+            f"{name:<8} {job['predicted_bytes']:>9,.0f} {job['compression_ratio']:>6.1f}× "
+            f"{ms:>7.3f} ms {job['accuracy_after']:>13.2%}  {out / f'digits-{name}.cpz'}{over}"
+        )
+    print(f"uncompressed test accuracy {rows[0][1]['accuracy_before']:.2%}")
 
 
 if __name__ == "__main__":

@@ -229,3 +229,20 @@ def test_sensitivities_weigh_layers_by_their_effect_on_the_output(digits):
     assert len(set(np.round(list(sensitivities.values()), 6))) > 1
     after = list(loaded.module.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_the_uniform_baseline_is_the_largest_single_k_that_fits(resnet18_graph):
+    from dataclasses import replace
+
+    from planner.presets import uniform_pq_at_size
+
+    sizes = SizePredictor(resnet18_graph)
+    target = resnet18_graph.baseline_bits / 8 / 25
+    plan = uniform_pq_at_size(resnet18_graph, target)
+    ks = {lp.k for lp in plan.layers.values() if lp.k is not None}
+    assert len(ks) == 1 and sizes.predict([plan])[0] <= target
+    (k,) = ks
+    doubled = replace(
+        plan, layers={n: replace(lp, k=2 * k) if lp.k else lp for n, lp in plan.layers.items()}
+    )
+    assert sizes.predict([doubled])[0] > target
