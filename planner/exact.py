@@ -19,7 +19,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import csr_array
 
-__all__ = ["ExactSolution", "InfeasibleBudget", "least_use", "solve_choices", "undominated"]
+__all__ = ["ExactSolution", "InfeasibleBudget", "solve_choices", "undominated"]
 
 
 class InfeasibleBudget(ValueError):
@@ -135,11 +135,6 @@ def undominated(cost: np.ndarray, uses: Sequence[np.ndarray]) -> np.ndarray:
     dominates = no_worse & (~equal | earlier)
     np.fill_diagonal(dominates, False)
     return np.flatnonzero(~dominates.any(axis=0))
-
-
-def least_use(uses: Mapping[str, np.ndarray]) -> float:
-    """The least total a plan can reach: each layer's smallest option."""
-    return float(sum(float(np.min(u)) for u in uses.values()))
 
 
 def _check_shapes(costs: Mapping[str, np.ndarray], uses: Sequence[Mapping[str, np.ndarray]]):

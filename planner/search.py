@@ -505,26 +505,30 @@ class Planner:
                 " (pruned)" if outcome.pruned else "",
             )
         best = scored.best_trial
-        plan = self.study_space.decode(study.trials[best.user_attrs["proxy_trial"]].params)
         return {
-            "plan": Plan(
-                layers=plan.layers,
-                model=self.model_spec,
-                fingerprint=self.graph.fingerprint,
-                budget=self.budget,
-                provenance={
-                    "source": "compplan search (real objective)",
-                    "study": f"{self.study_name}-real",
-                    "storage": self.storage_url,
-                    "proxy_trial": best.user_attrs["proxy_trial"],
-                    "validation_accuracy": best.value,
-                },
+            "plan": self._final_plan(
+                study.trials[best.user_attrs["proxy_trial"]].params,
+                source="compplan search (real objective)",
+                study=f"{self.study_name}-real",
+                proxy_trial=best.user_attrs["proxy_trial"],
+                validation_accuracy=best.value,
             ),
             "accuracy": best.value,
             "proxy": best.user_attrs["proxy"],
             "size_bytes": best.user_attrs["size_bytes"],
             "trials": scored.trials_dataframe(attrs=("number", "state", "value", "user_attrs")),
         }
+
+    def _final_plan(self, params: dict[str, Any], **provenance) -> Plan:
+        """The plan of a trial's parameters, for the user: model spec, budget, provenance."""
+        plan = self.study_space.decode(params)
+        return Plan(
+            layers=plan.layers,
+            model=self.model_spec,
+            fingerprint=self.graph.fingerprint,
+            budget=self.budget,
+            provenance={**provenance, "storage": self.storage_url},
+        )
 
     def _best_row(self, study) -> dict[str, Any] | None:
         from optuna.trial import TrialState
@@ -552,23 +556,15 @@ class Planner:
         best = self._best_row(study)
         best_plan = None
         if best is not None:
-            params = study.trials[best["number"]].params
-            best_plan = self.study_space.decode(params)
-            best_plan = Plan(
-                layers=best_plan.layers,
-                model=self.model_spec,
-                fingerprint=self.graph.fingerprint,
-                budget=self.budget,
-                provenance={
-                    "source": "compplan search",
-                    "objective": "proxy",
-                    "study": self.study_name,
-                    "storage": self.storage_url,
-                    "trial": best["number"],
-                    "proxy": best["value"],
-                    "size_bytes": best["size_bytes"],
-                    "latency_ms": best["latency_ms"],
-                },
+            best_plan = self._final_plan(
+                study.trials[best["number"]].params,
+                source="compplan search",
+                objective="proxy",
+                study=self.study_name,
+                trial=best["number"],
+                proxy=best["value"],
+                size_bytes=best["size_bytes"],
+                latency_ms=best["latency_ms"],
             )
         exact = getattr(self, "_exact_result", None)
         return SearchResult(
