@@ -219,6 +219,11 @@ def _build_parser() -> argparse.ArgumentParser:
     search.add_argument("--seed", type=int, default=0, help="the sampler's seed")
     search.add_argument("--out", required=True, metavar="FILE", help="the best plan (JSON)")
     search.add_argument("--trials-csv", metavar="FILE", help="also write every trial as CSV")
+    search.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="also draw proxy against size with the Pareto front: .html (interactive) or .png",
+    )
     search.add_argument("--json", action="store_true", help="print a JSON summary")
 
     profile = command(
@@ -879,6 +884,8 @@ def _search(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir() or not out.parent.is_dir():
         raise PlannerError(f"--out {out}: give a file path in an existing folder")
+    if args.plot and Path(args.plot).suffix.lower() not in (".html", ".png"):
+        raise PlannerError(f"--plot {args.plot}: give a .html (interactive) or .png file")
     loaded, graph = _graph(args)
     if args.objective == "real" and not loaded.task:
         raise PlannerError(
@@ -940,6 +947,10 @@ def _search(args: argparse.Namespace) -> int:
     best_plan.save(out)
     if args.trials_csv:
         result.trials.to_csv(args.trials_csv, index=False)
+    if args.plot:
+        from planner.plots import save_pareto_plot
+
+        save_pareto_plot(result.trials, result.pareto, args.plot, size_budget=budget.size_bytes)
     summary = {
         "plan": str(out),
         "storage": planner.storage_url,

@@ -28,7 +28,19 @@ def _search(tmp_path, *extra: str) -> list[str]:
 
 def test_search_writes_a_plan_within_the_budget_and_resumes(tmp_path, capsys):
     argv = _search(tmp_path, "--size-budget", "x30", "--trials", "15")
-    assert main([*argv, "--trials-csv", str(tmp_path / "trials.csv")]) == 0
+    assert (
+        main(
+            [
+                *argv,
+                "--trials-csv",
+                str(tmp_path / "trials.csv"),
+                "--plot",
+                str(tmp_path / "front.png"),
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "front.png").read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert "blocks.1.conv1" in out and "best of 15 trials" in out and "sqlite:///" in out
     loaded = load_model("zoo:digits")
@@ -54,6 +66,7 @@ def test_search_writes_a_plan_within_the_budget_and_resumes(tmp_path, capsys):
         (["--size-budget", "x25", "--storage", "mysql+nodriver://x/y"], "cannot open storage"),
         (["--size-budget", "x25", "--trials", "0"], "--trials must be at least 1"),
         (["--size-budget", "x25", "--candidates", "0"], "--candidates must be at least 1"),
+        (["--size-budget", "x25", "--plot", "front.gif"], "give a .html"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
