@@ -177,6 +177,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help="with --objective real: how many of the proxy's best plans to fine-tune (default 5)",
     )
     search.add_argument(
+        "--tune-lr",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --objective real: then search per-layer fine-tune learning-rate multipliers "
+        "(0, 0.01, 0.1, 1; P-Transfer) for the winner with N evolutionary trials (default 0: off)",
+    )
+    search.add_argument(
         "--epochs",
         type=int,
         default=2,
@@ -892,8 +900,10 @@ def _search(args: argparse.Namespace) -> int:
             f"the real objective needs task data, and {args.model} has none; use --objective "
             "proxy (or a zoo model with a task, such as zoo:digits)"
         )
-    if args.candidates < 1 or args.epochs < 0:
-        raise PlannerError("--candidates must be at least 1 and --epochs at least 0")
+    if args.candidates < 1 or args.epochs < 0 or args.tune_lr < 0:
+        raise PlannerError("--candidates must be at least 1, --epochs and --tune-lr at least 0")
+    if args.tune_lr and args.objective != "real":
+        raise PlannerError("--tune-lr needs --objective real (learning rates are scored by it)")
     budget = Budget(
         size_bytes=None
         if args.size_budget is None
@@ -944,6 +954,14 @@ def _search(args: argparse.Namespace) -> int:
             print(f"fine-tuning the {args.candidates} best plans by proxy …", file=sys.stderr)
         refined = planner.refine(real, candidates=args.candidates)
         best_plan = refined["plan"]
+        if args.tune_lr > 0:
+            if not args.json:
+                print(
+                    f"searching per-layer learning rates ({args.tune_lr} trials) …", file=sys.stderr
+                )
+            tuned = planner.tune_learning_rates(real, best_plan, trials=args.tune_lr)
+            best_plan = tuned["plan"]
+            refined["lr"] = {k: tuned[k] for k in ("accuracy", "baseline_accuracy")}
     best_plan.save(out)
     if args.trials_csv:
         result.trials.to_csv(args.trials_csv, index=False)
@@ -965,6 +983,7 @@ def _search(args: argparse.Namespace) -> int:
             "proxy": refined["proxy"],
             "size_bytes": refined["size_bytes"],
             "candidates": len(refined["trials"]),
+            "learning_rates": refined.get("lr"),
         },
         "baseline_bytes": graph.baseline_bits / 8,
         "budget": budget.to_dict(),
@@ -989,6 +1008,12 @@ def _search(args: argparse.Namespace) -> int:
             f"epochs; best validation accuracy {refined['accuracy']:.2%} at "
             f"{_mib(refined['size_bytes'])} (proxy {refined['proxy']:.4g})"
         )
+        if "lr" in refined:
+            lr = refined["lr"]
+            print(
+                f"per-layer learning rates: validation accuracy {lr['baseline_accuracy']:.2%} → "
+                f"{lr['accuracy']:.2%}"
+            )
     print(f"wrote {out}; trials kept in {where}")
     return 0
 

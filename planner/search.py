@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -517,6 +517,68 @@ class Planner:
             "proxy": best.user_attrs["proxy"],
             "size_bytes": best.user_attrs["size_bytes"],
             "trials": scored.trials_dataframe(attrs=("number", "state", "value", "user_attrs")),
+        }
+
+    def tune_learning_rates(self, real, plan: Plan, *, trials: int = 16) -> dict[str, Any]:
+        """P-Transfer: per-layer fine-tune learning-rate multipliers for a fixed plan.
+
+        The compression choices of `plan` stay as they are; each layer's `lr_mult` is searched
+        among the space's choices ({0, 0.01, 0.1, 1} by default; 0 freezes the layer) by
+        Optuna's evolutionary NSGA-II sampler, each candidate scored by `real` (a
+        `planner.real.RealObjective`). The first candidate is the plan's own multipliers, so the
+        answer is never worse on validation data than the plan as it was. Trials go to the study
+        "<study name>-lr" in the same storage and resume like the others.
+
+        Returns:
+            {"plan": the plan with the best multipliers, "accuracy", "baseline_accuracy",
+            "trials": DataFrame}.
+        """
+        import optuna
+        from optuna.distributions import CategoricalDistribution
+
+        distributions = {
+            f"{name}/lr_mult": CategoricalDistribution(choices.lr_mult)
+            for name, choices in self.space.layers.items()
+            if len(choices.lr_mult) > 1
+        }
+        study = optuna.create_study(
+            storage=self.storage,
+            study_name=f"{self.study_name}-lr",
+            direction="maximize",
+            sampler=optuna.samplers.NSGAIISampler(population_size=8, seed=self.seed),
+            load_if_exists=True,
+        )
+        if not study.trials:
+            study.enqueue_trial(
+                {key: plan.get(key.rsplit("/", 1)[0]).lr_mult for key in distributions}
+            )
+
+        def with_multipliers(params: dict[str, Any]) -> Plan:
+            layers = dict(plan.layers)
+            for key, value in params.items():
+                name = key.rsplit("/", 1)[0]
+                layers[name] = replace(plan.get(name), lr_mult=value)
+            return replace(plan, layers=layers)
+
+        for _ in range(max(0, trials - len(study.trials))):
+            trial = study.ask(distributions)
+            outcome = real(with_multipliers(trial.params))
+            study.tell(trial, outcome.accuracy)
+            log.info("learning rates: trial %d, accuracy %.4f", trial.number, outcome.accuracy)
+        best = study.best_trial
+        tuned = with_multipliers(best.params)
+        return {
+            "plan": replace(
+                tuned,
+                provenance={
+                    **tuned.provenance,
+                    "lr_study": f"{self.study_name}-lr",
+                    "lr_validation_accuracy": best.value,
+                },
+            ),
+            "accuracy": best.value,
+            "baseline_accuracy": study.trials[0].value,
+            "trials": study.trials_dataframe(attrs=("number", "state", "value", "params")),
         }
 
     def _final_plan(self, params: dict[str, Any], **provenance) -> Plan:

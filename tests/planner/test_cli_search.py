@@ -67,6 +67,7 @@ def test_search_writes_a_plan_within_the_budget_and_resumes(tmp_path, capsys):
         (["--size-budget", "x25", "--trials", "0"], "--trials must be at least 1"),
         (["--size-budget", "x25", "--candidates", "0"], "--candidates must be at least 1"),
         (["--size-budget", "x25", "--plot", "front.gif"], "give a .html"),
+        (["--size-budget", "x25", "--tune-lr", "3"], "--tune-lr needs --objective real"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
@@ -81,12 +82,16 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
 
 def test_the_real_objective_fine_tunes_the_best_candidates(tmp_path, capsys):
     argv = _search(tmp_path, "--size-budget", "x45", "--trials", "30", "--objective", "real")
-    assert main([*argv, "--candidates", "2", "--epochs", "1", "--json"]) == 0
+    assert main([*argv, "--candidates", "2", "--epochs", "1", "--tune-lr", "4", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["real"]["candidates"] == 2
+    lr = summary["real"]["learning_rates"]
+    assert lr["accuracy"] >= lr["baseline_accuracy"]
     assert 0.5 < summary["real"]["validation_accuracy"] <= 1.0
     plan = Plan.load(tmp_path / "plan.json")
     assert plan.provenance["validation_accuracy"] == summary["real"]["validation_accuracy"]
+    assert plan.provenance["lr_validation_accuracy"] == lr["accuracy"]
+    assert {lp.lr_mult for lp in plan.layers.values()} <= {0.0, 0.01, 0.1, 1.0}
     assert summary["real"]["size_bytes"] <= summary["budget"]["size_bytes"]
 
 
