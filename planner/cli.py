@@ -1046,12 +1046,9 @@ class _SearchBar:
         from tqdm import tqdm
 
         self.bar = tqdm(total=total, unit="trial", disable=not enabled, file=sys.stderr)
-        self.done = None
 
     def update(self, finished: int, best) -> None:
-        if self.done is None:  # a resumed study starts with its finished trials
-            self.bar.update(finished - 1 - self.bar.n)
-            self.done = finished - 1
+        # `finished` counts the whole study, so a resumed study jumps to its earlier trials.
         self.bar.update(finished - self.bar.n)
         if best is not None:
             self.bar.set_postfix_str(

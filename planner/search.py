@@ -277,12 +277,14 @@ class Planner:
 
     def evaluate(self, plans: Sequence[Plan]) -> list[_Evaluation]:
         """Size, predicted latency, MACs, proxy and budget constraints of each plan."""
-        from predictors.latency.features import plan_layer_configs
+        from predictors.latency.features import LatencyBatch, plan_layer_configs
 
         proxy = self.proxy()
-        sizes = self.sizes.predict(plans)
-        latencies = self.latency.predict(self.graph, plans) if self.latency is not None else None
-        macs = plan_layer_configs(self.graph, plans).macs.sum(axis=1)
+        # The plans become arrays once; size, MACs and latency all read the same batch.
+        batch = LatencyBatch.from_plans(self.graph, plans)
+        sizes = self.sizes.predict(batch.plans)
+        latencies = self.latency.predict(self.graph, batch) if self.latency is not None else None
+        macs = plan_layer_configs(self.graph, batch).macs.sum(axis=1)
         evaluations = []
         for i, plan in enumerate(plans):
             started = time.perf_counter()
