@@ -253,10 +253,12 @@ class ProxyObjective:
             if index is None:
                 raise ValueError(f"layer {name}: {layer_plan} is not among the scored options")
             weight_error = float(self.table.errors[name][index])
-            sensitivity = self.table.sensitivities.get(name, 1.0)
-            act = _ACTIVATION_ERROR.get(layer_plan.act_bits, 0.0) * sensitivity
-            errors[name] = weight_error + act
+            errors[name] = weight_error + self.activation_error(name, layer_plan.act_bits)
         return errors
+
+    def activation_error(self, name: str, bits: int) -> float:
+        """The proxy's price of quantizing layer `name`'s input to `bits` (0 at 32)."""
+        return _ACTIVATION_ERROR.get(bits, 0.0) * self.table.sensitivities.get(name, 1.0)
 
     def value(self, plan) -> float:
         from search_spaces.plan import group_keeps

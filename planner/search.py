@@ -37,10 +37,11 @@ from torch import Tensor, nn
 
 from planner.budgets import BudgetError, Reachable, reachable_minimum
 from planner.exact import InfeasibleBudget, solve_choices
-from planner.options import layer_options, options_plan
+from planner.options import layer_options
 from planner.proxy import ProxyObjective, layer_sensitivities, proxy_table
+from planner.repair import SizeRepair
 from planner.study_space import StudySpace
-from predictors.size import SizePredictor
+from predictors.size import PlanBatch, SizePredictor
 from search_spaces.discover import discover
 from search_spaces.plan import Budget, Plan, PlanError
 from search_spaces.space import SearchSpace
@@ -150,6 +151,9 @@ class Planner:
         calibration: input batches for the layer sensitivities (default: `example_inputs`);
             an empty sequence weighs every layer the same.
         seed_exact: seed the study with the exact solver's answer (single objective).
+        repair: move each proposal's layers along their frontiers onto the size budget's edge
+            (`planner.repair`); a trial's plan is its parameters with the changes in its
+            "repaired" user attribute applied. Off: the sampler meets the budget on its own.
         seed: the sampler's seed.
         model_spec: the spec recorded in plans (for example "zoo:digits").
 
@@ -174,6 +178,7 @@ class Planner:
         multi_objective: bool = False,
         calibration: Sequence[Tensor | tuple[Tensor, ...]] | None = None,
         seed_exact: bool = True,
+        repair: bool = True,
         seed: int = 0,
         model_spec: str = "",
     ):
@@ -197,6 +202,7 @@ class Planner:
         self.sampler_name = "nsga2" if multi_objective and sampler == "tpe" else sampler
         self.multi_objective = multi_objective
         self.seed_exact = seed_exact
+        self.repair = repair
         self.seed = seed
         self.model_spec = model_spec or self.graph.model_name
         self.sizes = SizePredictor(self.graph)
@@ -205,6 +211,7 @@ class Planner:
         self.study_name = study_name or self._default_study_name()
         self._calibration = list(calibration) if calibration is not None else [self.inputs]
         self._proxy: ProxyObjective | None = None
+        self._repair: SizeRepair | None = None
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -306,29 +313,50 @@ class Planner:
         return evaluations
 
     def exact(self) -> dict[str, Any]:
-        """The proxy's optimum under the size budget with every keep ratio at 1 and activations
-        as the space's first choice (the separable part of the space), by `solve_choices`.
+        """The proxy's optimum over the study's separable part, by `solve_choices`.
+
+        Every keep ratio stays at 1 (pruning couples the layers of a group and their consumers,
+        which a per-layer knapsack cannot express); each layer picks an option on its frontier
+        and its activation bits. The size budget is exact. A latency budget is exact for the
+        additive predictors compplan fits (lookup table, network, FLOPs: a sum over layers plus a
+        per-model constant): each choice's latency is the predictor's change when that layer
+        alone takes it. The answer is evaluated like any trial, so `feasible` also covers MACs.
 
         Raises:
-            BudgetError: the size budget cannot be met at keep 1.
+            BudgetError: no choice at keep 1 meets the budgets.
         """
         proxy = self.proxy()
-        options = self._options
+        study_space = self.study_space
+        names = list(self.graph.layers)
+        acts = {name: list(self.space.layers[name].act_bits) for name in names}
+        costs, sizes = {}, {}
+        for name in names:
+            frontier = study_space.frontier[name]
+            weight = np.asarray(proxy.table.errors[name])[frontier]
+            act = np.array([proxy.activation_error(name, bits) for bits in acts[name]])
+            # Choice index = position · len(acts) + act index.
+            costs[name] = (weight[:, None] + act[None, :]).ravel()
+            bits = self._options[name].bits[frontier]
+            sizes[name] = np.repeat(bits, len(acts[name]))
         limits, uses = {}, {}
         if self.budget.size_bytes is not None:
             limits["size"] = self.budget.size_bytes * 8 - self.graph.kept_bits
-            uses["size"] = {name: o.bits for name, o in options.items()}
+            uses["size"] = sizes
+        if self.budget.latency_ms is not None:
+            base, deltas = self._latency_deltas(acts)
+            limits["latency"] = self.budget.latency_ms - base
+            uses["latency"] = deltas
         try:
-            solution = solve_choices(proxy.table.errors, uses, limits)
+            solution = solve_choices(costs, uses, limits)
         except InfeasibleBudget as error:
             raise BudgetError(f"exact solver: {error} with every keep ratio at 1") from None
-        plan = options_plan(
-            self.space,
-            options,
-            solution.chosen,
-            budget=self.budget,
-            provenance={"source": "compplan exact", "objective": "proxy"},
-        )
+        positions, act_bits = {}, {}
+        for name, choice in solution.chosen.items():
+            position, act = divmod(choice, len(acts[name]))
+            positions[name] = study_space.frontier[name][position]
+            act_bits[name] = acts[name][act]
+        params = study_space.params_of(positions, act_bits=act_bits)
+        plan = self._final_plan(params, source="compplan exact", objective="proxy")
         (evaluation,) = self.evaluate([plan])
         return {
             "plan": plan,
@@ -337,8 +365,38 @@ class Planner:
             "latency_ms": evaluation.latency_ms,
             "feasible": evaluation.feasible,
             "seconds": solution.seconds,
-            "params": self.study_space.params_of(solution.chosen),
+            "params": params,
         }
+
+    def _latency_deltas(self, acts: dict[str, list[int]]) -> tuple[float, dict[str, np.ndarray]]:
+        """The predicted latency of the base plan (every layer at its first frontier option and
+        first activation bits, keep 1) and, per layer, the change when that layer alone takes
+        each (position, activation bits) choice, in the order `exact` numbers them."""
+        from predictors.latency.features import LatencyBatch
+
+        arrays = self.study_space.frontier_arrays()
+        names = list(self.graph.layers)
+        base_act = np.array([acts[name][0] for name in names])
+        rows_of = []
+        for j, name in enumerate(names):
+            for position in range(len(self.study_space.frontier[name])):
+                for bits in acts[name]:
+                    rows_of.append((j, position, bits))
+        n = len(rows_of) + 1  # row 0 is the base plan
+        batch = {key: np.repeat(values[:1], n, axis=0) for key, values in arrays.items()}
+        act = np.repeat(base_act[None, :], n, axis=0)
+        for row, (j, position, bits) in enumerate(rows_of, start=1):
+            for key, values in arrays.items():
+                batch[key][row, j] = values[position, j]
+            act[row, j] = bits
+        keep = np.ones((n, len(self.graph.groups)))
+        latency = self.latency.predict(
+            self.graph, LatencyBatch(plans=PlanBatch(**batch, keep=keep), act_bits=act)
+        )
+        deltas: dict[str, list[float]] = {name: [] for name in names}
+        for row, (j, _, _) in enumerate(rows_of, start=1):
+            deltas[names[j]].append(latency[row] - latency[0])
+        return float(latency[0]), {name: np.asarray(d) for name, d in deltas.items()}
 
     # -- the search -------------------------------------------------------------------------------
 
@@ -391,7 +449,15 @@ class Planner:
         """
         import optuna
 
-        self.proxy()
+        proxy = self.proxy()
+        if self.repair and self.budget.size_bytes is not None and self._repair is None:
+            # Filling to the edge would collapse a multi-objective front onto the budget.
+            self._repair = SizeRepair(
+                self.study_space,
+                proxy.table.errors,
+                self.budget.size_bytes * 8,
+                fill=not self.multi_objective,
+            )
         stored = self.open_study()
         mirror = optuna.create_study(
             storage=optuna.storages.InMemoryStorage(),
@@ -412,13 +478,21 @@ class Planner:
         distributions = self.study_space.distributions
         count = len(finished)
         best = self._best_row(mirror)
-        self.trial_seconds: list[tuple[float, float]] = []  # (whole trial, objective) per trial
+        # Per trial: (whole trial, objective, sampler's ask) seconds.
+        self.trial_seconds: list[tuple[float, float, float]] = []
         while (target is None or count - len(finished) < target) and (
             deadline is None or time.monotonic() < deadline
         ):
             started = time.perf_counter()
             trial = mirror.ask(distributions)
-            plan = self.study_space.decode(trial.params)
+            asked = time.perf_counter() - started
+            params = trial.params
+            if self._repair is not None:
+                repaired = self._repair(params)
+                if repaired:
+                    trial.set_user_attr("repaired", repaired)
+                    params = {**params, **repaired}
+            plan = self.study_space.decode(params)
             (e,) = self.evaluate([plan])
             trial.set_user_attr("size_bytes", e.size_bytes)
             trial.set_user_attr("macs", e.macs)
@@ -433,7 +507,7 @@ class Planner:
             frozen = mirror.tell(trial, values)
             stored.add_trial(frozen)
             count += 1
-            self.trial_seconds.append((time.perf_counter() - started, e.objective_seconds))
+            self.trial_seconds.append((time.perf_counter() - started, e.objective_seconds, asked))
             if e.feasible and (best is None or e.proxy < best["value"]):
                 best = _row(frozen)
             if progress is not None:
@@ -468,7 +542,7 @@ class Planner:
         self.proxy()
         chosen, seen = [], set()
         for t in sorted(complete, key=lambda t: t.values[0]):
-            plan = self.study_space.decode(t.params)
+            plan = self.study_space.decode(trial_params(t))
             key = plan.to_json()
             if key not in seen:
                 seen.add(key)
@@ -509,7 +583,7 @@ class Planner:
         best = scored.best_trial
         return {
             "plan": self._final_plan(
-                study.trials[best.user_attrs["proxy_trial"]].params,
+                trial_params(study.trials[best.user_attrs["proxy_trial"]]),
                 source="compplan search (real objective)",
                 study=f"{self.study_name}-real",
                 proxy_trial=best.user_attrs["proxy_trial"],
@@ -621,7 +695,7 @@ class Planner:
         best_plan = None
         if best is not None:
             best_plan = self._final_plan(
-                study.trials[best["number"]].params,
+                trial_params(study.trials[best["number"]]),
                 source="compplan search",
                 objective="proxy",
                 study=self.study_name,
@@ -640,6 +714,11 @@ class Planner:
             storage=self.storage_url,
             exact=None if exact is None else {k: v for k, v in exact.items() if k != "plan"},
         )
+
+
+def trial_params(trial) -> dict[str, Any]:
+    """The parameters of the plan a proxy trial scored: its sampled ones with repair's changes."""
+    return {**trial.params, **trial.user_attrs.get("repaired", {})}
 
 
 def _row(trial) -> dict[str, Any]:

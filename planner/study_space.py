@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from planner.exact import undominated
 from planner.options import LayerOptions
 from planner.proxy import ProxyTable
@@ -109,9 +111,35 @@ class StudySpace:
                 layers[name] = plan
         return Plan(layers=layers, model=self.graph.model_name, fingerprint=self.graph.fingerprint)
 
-    def params_of(self, chosen: Mapping[str, int], *, act_bits: int = 32) -> dict[str, Any]:
+    def frontier_arrays(self) -> dict[str, np.ndarray]:
+        """The frontier options as `PlanBatch` columns: "k", "m", "d_tilde", "weight_bits", each
+        positions × layers (row i: every layer's i-th option, its last one past its end)."""
+        names = list(self.graph.layers)
+        rows = max((len(self.frontier[name]) for name in names), default=0)
+        shape = (rows, len(names))
+        arrays = {
+            "k": np.zeros(shape, dtype=np.int64),
+            "m": np.ones(shape, dtype=np.int64),
+            "d_tilde": np.ones(shape, dtype=np.int64),
+            "weight_bits": np.full(shape, 32, dtype=np.int64),
+        }
+        for j, name in enumerate(names):
+            frontier = self.frontier[name]
+            for i in range(rows):
+                option = self.options[name].plans[frontier[min(i, len(frontier) - 1)]]
+                if option.k is not None:
+                    arrays["k"][i, j], arrays["m"][i, j] = option.k, option.m
+                    arrays["d_tilde"][i, j] = option.clustering_dim
+                elif option.weight_bits is not None:
+                    arrays["weight_bits"][i, j] = option.weight_bits
+        return arrays
+
+    def params_of(
+        self, chosen: Mapping[str, int], *, act_bits: int | Mapping[str, int] = 32
+    ) -> dict[str, Any]:
         """Parameters for option `chosen[name]` (an index into the layer's `LayerOptions`) per
-        layer, keep 1 and `act_bits` where allowed (the exact solver's answer, as a trial)."""
+        layer, keep 1 and `act_bits` (one for all, or per layer) where allowed (the exact
+        solver's answer, as a trial)."""
         params: dict[str, Any] = {}
         for name, index in chosen.items():
             if f"{name}/option" in self.distributions:
@@ -119,8 +147,9 @@ class StudySpace:
                     raise ValueError(f"layer {name}: option {index} is dominated")
                 params[f"{name}/option"] = self.frontier[name].index(index)
             key = f"{name}/act_bits"
-            if key in self.distributions and act_bits in self.distributions[key].choices:
-                params[key] = act_bits
+            bits = act_bits if isinstance(act_bits, int) else act_bits[name]
+            if key in self.distributions and bits in self.distributions[key].choices:
+                params[key] = bits
         for gid, choices in self.space.group_keep.items():
             if f"group{gid}/keep" in self.distributions and 1.0 in choices:
                 params[f"group{gid}/keep"] = 1.0

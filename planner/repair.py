@@ -1,0 +1,171 @@
+"""Budget repair: move a sampled plan's layers along their frontiers until it fits the size budget.
+
+A sampler proposes one frontier position per layer (`planner.study_space`). Most proposals miss
+a tight size budget, and a sampler learns the budget's edge slowly from constraint values alone:
+after 1000 trials TPE and NSGA-II were still 28–110% above the exact optimum on ResNet-18 and
+ResNet-50 at 20× and 40×. Repair turns each proposal into a nearby plan on the budget's edge,
+the way a knapsack's greedy heuristic would, keeping the proposal's keep ratios and activation
+bits:
+
+1. shrink: while the plan is over budget, take the single-layer step down its frontier that adds
+   the least proxy per byte saved;
+2. fill (single-objective studies only): while some step up fits in the remaining bytes, take
+   the one that removes the most proxy per byte added.
+
+The sampler still decides where a plan starts, so its proposals stay diverse (which layers get
+the bytes is its choice, not the heuristic's); repair only spends or recovers the bytes the
+proposal got wrong. Sizes are computed at the proposal's keep ratios, with the same size
+convention as the budget, so a repaired plan is feasible whenever the space can meet the budget
+at those keep ratios.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from predictors.size import PlanBatch, _LayerTable, layer_bits
+
+__all__ = ["SizeRepair"]
+
+
+class SizeRepair:
+    """Repairs study parameters against a size budget (see the module docstring).
+
+    Args:
+        study_space: the study's parameters (`planner.study_space.StudySpace`).
+        errors: layer → proxy error of each of its options (`ProxyTable.errors`).
+        limit_bits: the size budget in bits.
+        fill: also spend leftover bytes on the best upgrades (step 2).
+    """
+
+    def __init__(
+        self,
+        study_space,
+        errors: Mapping[str, np.ndarray],
+        limit_bits: float,
+        *,
+        fill: bool = True,
+    ):
+        self.study_space = study_space
+        self.graph = study_space.graph
+        self.limit_bits = float(limit_bits)
+        self.fill = fill
+        self._table = _LayerTable.of(self.graph)
+        self.names = list(self.graph.layers)
+        frontier = study_space.frontier
+        self._arrays = study_space.frontier_arrays()
+        rows = self._arrays["k"].shape[0]
+        self.errors = np.full((len(self.names), rows), np.inf)
+        for j, name in enumerate(self.names):
+            indices = frontier[name]
+            self.errors[j, : len(indices)] = np.asarray(errors[name])[indices]
+
+    def layer_sizes(self, keep: np.ndarray) -> np.ndarray:
+        """Bits of every frontier option of every layer (layers × positions) at keep ratios
+        `keep` (one per group); padding positions are infinite."""
+        rows = self._arrays["k"].shape[0]
+        batch = PlanBatch(**self._arrays, keep=np.broadcast_to(keep, (rows, len(keep))).copy())
+        sizes = layer_bits(self.graph, batch, table=self._table)["total"].T.astype(float)
+        sizes[~np.isfinite(self.errors)] = np.inf
+        return sizes
+
+    def __call__(self, params: Mapping[str, Any]) -> dict[str, int]:
+        """The option parameters repair changes (parameter name → new frontier position); empty
+        when the proposal needs no change."""
+        space = self.study_space
+        keep = np.ones(len(self.graph.groups))
+        for gid, choices in space.space.group_keep.items():
+            keep[gid] = params.get(f"group{gid}/keep", choices[0])
+        sizes = self.layer_sizes(keep)
+        start = np.array([params.get(f"{name}/option", 0) for name in self.names])
+        positions = repair_positions(
+            self.errors, sizes, start, self.limit_bits - self.graph.kept_bits, fill=self.fill
+        )
+        return {
+            f"{self.names[j]}/option": int(positions[j]) for j in np.flatnonzero(positions != start)
+        }
+
+
+def repair_positions(
+    errors: np.ndarray,
+    sizes: np.ndarray,
+    start: np.ndarray,
+    limit: float,
+    *,
+    fill: bool = True,
+) -> np.ndarray:
+    """Greedy knapsack repair of one position per row.
+
+    Args:
+        errors, sizes: layers × positions; a position past a layer's end is infinite in both.
+        start: each layer's proposed position.
+        limit: the most the chosen sizes may sum to.
+        fill: after shrinking, also take upgrades that fit.
+
+    Returns:
+        the repaired positions. When even every layer's smallest option is over `limit`, they
+        are the smallest options (the plan stays infeasible and the caller's constraint says so).
+    """
+    positions = start.copy()
+    rows = np.arange(len(positions))
+    total = sizes[rows, positions].sum()
+
+    def shrink_step(layer: int) -> tuple[float, int]:
+        c = positions[layer]
+        saved = sizes[layer, c] - sizes[layer, c + 1 :]
+        added = errors[layer, c + 1 :] - errors[layer, c]
+        ok = np.isfinite(saved) & (saved > 0)
+        if not ok.any():
+            return np.inf, -1
+        ratio = np.where(ok, np.maximum(added, 0) / np.where(ok, saved, 1), np.inf)
+        j = int(ratio.argmin())
+        return float(ratio[j]), c + 1 + j
+
+    if total > limit:
+        best = np.array([shrink_step(layer) for layer in rows], dtype=object)
+        ratios = np.array([b[0] for b in best], dtype=float)
+        targets = np.array([b[1] for b in best])
+        while total > limit:
+            layer = int(ratios.argmin())
+            if not np.isfinite(ratios[layer]):
+                break
+            total += sizes[layer, targets[layer]] - sizes[layer, positions[layer]]
+            positions[layer] = targets[layer]
+            ratios[layer], targets[layer] = shrink_step(layer)
+    if not fill or total > limit:
+        return positions
+
+    def grow_step(layer: int, slack: float) -> tuple[float, int]:
+        c = positions[layer]
+        if c == 0:
+            return -np.inf, -1
+        added = sizes[layer, :c] - sizes[layer, c]
+        gain = errors[layer, c] - errors[layer, :c]
+        ok = (added <= slack) & (gain > 0)
+        if not ok.any():
+            return -np.inf, -1
+        # A step that frees bytes and lowers the error is always worth taking first.
+        ratio = np.where(ok, gain / np.maximum(added, 1e-9), -np.inf)
+        j = int(ratio.argmax())
+        return float(ratio[j]), j
+
+    slack = limit - total
+    best = [grow_step(layer, slack) for layer in rows]
+    ratios = np.array([b[0] for b in best], dtype=float)
+    targets = np.array([b[1] for b in best])
+    while True:
+        layer = int(ratios.argmax())
+        if not np.isfinite(ratios[layer]):
+            break
+        added = sizes[layer, targets[layer]] - sizes[layer, positions[layer]]
+        if added > slack:
+            # Cached steps only lose feasibility as the slack shrinks: recompute this one.
+            ratios[layer], targets[layer] = grow_step(layer, slack)
+            continue
+        positions[layer] = targets[layer]
+        slack -= added
+        ratios[layer], targets[layer] = grow_step(layer, slack)
+    return positions

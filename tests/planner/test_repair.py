@@ -1,0 +1,146 @@
+"""Budget repair and the exact solver over activation bits and an additive latency budget."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from planner.repair import repair_positions
+from planner.search import Planner, trial_params
+from predictors.latency.features import LatencyBatch
+from predictors.size import SizePredictor
+from search_spaces import Budget, Knobs, SearchSpace, discover
+from search_spaces.model_spec import load_model
+
+
+def _frontiers(rng, layers=4, positions=5):
+    """Random frontiers: sizes falling and errors rising along each row, padded with inf."""
+    lengths = rng.integers(1, positions + 1, layers)
+    sizes = np.full((layers, positions), np.inf)
+    errors = np.full((layers, positions), np.inf)
+    for j, n in enumerate(lengths):
+        sizes[j, :n] = np.sort(rng.integers(1, 40, n))[::-1]
+        errors[j, :n] = np.sort(rng.random(n))
+    return errors, sizes, lengths
+
+
+@pytest.mark.parametrize("fill", [True, False])
+def test_repair_meets_any_reachable_budget_and_leaves_no_upgrade_that_fits(fill):
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        errors, sizes, lengths = _frontiers(rng)
+        rows = np.arange(len(lengths))
+        start = np.array([rng.integers(n) for n in lengths])
+        smallest = sizes[rows, lengths - 1].sum()
+        limit = float(rng.uniform(smallest * 0.9, sizes[:, 0].sum()))
+        positions = repair_positions(errors, sizes, start, limit, fill=fill)
+        assert ((positions >= 0) & (positions < lengths)).all()
+        total = sizes[rows, positions].sum()
+        if smallest <= limit:
+            assert total <= limit
+        else:  # unreachable: every layer ends at (a tie of) its smallest option
+            assert total == smallest
+            continue
+        if sizes[rows, start].sum() <= limit:
+            # A plan already within budget only ever improves.
+            assert errors[rows, positions].sum() <= errors[rows, start].sum() + 1e-12
+            if not fill:
+                assert (positions == start).all()
+        if fill:
+            for j, c in enumerate(positions):
+                for p in range(c):
+                    better = errors[j, p] < errors[j, c]
+                    assert not (better and total - sizes[j, c] + sizes[j, p] <= limit)
+
+
+def test_repair_lands_near_the_knapsack_optimum():
+    """From random starts, repaired plans are within a few percent of the brute-force optimum
+    on small instances (the sampler's job is the rest)."""
+    rng = np.random.default_rng(1)
+    ratios = []
+    for _ in range(50):
+        errors, sizes, lengths = _frontiers(rng, layers=5)
+        rows = np.arange(len(lengths))
+        limit = float(sizes[rows, lengths - 1].sum() + rng.uniform(0.2, 0.6) * sizes[:, 0].sum())
+        best = min(
+            errors[rows, list(pick)].sum()
+            for pick in itertools.product(*[range(n) for n in lengths])
+            if sizes[rows, list(pick)].sum() <= limit
+        )
+        repaired = min(
+            errors[rows, repair_positions(errors, sizes, start, limit)].sum()
+            for start in (np.array([rng.integers(n) for n in lengths]) for _ in range(20))
+        )
+        assert repaired >= best - 1e-12
+        ratios.append(repaired / best)
+    assert np.median(ratios) < 1.05
+
+
+@pytest.fixture(scope="module")
+def digits_keep1():
+    loaded = load_model("zoo:digits")
+    graph = discover(loaded.module, loaded.example_inputs, model_name="zoo:digits")
+    space = SearchSpace(graph, Knobs(keep=(1.0,), act_bits=(32, 8, 4)))
+    return loaded, graph, space
+
+
+def _planner(digits_keep1, budget, **options):
+    loaded, _, space = digits_keep1
+    return Planner(
+        loaded.module,
+        loaded.example_inputs,
+        space=space,
+        budget=budget,
+        storage="memory",
+        model_spec="zoo:digits",
+        **options,
+    )
+
+
+def test_repaired_trials_keep_the_budget_and_their_plan_is_what_was_scored(digits_keep1):
+    _, graph, _ = digits_keep1
+    budget = Budget(size_bytes=graph.baseline_bits / 8 / 40)
+    planner = _planner(digits_keep1, budget, sampler="random", seed_exact=False)
+    result = planner.search(n_trials=30)
+    assert result.trials["feasible"].all()
+    assert result.trials["repaired"].notna().sum() > 0
+    study = planner.open_study()
+    sizes = SizePredictor(graph)
+    for t in study.trials:
+        plan = planner.study_space.decode(trial_params(t))
+        assert sizes.predict([plan])[0] == pytest.approx(t.user_attrs["size_bytes"])
+        assert planner.proxy().value(plan) == pytest.approx(t.values[0])
+    # Without repair, random proposals mostly miss a 40× budget.
+    plain = _planner(digits_keep1, budget, sampler="random", seed_exact=False, repair=False)
+    assert not plain.search(n_trials=30).trials["feasible"].all()
+
+
+class _AdditiveLatency:
+    """A stand-in device with low-bit kernels: each layer costs its input's bits / 8 ms and its
+    weight bits / 32 ms (decoded VQ and fp32 layers 1 ms)."""
+
+    def predict(self, graph, plans):
+        batch = plans if isinstance(plans, LatencyBatch) else LatencyBatch.from_plans(graph, plans)
+        weights = np.where(batch.plans.k > 0, 32, batch.plans.weight_bits) / 32
+        return (weights + batch.act_bits / 8).sum(axis=1).astype(float)
+
+
+def test_exact_solver_meets_a_latency_budget_and_beats_every_sampled_plan(digits_keep1):
+    _, graph, _ = digits_keep1
+    latency = _AdditiveLatency()
+    size = graph.baseline_bits / 8 / 20
+    free = _planner(digits_keep1, Budget(size_bytes=size), latency=latency).exact()
+    # Halfway to the fastest plan: some layers must take lower activation bits.
+    fastest = _planner(digits_keep1, Budget(size_bytes=size), latency=latency).reachable
+    budget = Budget(size_bytes=size, latency_ms=(free["latency_ms"] + fastest.latency_ms) / 2)
+    planner = _planner(digits_keep1, budget, latency=latency, seed_exact=False)
+    exact = planner.exact()
+    assert exact["feasible"]
+    assert exact["latency_ms"] <= budget.latency_ms
+    assert exact["proxy"] > free["proxy"]  # the latency budget binds
+    result = planner.search(n_trials=60)
+    feasible = result.trials[result.trials["feasible"]]
+    assert not feasible.empty
+    assert feasible["value"].min() >= exact["proxy"] - 1e-9
