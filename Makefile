@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo   set up .venv and run the main job (zoo:digits, embedded SQLite default)
-#   make test   set up .venv and run the linters and the whole test suite
+#   make test   set up .venv and run the linters and the whole test suite (installing PostgreSQL
+#               with apt where it is missing: the worker tests start a server of their own)
 # Both create .venv when it is missing. torch is installed first and pinned to the CPU wheel, because
 # a looser requirement lets pip pull a multi-GB CUDA build.
 
@@ -29,6 +30,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 test: lint
+	bash scripts/ensure_postgres.sh
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

@@ -196,7 +196,8 @@ def _build_parser() -> argparse.ArgumentParser:
         type=int,
         default=300,
         metavar="N",
-        help="trials in the study (a resumed study counts those it has; default 300)",
+        help="trials in the study (a resumed study counts those it has, and so do workers'; "
+        "default 300); 0 only creates the study, for `compplan worker`s to run",
     )
     search.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
     search.add_argument(
@@ -225,7 +226,9 @@ def _build_parser() -> argparse.ArgumentParser:
         help="keep the first conv and the classifier at 32 bits (default yes)",
     )
     search.add_argument("--seed", type=int, default=0, help="the sampler's seed")
-    search.add_argument("--out", required=True, metavar="FILE", help="the best plan (JSON)")
+    search.add_argument(
+        "--out", metavar="FILE", help="the best plan (JSON; needed unless --trials 0)"
+    )
     search.add_argument("--trials-csv", metavar="FILE", help="also write every trial as CSV")
     search.add_argument(
         "--plot",
@@ -233,6 +236,26 @@ def _build_parser() -> argparse.ArgumentParser:
         help="also draw proxy against size with the Pareto front: .html (interactive) or .png",
     )
     search.add_argument("--json", action="store_true", help="print a JSON summary")
+
+    worker = commands.add_parser(
+        "worker",
+        help="Join a study and run trials in it (any number of workers, on any machines).",
+        description="Join a study that `compplan search` created in a shared storage (a "
+        "PostgreSQL database, say) and run trials in it, each proposed from every worker's "
+        "trials so far. The model, budgets and space come from the study: the model spec must "
+        "resolve on this machine too (zoo models always do). Stop it at any time: every finished "
+        "trial is kept.",
+    )
+    worker.add_argument("--storage", required=True, metavar="URL", help="the study's storage URL")
+    worker.add_argument("--study", required=True, metavar="NAME", help="the study to join")
+    worker.add_argument(
+        "--trials", type=int, default=100, metavar="N", help="trials this worker runs (default 100)"
+    )
+    worker.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
+    worker.add_argument(
+        "--seed", type=int, help="the sampler's seed (default: a different one per worker)"
+    )
+    worker.add_argument("--json", action="store_true", help="print a JSON summary")
 
     profile = command(
         "profile",
@@ -378,6 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fit-latency": _fit_latency,
         "predict-latency": _predict_latency,
         "search": _search,
+        "worker": _worker,
     }
     try:
         return handlers[args.command](args)
@@ -876,20 +900,106 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _search(args: argparse.Namespace) -> int:
-    from planner.budgets import parse_size
-    from planner.search import Planner, PlannerError
+def _planner_from_setup(setup: dict, loaded, graph, *, storage, study, seed):
+    """The planner a study's recorded `setup` describes (the same for `search` and `worker`)."""
+    from planner.search import Planner
     from search_spaces import Budget, SearchSpace
     from zoo.tasks import get_task
 
+    task = get_task(loaded.task) if loaded.task else None
+    return Planner(
+        loaded.module,
+        loaded.example_inputs,
+        space=SearchSpace(graph, protect_ends=setup["protect_ends"]),
+        budget=Budget(**setup["budget"]),
+        latency=setup["latency_model"],
+        storage=storage,
+        study_name=study,
+        sampler=setup["sampler"],
+        multi_objective=setup["pareto"],
+        calibration=[task.calibration()] if task is not None else None,
+        seed=seed,
+        model_spec=setup["model"],
+        setup=setup,
+    )
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import optuna
+
+    from planner.search import PlannerError, open_storage
+
     if args.trials < 1:
         raise PlannerError(f"--trials must be at least 1, not {args.trials}")
+    storage = open_storage(args.storage)
+    names = optuna.study.get_all_study_names(storage)
+    if args.study not in names:
+        held = ", ".join(sorted(names)) or "none"
+        raise PlannerError(
+            f"no study '{args.study}' in {args.storage} (it holds: {held}); create it with "
+            "`compplan search --storage URL --study NAME --trials 0 --model … --size-budget …`"
+        )
+    setup = optuna.load_study(study_name=args.study, storage=storage).user_attrs.get("compplan")
+    if setup is None:
+        raise PlannerError(
+            f"study '{args.study}' was not created by `compplan search`: it records no model "
+            "or budgets for a worker to use"
+        )
+    args.model, args.input_shape = setup["model"], setup.get("input_shape")
+    loaded, graph = _graph(args)
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+    planner = _planner_from_setup(
+        setup, loaded, graph, storage=args.storage, study=args.study, seed=seed
+    )
+    planner.seed_exact = False  # the study's creator seeds it, once
+    where = f"{args.storage} (study '{args.study}')"
+    bar = _SearchBar(args.trials, enabled=not args.json, count="own")
+    try:
+        result = planner.search(new_trials=args.trials, timeout=args.timeout, progress=bar.update)
+    except KeyboardInterrupt:
+        bar.close()
+        return _fail(f"worker stopped; every finished trial is in {where}", 130)
+    bar.close()
+    mine = result.trials[result.trials["worker"] == planner.worker_id]
+    summary = {
+        "storage": args.storage,
+        "study": args.study,
+        "worker": planner.worker_id,
+        "trials_here": len(mine),
+        "trials_in_study": len(result.trials),
+        "best": result.best,
+    }
+    if args.json:
+        _print_json(summary)
+        return 0
+    best = result.best
+    print(
+        f"ran {len(mine)} trials as {planner.worker_id}; the study holds {len(result.trials)}"
+        + (
+            f"; best proxy {best['value']:.4g} at {_mib(best['size_bytes'])} (#{best['number']})"
+            if best
+            else ""
+        )
+    )
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from planner.budgets import parse_size
+    from planner.search import PlannerError
+    from search_spaces import Budget
+    from zoo.tasks import get_task
+
+    if args.trials < 0:
+        raise PlannerError(f"--trials must be at least 0, not {args.trials}")
     if args.size_budget is None and args.latency_budget is None and args.macs_budget is None:
         raise PlannerError(
             "give at least one budget: --size-budget (x25, 1.2MiB), --latency-budget MS "
             "or --macs-budget N"
         )
-    out = Path(args.out)
+    if args.out is None and args.trials > 0:
+        raise PlannerError("give --out FILE for the best plan (or --trials 0 to only create it)")
+    out = Path(args.out or "plan.json")
     if out.is_dir() or not out.parent.is_dir():
         raise PlannerError(f"--out {out}: give a file path in an existing folder")
     if args.plot and Path(args.plot).suffix.lower() not in (".html", ".png"):
@@ -912,21 +1022,27 @@ def _search(args: argparse.Namespace) -> int:
         macs=args.macs_budget,
     )
     task = get_task(loaded.task) if loaded.task else None
-    planner = Planner(
-        loaded.module,
-        loaded.example_inputs,
-        space=SearchSpace(graph, protect_ends=args.protect_ends == "yes"),
-        budget=budget,
-        latency=args.latency_model,
-        storage=args.storage,
-        study_name=args.study,
-        sampler=args.sampler,
-        multi_objective=args.pareto,
-        calibration=[task.calibration()] if task is not None else None,
-        seed=args.seed,
-        model_spec=args.model,
+    setup = {
+        "model": args.model,
+        "input_shape": args.input_shape,
+        "budget": budget.to_dict(),
+        "protect_ends": args.protect_ends == "yes",
+        "latency_model": None if args.latency_model is None else str(Path(args.latency_model)),
+        "sampler": args.sampler,
+        "pareto": args.pareto,
+    }
+    planner = _planner_from_setup(
+        setup, loaded, graph, storage=args.storage, study=args.study, seed=args.seed
     )
     where = f"{planner.storage_url} (study '{planner.study_name}')"
+    if args.trials == 0:
+        planner.open_study()
+        command = f"compplan worker --storage '{planner.storage_url}' --study {planner.study_name}"
+        if args.json:
+            _print_json({"storage": planner.storage_url, "study": planner.study_name})
+        else:
+            print(f"created {where}; run trials in it with:\n  {command} --trials N")
+        return 0
     bar = _SearchBar(args.trials, enabled=not args.json)
     try:
         result = planner.search(n_trials=args.trials, timeout=args.timeout, progress=bar.update)
@@ -1042,14 +1158,16 @@ def _print_plan_table(plan, graph) -> None:
 class _SearchBar:
     """The search's progress bar on stderr, with the best feasible trial so far."""
 
-    def __init__(self, total: int, enabled: bool):
+    def __init__(self, total: int, enabled: bool, count: str = "study"):
         from tqdm import tqdm
 
         self.bar = tqdm(total=total, unit="trial", disable=not enabled, file=sys.stderr)
+        self.count = count
 
     def update(self, finished: int, best) -> None:
-        # `finished` counts the whole study, so a resumed study jumps to its earlier trials.
-        self.bar.update(finished - self.bar.n)
+        # `finished` counts the whole study, so a resumed study jumps to its earlier trials; a
+        # worker counts its own.
+        self.bar.update(1 if self.count == "own" else finished - self.bar.n)
         if best is not None:
             self.bar.set_postfix_str(
                 f"best {best['value']:.4g} at {best['size_bytes'] / 1024:,.0f} KiB"

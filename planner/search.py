@@ -25,7 +25,10 @@ How a search runs (DESIGN.md, Search):
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -52,6 +55,9 @@ log = logging.getLogger("compplan")
 
 DEFAULT_STORAGE = "sqlite:///compplan-studies.db"
 SAMPLERS = ("tpe", "nsga2", "random")
+
+
+CONNECT_TIMEOUT_S = 5  # seconds a database server has to answer
 
 
 class PlannerError(PlanError):
@@ -84,13 +90,22 @@ def open_storage(url: str):
             f"storage '{text}' is not a URL: write sqlite:///{text} for a SQLite file, "
             f"journal:{text} for a journal file, or a SQLAlchemy URL"
         )
+    engine_kwargs: dict[str, Any] = {}
+    if text.startswith(("postgresql", "mysql")):
+        # A wrong host must fail in seconds, not after the OS's TCP timeout (minutes).
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+        engine_kwargs["pool_pre_ping"] = True
     try:
-        return optuna.storages.RDBStorage(text, heartbeat_interval=None)
+        return optuna.storages.RDBStorage(
+            text, engine_kwargs=engine_kwargs, heartbeat_interval=None
+        )
     except Exception as error:  # SQLAlchemy's errors: bad dialect, driver, host, file
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if isinstance(error, ModuleNotFoundError):
+            reason += " (pip install psycopg2-binary for postgresql+psycopg2://)"
         raise PlannerError(
             f"cannot open storage '{text}': {reason} (SQLite: sqlite:///path/to/file.db; "
-            "PostgreSQL: postgresql+psycopg2://user:password@host/db)"
+            "PostgreSQL: postgresql+psycopg2://user:password@host:5432/db)"
         ) from None
 
 
@@ -155,6 +170,8 @@ class Planner:
             (`planner.repair`); a trial's plan is its parameters with the changes in its
             "repaired" user attribute applied. Off: the sampler meets the budget on its own.
         seed: the sampler's seed.
+        setup: settings recorded in a new study for `compplan worker` (model spec, budget,
+            space options, latency predictor path, sampler); the CLI fills it.
         model_spec: the spec recorded in plans (for example "zoo:digits").
 
     Raises:
@@ -181,6 +198,7 @@ class Planner:
         repair: bool = True,
         seed: int = 0,
         model_spec: str = "",
+        setup: dict[str, Any] | None = None,
     ):
         if objective != "proxy":
             raise PlannerError(f"unknown objective '{objective}'; this planner offers 'proxy'")
@@ -204,6 +222,9 @@ class Planner:
         self.seed_exact = seed_exact
         self.repair = repair
         self.seed = seed
+        self.setup = setup
+        # Marks this process's trials in a shared study.
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.model_spec = model_spec or self.graph.model_name
         self.sizes = SizePredictor(self.graph)
         self.reachable = self._check_budget()
@@ -417,7 +438,9 @@ class Planner:
         return ["minimize"] * (3 if self.latency is not None else 2)
 
     def open_study(self):
-        """Create the study in storage, or load it when it exists (resume)."""
+        """Create the study in storage, or load it when it exists (resume). A new study records
+        `setup` (the settings a `compplan worker` needs to join it) as its "compplan" user
+        attribute."""
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -428,6 +451,8 @@ class Planner:
             directions=self._directions(),
             load_if_exists=True,
         )
+        if self.setup is not None and "compplan" not in study.user_attrs:
+            study.set_user_attr("compplan", self.setup)
         return study
 
     def search(
@@ -435,17 +460,23 @@ class Planner:
         n_trials: int | None = 100,
         timeout: float | None = None,
         *,
+        new_trials: int | None = None,
         progress: Callable[[int, dict[str, Any] | None], None] | None = None,
     ) -> SearchResult:
         """Run trials until the study holds `n_trials` finished trials (a resumed study counts
-        those it has) or `timeout` seconds pass; returns the result over all of them.
+        those it has; so do other processes' trials) or `timeout` seconds pass; returns the
+        result over all of them. `new_trials` instead runs exactly that many trials here,
+        whatever the study holds (a worker's share).
 
-        The sampler works on an in-memory copy of the study (loaded from storage first, so a
-        resumed search continues where it stopped), and each finished trial is written to the
-        storage at once in one transaction: writing every parameter as it is sampled would cost
-        more than the proxy objective itself. Whatever stops the search (an exception, Ctrl-C,
-        a killed process), every finished trial is in storage. `progress(finished, best)` is
-        called after each trial.
+        The sampler works on an in-memory copy of the study: loaded from storage first (so a
+        resumed search continues where it stopped), then topped up before every proposal with
+        the trials other processes sharing the storage finished (workers on one PostgreSQL
+        database, see `compplan worker`). Each finished trial is written to the storage at once,
+        in one transaction, marked with this process's `worker_id`; writing every parameter as
+        it is sampled would cost more than the proxy objective itself. Whatever stops the search
+        (an exception, Ctrl-C, a killed process), every finished trial is in storage; a trial
+        never waits in storage half-done. `progress(finished in the study, best)` is called
+        after each trial.
         """
         import optuna
 
@@ -464,28 +495,51 @@ class Planner:
             sampler=self._sampler(),
             directions=self._directions(),
         )
-        finished = [t for t in stored.get_trials(deepcopy=False) if t.state.is_finished()]
-        mirror.add_trials(finished)
-        if self.seed_exact and not self.multi_objective and not finished:
+        shared = not isinstance(self.storage, optuna.storages.InMemoryStorage)
+        states = tuple(s for s in optuna.trial.TrialState if s.is_finished())
+        known: set[int] = set()  # study numbers of the trials the mirror holds
+
+        def pull(own: bool) -> tuple[int, int]:
+            """Copy the study's finished trials the mirror lacks into it (`own`: this worker's
+            too); returns how many the study holds and how many were copied."""
+            finished = stored.get_trials(deepcopy=False, states=states)
+            fresh = [t for t in finished if t.number not in known]
+            known.update(t.number for t in fresh)
+            copied = [t for t in fresh if own or t.user_attrs.get("worker") != self.worker_id]
+            mirror.add_trials(copied)
+            return len(finished), len(copied)
+
+        in_study, _ = pull(own=True)
+        if self.seed_exact and not self.multi_objective and in_study == 0:
             try:
                 seed = self.exact()
                 mirror.enqueue_trial(seed["params"], user_attrs={"seeded_by": "exact"})
                 self._exact_result = seed
             except BudgetError as error:
                 log.info("not seeding with the exact solver: %s", error)
-        target = None if n_trials is None else max(0, n_trials - len(finished))
+        if new_trials is not None:
+            target = new_trials
+        else:
+            target = None if n_trials is None else max(0, n_trials - in_study)
         deadline = None if timeout is None else time.monotonic() + timeout
         distributions = self.study_space.distributions
-        count = len(finished)
+        ran = 0
         best = self._best_row(mirror)
         # Per trial: (whole trial, objective, sampler's ask) seconds.
         self.trial_seconds: list[tuple[float, float, float]] = []
-        while (target is None or count - len(finished) < target) and (
+        while (target is None or ran < target) and (
             deadline is None or time.monotonic() < deadline
         ):
             started = time.perf_counter()
+            if shared and ran:
+                in_study, copied = pull(own=False)
+                if new_trials is None and n_trials is not None and in_study >= n_trials:
+                    break  # other processes brought the study to its target
+                if copied:
+                    best = self._best_row(mirror)
             trial = mirror.ask(distributions)
             asked = time.perf_counter() - started
+            trial.set_user_attr("worker", self.worker_id)
             params = trial.params
             if self._repair is not None:
                 repaired = self._repair(params)
@@ -506,12 +560,13 @@ class Planner:
                 values += [e.size_bytes] + ([e.latency_ms] if e.latency_ms is not None else [])
             frozen = mirror.tell(trial, values)
             stored.add_trial(frozen)
-            count += 1
+            ran += 1
+            in_study += 1
             self.trial_seconds.append((time.perf_counter() - started, e.objective_seconds, asked))
             if e.feasible and (best is None or e.proxy < best["value"]):
                 best = _row(frozen)
             if progress is not None:
-                progress(count, best)
+                progress(in_study, best)
         return self.result(stored)
 
     def refine(self, real, *, candidates: int = 5) -> dict[str, Any]:
