@@ -204,6 +204,39 @@ def _build_parser() -> argparse.ArgumentParser:
         "--sampler", choices=["tpe", "nsga2", "random"], default="tpe", help="default tpe"
     )
     search.add_argument(
+        "--backend",
+        choices=["optuna", "ray"],
+        default="optuna",
+        help="optuna: trials in this process, kept in --storage (default); ray: trials on a Ray "
+        "cluster by Ray Tune (OptunaSearch, ASHA for --objective real), kept in --ray-results",
+    )
+    search.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="with --backend ray: the cluster's head (default: a local Ray for this search)",
+    )
+    search.add_argument(
+        "--cpus-per-trial",
+        type=float,
+        default=1,
+        metavar="N",
+        help="with --backend ray: CPUs per trial; the trial uses that many torch threads (1)",
+    )
+    search.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=0,
+        metavar="N",
+        help="with --backend ray: GPUs per trial (0)",
+    )
+    search.add_argument(
+        "--ray-results",
+        default="compplan-ray",
+        metavar="DIR",
+        help="with --backend ray: where Tune keeps experiments; the same --study resumes (default "
+        "compplan-ray)",
+    )
+    search.add_argument(
         "--pareto",
         action="store_true",
         help="multi-objective: minimize proxy, size (and latency) together with NSGA-II",
@@ -900,7 +933,7 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _planner_from_setup(setup: dict, loaded, graph, *, storage, study, seed):
+def _planner_from_setup(setup: dict, loaded, graph, *, storage, study, seed, **options):
     """The planner a study's recorded `setup` describes (the same for `search` and `worker`)."""
     from planner.search import Planner
     from search_spaces import Budget, SearchSpace
@@ -921,6 +954,7 @@ def _planner_from_setup(setup: dict, loaded, graph, *, storage, study, seed):
         seed=seed,
         model_spec=setup["model"],
         setup=setup,
+        **options,
     )
 
 
@@ -1031,10 +1065,41 @@ def _search(args: argparse.Namespace) -> int:
         "sampler": args.sampler,
         "pareto": args.pareto,
     }
+    on_ray = args.backend == "ray"
+    if on_ray and args.trials == 0:
+        raise PlannerError(
+            "--trials 0 creates a study for `compplan worker`s: use --backend optuna"
+        )
+    real = None
+    if args.objective == "real":
+        from planner.real import RealObjective
+
+        real = RealObjective(
+            loaded.module, loaded.example_inputs, task, epochs=args.epochs, seed=args.seed
+        )
+    ray_options = {
+        "cpus_per_trial": args.cpus_per_trial,
+        "gpus_per_trial": args.gpus_per_trial,
+        "results": args.ray_results,
+        # On Ray the trials themselves fine-tune (ASHA stops the poor ones early).
+        "real": real,
+    }
     planner = _planner_from_setup(
-        setup, loaded, graph, storage=args.storage, study=args.study, seed=args.seed
+        setup,
+        loaded,
+        graph,
+        storage=args.storage,
+        study=args.study,
+        seed=args.seed,
+        backend=args.backend,
+        address=args.address,
+        ray_options=ray_options if on_ray else None,
     )
     where = f"{planner.storage_url} (study '{planner.study_name}')"
+    if on_ray:
+        where = f"{Path(args.ray_results) / planner.study_name} (Ray Tune experiment)"
+        if not args.json:
+            print(f"running {args.trials} trials on Ray; results in {where}", file=sys.stderr)
     if args.trials == 0:
         planner.open_study()
         command = f"compplan worker --storage '{planner.storage_url}' --study {planner.study_name}"
@@ -1060,12 +1125,7 @@ def _search(args: argparse.Namespace) -> int:
             "trials (--trials) or loosen the budgets"
         )
     best_plan, refined = result.best_plan, None
-    if args.objective == "real":
-        from planner.real import RealObjective
-
-        real = RealObjective(
-            loaded.module, loaded.example_inputs, task, epochs=args.epochs, seed=args.seed
-        )
+    if args.objective == "real" and not on_ray:
         if not args.json:
             print(f"fine-tuning the {args.candidates} best plans by proxy …", file=sys.stderr)
         refined = planner.refine(real, candidates=args.candidates)
@@ -1104,6 +1164,11 @@ def _search(args: argparse.Namespace) -> int:
         "baseline_bytes": graph.baseline_bits / 8,
         "budget": budget.to_dict(),
     }
+    if on_ray:
+        states = result.trials["state"]
+        summary["failed_trials"] = int((states == "FAIL").sum())
+        summary["nodes"] = sorted(result.trials["node"].dropna().unique().tolist())
+        summary["storage"] = result.storage
     if args.json:
         _print_json(summary)
         return 0

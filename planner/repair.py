@@ -96,6 +96,7 @@ def repair_positions(
     limit: float,
     *,
     fill: bool = True,
+    trade: bool = True,
 ) -> np.ndarray:
     """Greedy knapsack repair of one position per row.
 
@@ -103,7 +104,8 @@ def repair_positions(
         errors, sizes: layers × positions; a position past a layer's end is infinite in both.
         start: each layer's proposed position.
         limit: the most the chosen sizes may sum to.
-        fill: after shrinking, also take upgrades that fit.
+        fill: after shrinking, also take upgrades that fit, then trade bytes between layers
+            while it pays (`trade`).
 
     Returns:
         the repaired positions. When even every layer's smallest option is over `limit`, they
@@ -168,4 +170,80 @@ def repair_positions(
         positions[layer] = targets[layer]
         slack -= added
         ratios[layer], targets[layer] = grow_step(layer, slack)
+    if not trade:
+        return positions
+    filled = positions
+    positions = _exchange(errors, sizes, filled.copy(), limit)
+    if np.array_equal(positions, filled):
+        return positions
+    # Trades can leave bytes over: fill them (without trading again).
+    return repair_positions(errors, sizes, positions, limit, fill=True, trade=False)
+
+
+def _exchange(
+    errors: np.ndarray,
+    sizes: np.ndarray,
+    positions: np.ndarray,
+    limit: float,
+    *,
+    rounds: int = 200,
+    tries: int = 4,
+) -> np.ndarray:
+    """Step 3: trade bytes between layers while it pays. Each round goes through the upgrades
+    with the most proxy removed per byte added (`tries` of them, whatever their size), frees the
+    bytes one lacks by the cheapest steps down in other layers, and keeps the first trade that
+    lowers the summed error. A plan where no trade pays is close to the knapsack's LP optimum,
+    where every layer's last byte is worth the same; from a random proposal, shrinking and
+    filling alone stop well short of it (a layer the proposal made too small stays small)."""
+    rows = np.arange(len(positions))
+    columns = np.arange(sizes.shape[1])[None, :]
+    for _ in range(rounds):
+        current_size = sizes[rows, positions][:, None]
+        current_error = errors[rows, positions][:, None]
+        slack = limit - current_size.sum()
+        added = sizes - current_size
+        gain = current_error - errors
+        up = (columns < positions[:, None]) & (added > 0) & (gain > 0)
+        if not up.any():
+            break
+        ratio = np.where(up, gain / np.where(up, added, 1), -np.inf).ravel()
+        candidates = np.argsort(-ratio)[: min(tries, int(up.sum()))]
+        for flat in candidates:
+            layer, target = np.unravel_index(int(flat), up.shape)
+            traded = _free_bytes(errors, sizes, positions, added[layer, target] - slack, layer)
+            if traded is not None and traded[1] < gain[layer, target]:
+                positions = traded[0]
+                positions[layer] = target
+                break
+        else:
+            break
     return positions
+
+
+def _free_bytes(
+    errors: np.ndarray, sizes: np.ndarray, positions: np.ndarray, need: float, keep_layer: int
+) -> tuple[np.ndarray, float] | None:
+    """Positions that free at least `need` bytes by steps down in layers other than
+    `keep_layer`, cheapest proxy per byte first, and the proxy they add; None if they cannot."""
+    rows = np.arange(len(positions))
+    columns = np.arange(sizes.shape[1])[None, :]
+    trial = positions.copy()
+    loss = 0.0
+    while need > 0:
+        saved = sizes[rows, trial][:, None] - sizes
+        cost = np.maximum(errors - errors[rows, trial][:, None], 0)
+        down = (columns > trial[:, None]) & (saved > 0) & np.isfinite(saved)
+        down[keep_layer] = False
+        if not down.any():
+            return None
+        # The cheapest byte first, unless one step frees all that is lacking for less.
+        per_byte = np.where(down, cost / np.where(down, saved, 1), np.inf)
+        whole = np.where(down & (saved >= need), cost, np.inf)
+        if whole.min() <= per_byte.min() * need:
+            layer, target = np.unravel_index(int(whole.argmin()), whole.shape)
+        else:
+            layer, target = np.unravel_index(int(per_byte.argmin()), per_byte.shape)
+        loss += cost[layer, target]
+        need -= saved[layer, target]
+        trial[layer] = target
+    return trial, loss

@@ -172,6 +172,11 @@ class Planner:
         seed: the sampler's seed.
         setup: settings recorded in a new study for `compplan worker` (model spec, budget,
             space options, latency predictor path, sampler); the CLI fills it.
+        backend: "optuna" (trials in this process, kept in `storage`) or "ray" (trials on a
+            Ray cluster by Ray Tune, `planner.ray_backend`).
+        address: with backend "ray": HOST:PORT of the cluster's head; None for a local Ray.
+        ray_options: with backend "ray": more `RaySearch` arguments (cpus_per_trial,
+            gpus_per_trial, results, real, max_failures).
         model_spec: the spec recorded in plans (for example "zoo:digits").
 
     Raises:
@@ -199,9 +204,14 @@ class Planner:
         seed: int = 0,
         model_spec: str = "",
         setup: dict[str, Any] | None = None,
+        backend: str = "optuna",
+        address: str | None = None,
+        ray_options: dict[str, Any] | None = None,
     ):
         if objective != "proxy":
             raise PlannerError(f"unknown objective '{objective}'; this planner offers 'proxy'")
+        if backend not in ("optuna", "ray"):
+            raise PlannerError(f"unknown backend '{backend}'; choose optuna or ray")
         if sampler not in SAMPLERS:
             raise PlannerError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
         self.model = model.eval()
@@ -223,6 +233,13 @@ class Planner:
         self.repair = repair
         self.seed = seed
         self.setup = setup
+        self.backend = backend
+        self.address = address
+        self.ray_options = dict(ray_options or {})
+        if backend == "ray" and address is not None:
+            from planner.ray_backend import check_address
+
+            check_address(address)  # a wrong address fails now, before any work
         # Marks this process's trials in a shared study.
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.model_spec = model_spec or self.graph.model_name
@@ -437,6 +454,23 @@ class Planner:
             return ["minimize"]
         return ["minimize"] * (3 if self.latency is not None else 2)
 
+    def prepare_repair(self, proxy: ProxyObjective) -> None:
+        """Build the budget repair once (when on and there is a size budget)."""
+        if self.repair and self.budget.size_bytes is not None and self._repair is None:
+            # Filling to the edge would collapse a multi-objective front onto the budget.
+            self._repair = SizeRepair(
+                self.study_space,
+                proxy.table.errors,
+                self.budget.size_bytes * 8,
+                fill=not self.multi_objective,
+            )
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Shipped to Ray workers: everything but the open storage (a database connection).
+        state = dict(self.__dict__)
+        state["storage"] = None
+        return state
+
     def open_study(self):
         """Create the study in storage, or load it when it exists (resume). A new study records
         `setup` (the settings a `compplan worker` needs to join it) as its "compplan" user
@@ -480,15 +514,14 @@ class Planner:
         """
         import optuna
 
-        proxy = self.proxy()
-        if self.repair and self.budget.size_bytes is not None and self._repair is None:
-            # Filling to the edge would collapse a multi-objective front onto the budget.
-            self._repair = SizeRepair(
-                self.study_space,
-                proxy.table.errors,
-                self.budget.size_bytes * 8,
-                fill=not self.multi_objective,
-            )
+        if self.backend == "ray":
+            from planner.ray_backend import RaySearch
+
+            if n_trials is None or new_trials is not None:
+                raise PlannerError("the Ray backend runs a given number of trials (n_trials)")
+            search = RaySearch(self, address=self.address, **self.ray_options)
+            return search.run(n_trials, timeout)
+        self.prepare_repair(self.proxy())
         stored = self.open_study()
         mirror = optuna.create_study(
             storage=optuna.storages.InMemoryStorage(),
@@ -720,7 +753,7 @@ class Planner:
             model=self.model_spec,
             fingerprint=self.graph.fingerprint,
             budget=self.budget,
-            provenance={**provenance, "storage": self.storage_url},
+            provenance={"storage": self.storage_url, **provenance},
         )
 
     def _best_row(self, study) -> dict[str, Any] | None:

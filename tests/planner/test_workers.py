@@ -11,9 +11,9 @@ import time
 
 import optuna
 import pytest
+from support.postgres import running_postgres
 
 from planner.cli import main
-from support.postgres import running_postgres
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,154 @@
+"""The Ray backend on a real two-node Ray cluster on this machine (scripts/cluster_up.sh): trials
+land on both nodes, a node killed mid-search costs no finished trial, and a wrong address fails
+fast. The searches run as `compplan` processes, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from planner.cli import main
+from predictors.size import SizePredictor
+from search_spaces import Plan, discover
+from search_spaces.model_spec import load_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head and one worker node (1 CPU each); yields (address, env, folder)."""
+    folder = Path(tempfile.mkdtemp(prefix="compplan-cluster-"))  # short: Ray's socket paths
+    port = _free_port()
+    env = {**os.environ, "PORT": str(port), "RAY": str(Path(sys.executable).parent / "ray")}
+    try:
+        subprocess.run(
+            ["bash", ROOT / "scripts" / "cluster_up.sh", "1", folder],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=180,
+        )
+        for line in (folder / "env").read_text().splitlines():
+            key, _, value = line.removeprefix("export ").partition("=")
+            env[key] = value
+        yield f"127.0.0.1:{port}", env, folder
+    finally:
+        subprocess.run(["bash", ROOT / "scripts" / "cluster_down.sh", folder], timeout=120)
+
+
+def _search(env, folder, *args, trials=8):
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "planner.cli",
+            "search",
+            "--backend",
+            "ray",
+            "--model",
+            "zoo:digits",
+            "--size-budget",
+            "x25",
+            "--trials",
+            str(trials),
+            "--ray-results",
+            str(folder / "results"),
+            "--json",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**env, "RAY_TMPDIR": str(folder / "driver")},
+        cwd=folder,
+    )
+
+
+@pytest.mark.slow
+def test_a_search_on_a_two_node_cluster_uses_both_nodes(cluster):
+    address, env, folder = cluster
+    out = folder / "plan.json"
+    search = _search(env, folder, "--address", address, "--study", "both", "--out", str(out))
+    stdout, stderr = search.communicate(timeout=600)
+    assert search.returncode == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["trials"] == 8
+    assert len(summary["nodes"]) == 2
+    loaded = load_model("zoo:digits")
+    graph = discover(loaded.module, loaded.example_inputs, model_name="zoo:digits")
+    size = SizePredictor(graph).predict([Plan.load(out)])[0]
+    assert size <= graph.baseline_bits / 8 / 25
+    assert summary["best"]["size_bytes"] == pytest.approx(size)
+
+
+@pytest.mark.slow
+def test_a_worker_node_killed_mid_search_loses_no_finished_trial(cluster):
+    address, env, folder = cluster
+    out = folder / "plan-killed.json"
+    search = _search(
+        env,
+        folder,
+        "--address",
+        address,
+        "--study",
+        "killed",
+        "--objective",
+        "real",
+        "--epochs",
+        "3",
+        "--out",
+        str(out),
+        trials=6,
+    )
+    # Once trials run (Tune writes a folder per trial), the worker node dies with all its
+    # processes: its process group, by the id cluster_up.sh recorded.
+    experiment = folder / "results" / "killed"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list(experiment.glob("*_0000*"))) < 2:
+        time.sleep(0.5)
+    time.sleep(3)
+    os.killpg(int((folder / "worker1.pid").read_text()), signal.SIGKILL)
+    stdout, stderr = search.communicate(timeout=600)
+    assert search.returncode == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["trials"] == 6  # every trial is there: retried on the head, or marked failed
+    assert summary["failed_trials"] < 6
+    assert out.exists()
+
+
+def test_a_wrong_ray_address_fails_within_seconds(tmp_path, capsys):
+    started = time.monotonic()
+    code = main(
+        [
+            "search",
+            "--backend",
+            "ray",
+            "--address",
+            "127.0.0.1:1",
+            "--model",
+            "zoo:digits",
+            "--size-budget",
+            "x25",
+            "--out",
+            str(tmp_path / "plan.json"),
+        ]
+    )
+    assert code == 2
+    assert "no Ray head answers at 127.0.0.1:1" in capsys.readouterr().err
+    assert time.monotonic() - started < 15
