@@ -123,6 +123,7 @@ def _metrics(e, repaired: dict[str, int], node: str) -> dict[str, Any]:
         "repaired": json.dumps(repaired),
         "node": node,
         "pid": os.getpid(),
+        "reported_at": time.time(),
     }
 
 
@@ -260,6 +261,10 @@ class RaySearch:
                         scheduler=scheduler,
                         num_samples=n_trials,
                         time_budget_s=timeout,
+                        # One actor per concurrent slot runs trial after trial: starting a
+                        # worker and unpickling the planner costs seconds.
+                        reuse_actors=True,
+                        trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
                     ),
                     run_config=tune.RunConfig(
                         name=planner.study_name,
@@ -296,6 +301,7 @@ class RaySearch:
                     "feasible": bool(metrics.get("feasible", False)),
                     "accuracy": metrics.get("accuracy"),
                     "node": metrics.get("node"),
+                    "reported_at": metrics.get("reported_at"),
                     "repaired": metrics.get("repaired"),
                     **{f"params_{k}": v for k, v in config.items()},
                 }
@@ -316,6 +322,8 @@ class RaySearch:
                 "latency_ms": None if pd.isna(row["latency_ms"]) else float(row["latency_ms"]),
                 "macs": int(row["macs"]),
             }
+            if self.real is not None:
+                best["validation_accuracy"] = float(row["accuracy"])
             provenance = {
                 "source": "compplan search (ray)",
                 "objective": "real" if self.real is not None else "proxy",

@@ -5,7 +5,8 @@
 # scripts/cluster_down.sh DIR, which stops these processes by their ids (never `ray stop`, which
 # would stop every Ray on the machine).
 #
-#   scripts/cluster_up.sh [K=2] [DIR=.cluster]    env: PORT (6390), CPUS per node (1)
+#   scripts/cluster_up.sh [K=2] [DIR=.cluster]
+#   env: PORT (6390), CPUS per node (1), HEAD_CPUS (CPUS; 0 keeps trials off the head)
 #
 # It prints the head's address and writes DIR/env; `source DIR/env` before `compplan search
 # --backend ray --address "$RAY_ADDRESS"` so that the driver has the cluster's token.
@@ -14,6 +15,7 @@ K="${1:-2}"
 DIR="$(mkdir -p "${2:-.cluster}" && cd "${2:-.cluster}" && pwd)"
 PORT="${PORT:-6390}"
 CPUS="${CPUS:-1}"
+HEAD_CPUS="${HEAD_CPUS:-$CPUS}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 RAY="${RAY:-$ROOT/.venv/bin/ray}"
 PY="$(dirname "$RAY")/python"
@@ -30,7 +32,7 @@ ENV
 # shellcheck disable=SC1091
 source "$DIR/env"
 unset RAY_ADDRESS  # `ray start --head` must not read it as a cluster to join
-common=(--block --node-ip-address 127.0.0.1 --num-cpus "$CPUS" --disable-usage-stats)
+common=(--block --node-ip-address 127.0.0.1 --disable-usage-stats)
 
 start_node() {  # name, then ray start arguments
     local name="$1"; shift
@@ -39,7 +41,8 @@ start_node() {  # name, then ray start arguments
     echo $! >"$DIR/$name.pid"
 }
 
-start_node head --head --port "$PORT" --temp-dir "$DIR/head" --include-dashboard false "${common[@]}"
+start_node head --head --port "$PORT" --temp-dir "$DIR/head" --include-dashboard false \
+    --num-cpus "$HEAD_CPUS" "${common[@]}"
 for _ in $(seq 1 60); do
     if grep -q "Ray runtime started" "$DIR/head.log" 2>/dev/null; then break; fi
     if ! kill -0 "$(cat "$DIR/head.pid")" 2>/dev/null; then
@@ -49,7 +52,7 @@ for _ in $(seq 1 60); do
     sleep 1
 done
 for i in $(seq 1 "$K"); do
-    start_node "worker$i" --address "127.0.0.1:$PORT" "${common[@]}"
+    start_node "worker$i" --address "127.0.0.1:$PORT" --num-cpus "$CPUS" "${common[@]}"
 done
 for i in $(seq 1 "$K"); do
     for _ in $(seq 1 60); do
