@@ -200,6 +200,27 @@ class RaySearch:
 
         return stop
 
+    def _wait_for_resources(self, patience: float = 60.0) -> None:
+        """Wait until the cluster can run one trial (nodes still joining), or say it cannot:
+        Tune itself would wait forever."""
+        import ray
+
+        from planner.search import PlannerError
+
+        deadline = time.monotonic() + patience
+        while True:
+            total = ray.cluster_resources()
+            cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
+            if cpus >= self.cpus_per_trial and gpus >= self.gpus_per_trial:
+                return
+            if time.monotonic() > deadline:
+                raise PlannerError(
+                    f"the Ray cluster has {cpus:g} CPUs and {gpus:g} GPUs, and a trial asks "
+                    f"for {self.cpus_per_trial:g} and {self.gpus_per_trial:g}: lower "
+                    "--cpus-per-trial/--gpus-per-trial or add nodes"
+                )
+            time.sleep(1)
+
     def run(self, n_trials: int, timeout: float | None = None):
         """Run (or resume) the study's Tune experiment until it holds `n_trials` trials or
         `timeout` seconds pass; returns a `planner.search.SearchResult`."""
@@ -230,6 +251,7 @@ class RaySearch:
         )
         stop = self._connect()
         try:
+            self._wait_for_resources()
             path = self.results / planner.study_name
             if tune.Tuner.can_restore(str(path)):
                 log.info("resuming the Tune experiment in %s", path)

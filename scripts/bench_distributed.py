@@ -208,7 +208,10 @@ def main() -> None:
     parser.add_argument("--only", choices=["ray", "postgres"], help="one backend only")
     args = parser.parse_args()
     counts = [int(w) for w in args.workers.split(",")]
-    result: dict = {
+    out = ROOT / "benchmarks" / "results" / "distributed.json"
+    # --only updates its own section of an earlier run's file.
+    result: dict = json.loads(out.read_text()) if args.only and out.exists() else {}
+    result |= {
         "trial_seconds": args.trial_seconds,
         "per_worker": args.per_worker,
         "repeats": args.repeats,
@@ -231,7 +234,6 @@ def main() -> None:
                 runs[workers].append(_ray_run(workers, args, repeat))
         result["ray"] = _summarize(runs, args.trial_seconds)
         _print("ray", result["ray"])
-    out = ROOT / "benchmarks" / "results" / "distributed.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")

@@ -55,9 +55,13 @@ for i in $(seq 1 "$K"); do
     start_node "worker$i" --address "127.0.0.1:$PORT" --num-cpus "$CPUS" "${common[@]}"
 done
 for i in $(seq 1 "$K"); do
-    for _ in $(seq 1 60); do
+    for _ in $(seq 1 120); do
         if grep -q "Ray runtime started" "$DIR/worker$i.log" 2>/dev/null; then break; fi
         sleep 1
     done
+    if ! grep -q "Ray runtime started" "$DIR/worker$i.log" 2>/dev/null; then
+        echo "cluster_up: worker node $i did not start; see $DIR/worker$i.log" >&2
+        exit 1
+    fi
 done
 echo "cluster_up: head at 127.0.0.1:$PORT with $K worker nodes ($CPUS CPU each); source $DIR/env"
