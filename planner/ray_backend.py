@@ -283,9 +283,6 @@ class RaySearch:
                         scheduler=scheduler,
                         num_samples=n_trials,
                         time_budget_s=timeout,
-                        # One actor per concurrent slot runs trial after trial: starting a
-                        # worker and unpickling the planner costs seconds.
-                        reuse_actors=True,
                         trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
                     ),
                     run_config=tune.RunConfig(

@@ -64,7 +64,7 @@ def test_search_writes_a_plan_within_the_budget_and_resumes(tmp_path, capsys):
         (["--latency-budget", "5"], "needs a latency predictor"),
         ([], "give at least one budget"),
         (["--size-budget", "x25", "--storage", "mysql+nodriver://x/y"], "cannot open storage"),
-        (["--size-budget", "x25", "--trials", "0"], "--trials must be at least 1"),
+        (["--size-budget", "x25", "--trials", "-1"], "--trials must be at least 0"),
         (["--size-budget", "x25", "--candidates", "0"], "--candidates must be at least 1"),
         (["--size-budget", "x25", "--plot", "front.gif"], "give a .html"),
         (["--size-budget", "x25", "--tune-lr", "3"], "--tune-lr needs --objective real"),
