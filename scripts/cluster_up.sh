@@ -51,10 +51,9 @@ for _ in $(seq 1 60); do
     fi
     sleep 1
 done
+# One node at a time: nodes starting together on one machine can time out registering.
 for i in $(seq 1 "$K"); do
     start_node "worker$i" --address "127.0.0.1:$PORT" --num-cpus "$CPUS" "${common[@]}"
-done
-for i in $(seq 1 "$K"); do
     for _ in $(seq 1 120); do
         if grep -q "Ray runtime started" "$DIR/worker$i.log" 2>/dev/null; then break; fi
         sleep 1
