@@ -2,11 +2,14 @@
 
 `RaySearch(planner, ...)` runs the study's parameters (`planner.study_space`) through a Ray Tune
 `Tuner`: `OptunaSearch` proposes with the planner's own Optuna sampler (seeded with the exact
-solver's answer), each trial is a Ray task with the resources asked for (`cpus_per_trial`,
+solver's answer), each trial runs in a Tune actor with the resources asked for (`cpus_per_trial`,
 `gpus_per_trial`; it sets torch's thread count to its CPUs), and for the real objective ASHA stops
-poor trials after their first epochs. Results come back as the same `SearchResult` as an Optuna
-search. Tune keeps its experiment in `<results>/<study name>`; running again with the same study
-name resumes it with `Tuner.restore` (finished trials are kept, unfinished ones run again).
+poor trials after their first epochs. As many trials run at once as the cluster has slots when the
+search starts; actors are reused from trial to trial and fetch the planner once, because a fresh
+actor costs seconds (a process, torch's import, the planner). Results come back as the same
+`SearchResult` as an Optuna search. Tune keeps its experiment in `<results>/<study name>`; running
+again with the same study name resumes it with `Tuner.restore` (finished trials are kept,
+unfinished ones run again).
 
 Feasibility: `OptunaSearch` has no constraint channel, so a trial reports "score", its proxy
 when it keeps every budget and a penalty above any feasible proxy when it does not; budget repair
@@ -70,6 +73,21 @@ def check_address(address: str, timeout: float = 3.0) -> tuple[str, int]:
             "for a local Ray"
         ) from None
     return host, int(port)
+
+
+# Objects a worker process has fetched from the object store, by reference: a reused actor's
+# next trial finds its planner here instead of unpickling it again.
+_SHARED: dict[str, Any] = {}
+
+
+def _shared(ref):
+    """`ray.get(ref)`, once per worker process."""
+    import ray
+
+    key = ref.hex()
+    if key not in _SHARED:
+        _SHARED[key] = ray.get(ref)
+    return _SHARED[key]
 
 
 def _proxy_trial(config: dict[str, Any], planner, cpus: int) -> None:
@@ -200,6 +218,16 @@ class RaySearch:
 
         return stop
 
+    def _slots(self) -> int:
+        """How many trials the cluster runs at once, as it stands now."""
+        import ray
+
+        total = ray.cluster_resources()
+        slots = int(total.get("CPU", 0) // self.cpus_per_trial)
+        if self.gpus_per_trial > 0:
+            slots = min(slots, int(total.get("GPU", 0) // self.gpus_per_trial))
+        return max(1, slots)
+
     def _wait_for_resources(self, patience: float = 60.0) -> None:
         """Wait until the cluster can run one trial (nodes still joining), or say it cannot:
         Tune itself would wait forever."""
@@ -221,6 +249,28 @@ class RaySearch:
                 )
             time.sleep(1)
 
+    def _trainable(self):
+        """The Tune trainable: one trial with this search's planner (and real objective).
+
+        The planner goes into the object store once, and each worker process unpickles it once
+        (`_shared`), not once per trial: with actors reused, a trial then costs only itself."""
+        import ray
+        from ray import tune
+
+        planner_ref = ray.put(self.planner)
+        real_ref = None if self.real is None else ray.put(self.real)
+        cpus = self.cpus_per_trial
+
+        def trial(config: dict[str, Any]) -> None:
+            if real_ref is None:
+                _proxy_trial(config, _shared(planner_ref), cpus)
+            else:
+                _real_trial(config, _shared(planner_ref), _shared(real_ref), cpus)
+
+        # Tune names the experiment's trainable after it; `Tuner.restore` needs the same name.
+        trial.__name__ = "compplan_real_trial" if self.real is not None else "compplan_trial"
+        return tune.with_resources(trial, {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial})
+
     def run(self, n_trials: int, timeout: float | None = None):
         """Run (or resume) the study's Tune experiment until it holds `n_trials` trials or
         `timeout` seconds pass; returns a `planner.search.SearchResult`."""
@@ -238,20 +288,10 @@ class RaySearch:
             except Exception as error:  # an unreachable budget at keep 1: search unseeded
                 log.info("not seeding with the exact solver: %s", error)
         metric, mode = ("accuracy", "max") if self.real is not None else ("score", "min")
-        if self.real is not None:
-            trainable = tune.with_parameters(
-                _real_trial, planner=planner, real=self.real, cpus=self.cpus_per_trial
-            )
-        else:
-            trainable = tune.with_parameters(
-                _proxy_trial, planner=planner, cpus=self.cpus_per_trial
-            )
-        trainable = tune.with_resources(
-            trainable, {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
-        )
         stop = self._connect()
         try:
             self._wait_for_resources()
+            trainable = self._trainable()
             path = self.results / planner.study_name
             if tune.Tuner.can_restore(str(path)):
                 log.info("resuming the Tune experiment in %s", path)
@@ -282,8 +322,16 @@ class RaySearch:
                         search_alg=searcher,
                         scheduler=scheduler,
                         num_samples=n_trials,
+                        # With a search algorithm Tune keeps one trial pending at a time, so a
+                        # finished trial's reused actor takes the next before a new actor can
+                        # start elsewhere: every trial would run on the first node. Asking for
+                        # the cluster's slots at once starts an actor on each node.
+                        max_concurrent_trials=self._slots(),
                         time_budget_s=timeout,
                         trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+                        # One actor per concurrent trial, kept for the next one: a new actor
+                        # costs a process and torch's import, seconds per trial.
+                        reuse_actors=True,
                     ),
                     run_config=tune.RunConfig(
                         name=planner.study_name,

@@ -19,8 +19,9 @@ planner's overhead per trial.
   and the sampler's share (its `ask`).
 
 - Digits (`--digits`, about 10 minutes): at 30× and 45×, the planned plan (TPE seeded by the
-  exact solver, then the 4 best by proxy fine-tuned 2 epochs on validation data), random search
-  with the same trials and refinement, and the uniform PQ plan at the planned plan's size; each
+  exact solver, then the 4 best by proxy and the exact solver's balanced plans at caps 4 and 2
+  fine-tuned 2 epochs on validation data), random search with the same trials and refinement,
+  and the uniform PQ plan at the planned plan's size (the largest power-of-two k that fits); each
   applied with the same 3 epochs of distillation; test accuracy, seeds 0–2.
 
 Prints everything and writes benchmarks/results/planner.json (planner_digits.json for

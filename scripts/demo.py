@@ -100,9 +100,12 @@ def main() -> None:
     start = time.perf_counter()
     real = RealObjective(loaded.module, loaded.example_inputs, task, epochs=2)
     refined = planner.refine(real, candidates=4)
+    labels = list(refined["trials"]["user_attrs_candidate"])
+    balanced = sum(label.startswith("balanced") for label in labels)
     print(
-        f"real objective: 4 candidates fine-tuned 2 epochs in {time.perf_counter() - start:.0f} "
-        f"s; best validation accuracy {refined['accuracy']:.2%}"
+        f"real objective: {len(labels)} candidates ({balanced} balanced) fine-tuned 2 epochs in "
+        f"{time.perf_counter() - start:.0f} s; best validation accuracy "
+        f"{refined['accuracy']:.2%} ({refined['candidate']})"
     )
 
     planned = refined["plan"]

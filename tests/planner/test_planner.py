@@ -21,7 +21,7 @@ from planner.exact import InfeasibleBudget, solve_choices
 from planner.options import layer_options, options_plan
 from planner.proxy import proxy_table
 from planner.search import Planner, PlannerError
-from predictors.size import SizePredictor
+from predictors.size import SizePredictor, size_report
 from search_spaces import Budget, SearchSpace, discover
 from search_spaces.model_spec import load_model
 
@@ -138,6 +138,22 @@ def test_a_bad_storage_url_says_what_to_write(digits, tmp_path):
             _planner(digits, tmp_path, storage=url).search(n_trials=1)
 
 
+def test_balanced_exact_keeps_every_layer_within_the_cap(digits, tmp_path):
+    _, graph = digits
+    ratio = 45.0
+    planner = _planner(digits, tmp_path, ratio=ratio, storage="memory")
+    free = planner.exact()
+    for cap in (4.0, 2.0):
+        balanced = planner.exact(max_layer_ratio=cap)
+        assert balanced["feasible"]
+        assert balanced["proxy"] >= free["proxy"] - 1e-12  # a cap can only cost proxy
+        for layer in size_report(balanced["plan"], graph).layers:
+            assert layer.ratio <= cap * ratio * (1 + 1e-9), (cap, layer.name, layer.ratio)
+    # Without a cap the proxy's optimum squeezes some layer past 4× the overall ratio: that is
+    # what the balanced candidates hedge against (if this stops holding, they cost nothing).
+    assert max(layer.ratio for layer in size_report(free["plan"], graph).layers) > 4 * ratio
+
+
 # -- searching -----------------------------------------------------------------------------------
 
 
@@ -156,6 +172,60 @@ def test_search_finds_a_feasible_plan_no_worse_than_the_exact_seed(digits, tmp_p
     # The trials that break the budget are marked so; those that keep it are not.
     over = result.trials["size_bytes"] > planner.budget.size_bytes
     assert (result.trials["feasible"] == ~over).all()
+
+
+def test_balanced_repairs_the_best_trial_when_the_exact_solver_cannot_keep_the_budgets(
+    digits, tmp_path
+):
+    from dataclasses import replace
+
+    from planner.search import trial_params
+
+    loaded, graph = digits
+    ratio, cap = 45.0, 2.0
+    # A MACs budget only pruning meets: the exact solver (keep 1) breaks it.
+    budget = Budget(size_bytes=graph.baseline_bits / 8 / ratio, macs=int(0.8 * graph.total_macs))
+    planner = Planner(
+        loaded.module,
+        loaded.example_inputs,
+        budget=budget,
+        storage="memory",
+        model_spec="zoo:digits",
+    )
+    assert not planner.exact(max_layer_ratio=cap)["feasible"]
+    planner.search(n_trials=60)
+    feasible = [t for t in planner.open_study().trials if t.user_attrs.get("feasible")]
+    best = min(feasible, key=lambda t: t.values[0])
+    answer = planner.balanced(cap, trial_params(best))
+    assert answer is not None and answer["feasible"]
+    assert answer["proxy"] >= best.values[0] - 1e-12
+    plan = planner.study_space.decode(answer["params"])
+    assert any(lp.keep < 1 for lp in plan.layers.values())  # the trial's pruning is kept
+    unpruned = replace(plan, layers={n: replace(lp, keep=1.0) for n, lp in plan.layers.items()})
+    for layer in size_report(unpruned, graph).layers:
+        assert layer.ratio <= cap * ratio * (1 + 1e-9), (layer.name, layer.ratio)
+
+
+def test_refine_fine_tunes_the_proxys_best_and_the_balanced_plans_once(digits, tmp_path):
+    from planner.real import RealObjective
+    from zoo.tasks import get_task
+
+    loaded, graph = digits
+    task = get_task("digits")
+    planner = _planner(digits, tmp_path, ratio=45.0, calibration=[task.calibration()])
+    planner.search(n_trials=20)
+    real = RealObjective(loaded.module, loaded.example_inputs, task, epochs=1)
+    refined = planner.refine(real, candidates=2)
+    labels = list(refined["trials"]["user_attrs_candidate"])
+    assert [label.startswith("proxy trial") for label in labels].count(True) == 2
+    assert {"balanced ×4", "balanced ×2"} <= set(labels)
+    assert refined["candidate"] in labels
+    assert size_report(refined["plan"], graph).size_bytes <= planner.budget.size_bytes
+    assert refined["plan"].provenance["candidate"] == refined["candidate"]
+    assert refined["accuracy"] == refined["trials"]["value"].max()
+    # Run again (a resumed search): nothing is fine-tuned twice.
+    again = planner.refine(real, candidates=2)
+    assert len(again["trials"]) == len(labels)
 
 
 def test_the_same_study_name_resumes(digits, tmp_path):
