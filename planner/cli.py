@@ -1158,7 +1158,8 @@ def _search(args: argparse.Namespace) -> int:
             "validation_accuracy": refined["accuracy"],
             "proxy": refined["proxy"],
             "size_bytes": refined["size_bytes"],
-            "candidates": len(refined["trials"]),
+            "candidates": list(refined["trials"]["user_attrs_candidate"]),
+            "winner": refined["candidate"],
             "learning_rates": refined.get("lr"),
         },
         "baseline_bytes": graph.baseline_bits / 8,
@@ -1187,7 +1188,8 @@ def _search(args: argparse.Namespace) -> int:
         print(
             f"real objective: {len(refined['trials'])} candidates fine-tuned {args.epochs} "
             f"epochs; best validation accuracy {refined['accuracy']:.2%} at "
-            f"{_mib(refined['size_bytes'])} (proxy {refined['proxy']:.4g})"
+            f"{_mib(refined['size_bytes'])} (proxy {refined['proxy']:.4g}, "
+            f"{refined['candidate']})"
         )
         if "lr" in refined:
             lr = refined["lr"]

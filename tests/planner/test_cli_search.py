@@ -84,7 +84,12 @@ def test_the_real_objective_fine_tunes_the_best_candidates(tmp_path, capsys):
     argv = _search(tmp_path, "--size-budget", "x45", "--trials", "30", "--objective", "real")
     assert main([*argv, "--candidates", "2", "--epochs", "1", "--tune-lr", "4", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["real"]["candidates"] == 2
+    candidates = summary["real"]["candidates"]
+    # The 2 best by proxy, then the balanced plans that differ from them (45×: they do).
+    assert all(c.startswith("proxy trial") for c in candidates[:2])
+    assert all(c.startswith("balanced") for c in candidates[2:])
+    assert "balanced ×2" in candidates
+    assert summary["real"]["winner"] in candidates
     lr = summary["real"]["learning_rates"]
     assert lr["accuracy"] >= lr["baseline_accuracy"]
     assert 0.5 < summary["real"]["validation_accuracy"] <= 1.0
