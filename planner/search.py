@@ -379,14 +379,15 @@ class Planner:
         study_space = self.study_space
         names = list(self.graph.layers)
         acts = {name: list(self.space.layers[name].act_bits) for name in names}
+        errors = proxy.table.errors
+        if max_layer_ratio is not None and self.budget.size_bytes is not None:
+            errors = self._capped_errors(proxy, max_layer_ratio)
         costs, sizes = {}, {}
         for name in names:
             frontier = study_space.frontier[name]
-            weight = np.asarray(proxy.table.errors[name])[frontier]
+            weight = np.asarray(errors[name])[frontier]
             act = np.array([proxy.activation_error(name, bits) for bits in acts[name]])
             # Choice index = position · len(acts) + act index.
-            if max_layer_ratio is not None:
-                weight = np.asarray(self._capped_errors(proxy, max_layer_ratio)[name])[frontier]
             bits = self._options[name].bits[frontier]
             costs[name] = (weight[:, None] + act[None, :]).ravel()
             sizes[name] = np.repeat(bits, len(acts[name]))
