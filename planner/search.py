@@ -388,8 +388,8 @@ class Planner:
             weight = np.asarray(errors[name])[frontier]
             act = np.array([proxy.activation_error(name, bits) for bits in acts[name]])
             # Choice index = position · len(acts) + act index.
-            bits = self._options[name].bits[frontier]
             costs[name] = (weight[:, None] + act[None, :]).ravel()
+            bits = self._options[name].bits[frontier]
             sizes[name] = np.repeat(bits, len(acts[name]))
         limits, uses = {}, {}
         if self.budget.size_bytes is not None:
@@ -738,7 +738,7 @@ class Planner:
                 continue
             trial = scored.ask()
             trial.set_user_attr("candidate", label)
-            trial.set_user_attr("params", json.dumps(params, default=_plain_number))
+            trial.set_user_attr("params", json.dumps(params))
             trial.set_user_attr("proxy", proxy)
             trial.set_user_attr("size_bytes", size_bytes)
 
@@ -943,10 +943,3 @@ def _bytes(n: float) -> str:
     if n >= 1024:
         return f"{n / 1024:.1f} KiB"
     return f"{n:.0f} B"
-
-
-def _plain_number(value):
-    """numpy scalars (as solvers hand them back) as JSON numbers."""
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -80,26 +80,31 @@ def _search(env, folder, *args, trials=8):
     )
 
 
-@pytest.mark.slow
-def test_a_search_on_a_two_node_cluster_uses_both_nodes(cluster):
-    address, env, folder = cluster
-    out = folder / "plan.json"
-    # Fine-tuning trials (seconds each) keep both one-CPU nodes busy at once.
-    search = _search(
+def _real_search(env, folder, address, *, study, epochs, out, trials):
+    """A real-objective search on the cluster at `address`, writing its plan to `out`."""
+    return _search(
         env,
         folder,
         "--address",
         address,
         "--study",
-        "both",
+        study,
         "--objective",
         "real",
         "--epochs",
-        "1",
+        str(epochs),
         "--out",
         str(out),
-        trials=4,
+        trials=trials,
     )
+
+
+@pytest.mark.slow
+def test_a_search_on_a_two_node_cluster_uses_both_nodes(cluster):
+    address, env, folder = cluster
+    out = folder / "plan.json"
+    # Fine-tuning trials (seconds each) keep both one-CPU nodes busy at once.
+    search = _real_search(env, folder, address, study="both", epochs=1, out=out, trials=4)
     stdout, stderr = search.communicate(timeout=600)
     assert search.returncode == 0, stderr
     summary = json.loads(stdout)
@@ -116,21 +121,7 @@ def test_a_search_on_a_two_node_cluster_uses_both_nodes(cluster):
 def test_a_worker_node_killed_mid_search_loses_no_finished_trial(cluster):
     address, env, folder = cluster
     out = folder / "plan-killed.json"
-    search = _search(
-        env,
-        folder,
-        "--address",
-        address,
-        "--study",
-        "killed",
-        "--objective",
-        "real",
-        "--epochs",
-        "3",
-        "--out",
-        str(out),
-        trials=6,
-    )
+    search = _real_search(env, folder, address, study="killed", epochs=3, out=out, trials=6)
     # Once two trials have reported (Tune syncs a folder per trial), the worker node dies with
     # all its processes: its process group, by the id cluster_up.sh recorded.
     experiment = folder / "results" / "killed"
