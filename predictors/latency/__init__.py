@@ -14,6 +14,7 @@ from predictors.latency.models import (
     LookupTablePredictor,
     PredictorError,
     load_predictor,
+    predictor_from_document,
     make_predictor,
     record_graphs,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "check_records_path",
     "features",
     "load_predictor",
+    "predictor_from_document",
     "load_records",
     "make_predictor",
     "profile",

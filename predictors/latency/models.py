@@ -195,19 +195,24 @@ class LatencyPredictor:
             predicted[at], measured[at] = self._predict(graph, configs), y
         return predicted, measured
 
-    def save(self, path: str | Path) -> Path:
-        """Write the predictor as JSON."""
+    def to_document(self) -> dict[str, Any]:
+        """The predictor as a JSON-ready document (what `save` writes, and what a study's
+        `SearchConfig` embeds so that workers need no predictor file)."""
         if not self.fitted:
             raise PredictorError("fit the predictor before saving it")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        document = {
+        return {
             "format": FORMAT,
             "version": VERSION,
             "kind": self.kind,
             "fingerprint": self.fingerprint,
             "state": self._state(),
         }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the predictor as JSON."""
+        document = self.to_document()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(document))
         return path
 
@@ -542,23 +547,33 @@ def load_predictor(path: str | Path) -> LatencyPredictor:
         ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise PredictorError(f"{path}: not a latency predictor file ({error})") from None
+    return predictor_from_document(document, source=str(path))
+
+
+def predictor_from_document(document: object, *, source: str = "predictor") -> LatencyPredictor:
+    """The predictor a `LatencyPredictor.to_document()` document describes.
+
+    Raises:
+        PredictorError: not a compplan predictor, from a newer version, or damaged; the message
+            starts with `source`.
+    """
     if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise PredictorError(f"{path}: not a compplan latency predictor file")
+        raise PredictorError(f"{source}: not a compplan latency predictor file")
     if document.get("version") != VERSION:
         raise PredictorError(
-            f"{path}: predictor file version {document.get('version')} is not supported "
+            f"{source}: predictor file version {document.get('version')} is not supported "
             f"(this compplan reads version {VERSION})"
         )
     kind = document.get("kind")
     if kind not in PREDICTOR_KINDS:
-        raise PredictorError(f"{path}: unknown predictor kind {kind!r}")
+        raise PredictorError(f"{source}: unknown predictor kind {kind!r}")
     predictor = PREDICTOR_KINDS[kind]()
     try:
         predictor._load_state(document["state"])
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         if isinstance(error, PredictorError):
             raise
-        raise PredictorError(f"{path}: the saved {kind} predictor is damaged ({error})") from None
+        raise PredictorError(f"{source}: the saved {kind} predictor is damaged ({error})") from None
     predictor.fingerprint = dict(document.get("fingerprint", {}))
     predictor.fitted = True
     return predictor
