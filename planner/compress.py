@@ -4,8 +4,9 @@ Load the model from its spec, keep a copy as the teacher, apply the plan, fine-t
 distillation from the teacher (on the task's data, or on inputs synthesized from the teacher's
 BatchNorm statistics when there is no data), export, and report accuracy and bytes. In Python:
 
-    from planner.compress import CompressionJob
+    from planner.compress import CompressionJob, evaluate_export
     result = CompressionJob("zoo:digits", plan_path="plan.json", out="digits.cpz").run()
+    evaluate_export("digits.cpz")["accuracy"]
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ from torch import Tensor, nn
 
 from engine.apply import ApplyConfig, apply_plan_
 from engine.datafree import synthesize_batches
-from engine.export import export
+from engine.export import ExportError, export, load, read_metadata
 from engine.finetune import FinetuneConfig, finetune
 from predictors.size import size_report
 from search_spaces.discover import discover
 from search_spaces.model_spec import load_model
 from search_spaces.plan import Plan, validate_plan
 
-__all__ = ["CompressionError", "CompressionJob"]
+__all__ = ["CompressionError", "CompressionJob", "evaluate_export"]
 
 _BATCH = 64
 
@@ -174,3 +175,25 @@ class CompressionJob:
         )
         batches = list(torch.split(synthetic, _BATCH))
         return batches, synthetic[:256], "synthetic"
+
+
+def evaluate_export(path: str | Path) -> dict:
+    """Load a file written by `CompressionJob` (`compplan apply`) and score it on the test data of
+    the zoo task it records; returns {"file", "task", "accuracy"}.
+
+    Raises:
+        ExportError: the file is not an export, records no task, or an unknown one.
+    """
+    from zoo.tasks import get_task
+
+    meta = read_metadata(path)
+    if not meta.get("task"):
+        raise ExportError(
+            f"{path} records no task to evaluate on; compplan eval scores zoo task models "
+            "(load it in Python with engine.load and evaluate it yourself)"
+        )
+    try:
+        task = get_task(meta["task"])
+    except ValueError as error:
+        raise ExportError(f"{path}: {error}") from None
+    return {"file": str(path), "task": meta["task"], "accuracy": task.accuracy(load(path), "test")}

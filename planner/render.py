@@ -8,8 +8,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING
 
-__all__ = ["mib", "print_json", "table"]
+if TYPE_CHECKING:
+    from predictors.latency import FitReport, ProfileSummary
+    from predictors.profile import LatencyMeasurement
+    from predictors.size import SizeReport
+    from search_spaces.graph import ModelGraph
+
+__all__ = [
+    "applied_text",
+    "fit_text",
+    "inspect_text",
+    "measurement_text",
+    "mib",
+    "print_json",
+    "profile_text",
+    "size_text",
+    "table",
+]
 
 
 def print_json(data: object) -> None:
@@ -42,3 +59,112 @@ def table(
 def mib(n_bytes: float) -> str:
     """Bytes as MiB (2^20 bytes) with three decimals: "1.540 MiB"."""
     return f"{n_bytes / 2**20:.3f} MiB"
+
+
+def inspect_text(graph: ModelGraph, *, groups: bool = False) -> str:
+    """`compplan inspect`: every module with parameters (`ModelGraph.inventory`), then totals;
+    with `groups`, the coupling groups too."""
+    rows = [
+        [
+            r["name"],
+            r["kind"],
+            "×".join(map(str, r["weight_shape"])) if r["weight_shape"] else "-",
+            f"{r['params']:,}",
+            f"{r['macs']:,}" if r["macs"] else "-",
+            "-" if r["group"] is None else str(r["group"]),
+            "yes" if r["compressible"] else "no: " + r["reason"],
+        ]
+        for r in graph.inventory()
+    ]
+    header = ["layer", "kind", "weight", "params", "MACs", "group", "compressible"]
+    prunable = sum(g.prunable for g in graph.groups)
+    lines = [
+        table(rows, header, {3, 4}),
+        "",
+        f"{graph.model_name}: {len(graph.layers)} compressible layers, {len(graph.kept)} modules "
+        f"kept as is; {graph.total_params:,} parameters ({graph.compressible_params:,} in "
+        f"compressible layers), {graph.total_macs:,} MACs, baseline "
+        f"{mib(graph.baseline_bits / 8)} at 32 bits",
+        f"coupling groups: {len(graph.groups)} ({prunable} prunable)",
+    ]
+    if graph.trace_error:
+        lines.append(f"dependency trace failed, no channel pruning: {graph.trace_error}")
+    for g in graph.groups if groups else ():
+        status = "prunable" if g.prunable else f"not prunable: {g.reason}"
+        lines.append(f"  group {g.id} ({g.channels} ch, {status}): {', '.join(g.layers)}")
+    return "\n".join(lines)
+
+
+def size_text(report: SizeReport) -> str:
+    """`compplan size`: each planned layer's method, channels, k_eff, bytes and ratio, then the
+    total against the baseline."""
+    rows = [
+        [
+            layer.name,
+            layer.method,
+            f"{layer.out_channels}/{layer.in_channels}",
+            str(layer.k_eff or "-"),
+            f"{layer.bits / 8:,.0f}",
+            f"{layer.ratio:.1f}×",
+        ]
+        for layer in report.layers
+    ]
+    header = ["layer", "method", "out/in ch", "k_eff", "bytes", "ratio"]
+    lines = [table(rows, header, {3, 4, 5}), ""]
+    if report.kept_bits:
+        lines.append(f"modules kept as is: {report.kept_bits // 8:,} bytes")
+    lines.append(
+        f"size {report.size_bytes:,} bytes = {report.size_mib:.3f} MiB; baseline "
+        f"{mib(report.baseline_bits / 8)}; compression {report.compression_ratio:.1f}×"
+    )
+    return "\n".join(lines)
+
+
+def applied_text(result: dict, out: str) -> str:
+    """`compplan apply`: accuracy before and after (with a task), bytes against the prediction."""
+    lines = []
+    before, after = result["accuracy_before"], result["accuracy_after"]
+    if before is not None:
+        lines.append(f"accuracy {before:.2%} before, {after:.2%} after compression and fine-tuning")
+    lines.append(
+        f"wrote {out}: {result['file_bytes']:,} bytes on disk; weights "
+        f"{result['payload_bytes']:,} bytes (predicted {result['predicted_bytes']:,.0f}), "
+        f"{result['compression_ratio']:.1f}× smaller than {mib(result['baseline_bytes'])}"
+    )
+    return "\n".join(lines)
+
+
+def measurement_text(m: LatencyMeasurement, label: str) -> str:
+    """`compplan measure-latency`: the plan's latency, its spread and its ratio to the original."""
+    return (
+        f"{label}: {m.latency_ms:.3f} ms (spread {m.spread:.1%}) against {m.uncompressed_ms:.3f} "
+        f"ms uncompressed, ×{m.ratio:.3f}; batch {m.batch}, {m.device['threads']} thread(s), "
+        f"{m.device['cpu']}"
+    )
+
+
+def profile_text(s: ProfileSummary, model: str, out: str) -> str:
+    """`compplan profile`: what was measured, how long it took, and the next command."""
+    lat, device = s.latency_ms, s.device
+    return (
+        f"measured {s.plans} plans of {model} and {s.layers} single layers in {s.seconds:.0f} s "
+        f"on {device['cpu']} ({device['device']}, {device['threads']} thread(s)): "
+        f"{lat['min']:.3f}–{lat['max']:.3f} ms, median {lat['median']:.3f} ms, spread within a "
+        f"measurement {s.spread_median:.1%}\nwrote {out}; next: compplan fit-latency {out} "
+        "--out latency.json"
+    )
+
+
+def fit_text(report: FitReport, out: str) -> str:
+    """`compplan fit-latency`: the held-out score (when there is one) and what was written."""
+    h, device = report.holdout, report.predictor.fingerprint
+    lines = []
+    if h is not None:
+        lines.append(
+            f"held-out {h.plans} plans: {h.within_10pct:.1%} within ±10%, mean error {h.mape:.1%}"
+        )
+    lines.append(
+        f"fit a {report.kind} predictor on {report.plans} plans in {report.fit_seconds:.1f} s "
+        f"for {device['cpu']} ({device['device']}, {device['threads']} thread(s)); wrote {out}"
+    )
+    return "\n".join(lines)

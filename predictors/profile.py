@@ -2,8 +2,10 @@
 
 The rules DESIGN.md sets for a latency figure: warm up first, time at least 30 calls, take the
 median, fix the thread count, and report the spread, because on shared 2-core machines a median
-moves 3–13% between processes. `measure` times one module; the caller builds the deployed form
-(`engine.deploy`) and, where noise demands, repeats in separate processes.
+moves 3–13% between processes. `measure` times one module; `measure_interleaved` times a module
+beside its reference (the uncompressed model) in interleaved repeats and reports the ratio, the
+figure DESIGN.md has records carry. The caller builds the deployed form (`engine.deploy`) and,
+where noise demands, repeats in separate processes.
 """
 
 from __future__ import annotations
@@ -16,9 +18,22 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Timing", "device_fingerprint", "measure", "time_calls"]
+__all__ = [
+    "LatencyMeasurement",
+    "MeasurementError",
+    "Timing",
+    "device_fingerprint",
+    "measure",
+    "measure_interleaved",
+    "time_calls",
+]
 
 MIN_RUNS = 30
+
+
+class MeasurementError(ValueError):
+    """A measurement asked for with settings it cannot keep (too few runs, no threads, an
+    unknown device); the message names the setting and the range it must be in."""
 
 
 @dataclass(frozen=True)
@@ -130,8 +145,87 @@ def measure(
     """Time `module(*inputs)`: `warmup` untimed calls, then `runs` timed ones (at least 30).
 
     Raises:
-        ValueError: fewer than 30 runs were asked for.
+        MeasurementError: fewer than 30 runs were asked for.
     """
     if runs < MIN_RUNS:
-        raise ValueError(f"a latency needs at least {MIN_RUNS} timed runs (got {runs})")
+        raise MeasurementError(f"a latency needs at least {MIN_RUNS} timed runs (got {runs})")
     return Timing.of(time_calls(module, inputs, runs=runs, warmup=warmup, threads=threads))
+
+
+@dataclass(frozen=True)
+class LatencyMeasurement:
+    """A module's latency measured beside its reference, the uncompressed model.
+
+    Attributes:
+        latency_ms: the module's median call in the middle repeat (by median).
+        spread: that repeat's interquartile range relative to its median.
+        uncompressed_ms: the reference's median call in its middle repeat.
+        repeats: each repeat's median, {"compressed": [...], "uncompressed": [...]}, in the
+            order they ran (interleaved: compressed, uncompressed, compressed, ...).
+        batch: the batch size timed.
+        device: `device_fingerprint` of the machine and thread count.
+    """
+
+    latency_ms: float
+    spread: float
+    uncompressed_ms: float
+    repeats: dict[str, list[float]]
+    batch: int
+    device: dict
+
+    @property
+    def ratio(self) -> float:
+        """The module's latency over the reference's: what carries across the machine's speed
+        phases, which move both alike."""
+        return self.latency_ms / self.uncompressed_ms
+
+    def to_dict(self) -> dict:
+        """JSON-ready: the fields and `ratio`."""
+        return {**asdict(self), "ratio": self.ratio}
+
+
+def measure_interleaved(
+    module: nn.Module,
+    reference: nn.Module,
+    inputs: Tensor | tuple[Tensor, ...],
+    *,
+    runs: int = MIN_RUNS,
+    threads: int = 1,
+    repeats: int = 3,
+) -> LatencyMeasurement:
+    """Time `module` and `reference` in `repeats` interleaved repeats and keep the middle ones.
+
+    Interleaved, so that a change in the machine's load touches both alike; the middle repeat
+    (by median) of each, so that one repeat caught in a slow phase does not set the figure.
+
+    Args:
+        module: the deployed compressed model.
+        reference: the uncompressed model, in its deployed form too (BatchNorm folded).
+        inputs: one batch, given to both.
+        runs: timed calls per repeat (at least 30).
+        threads: torch's intra-op threads while timing.
+        repeats: repeats of each (at least 1; odd, so that one is in the middle).
+
+    Raises:
+        MeasurementError: fewer than 30 runs, fewer than 1 thread, or an even or zero
+            number of repeats.
+    """
+    if runs < MIN_RUNS or threads < 1 or repeats < 1 or repeats % 2 == 0:
+        raise MeasurementError(
+            f"runs must be at least {MIN_RUNS}, threads at least 1 and repeats odd "
+            f"(got runs={runs}, threads={threads}, repeats={repeats})"
+        )
+    timings: dict[str, list[Timing]] = {"compressed": [], "uncompressed": []}
+    for _ in range(repeats):
+        timings["compressed"].append(measure(module, inputs, runs=runs, threads=threads))
+        timings["uncompressed"].append(measure(reference, inputs, runs=runs, threads=threads))
+    middle = {k: sorted(v, key=lambda t: t.median_ms)[repeats // 2] for k, v in timings.items()}
+    first = inputs if isinstance(inputs, Tensor) else inputs[0]
+    return LatencyMeasurement(
+        latency_ms=middle["compressed"].median_ms,
+        spread=middle["compressed"].spread,
+        uncompressed_ms=middle["uncompressed"].median_ms,
+        repeats={k: [t.median_ms for t in v] for k, v in timings.items()},
+        batch=int(first.shape[0]),
+        device=device_fingerprint(first.device.type, threads),
+    )

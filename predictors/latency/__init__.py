@@ -2,10 +2,14 @@
 
 - `profile(model, ...)` → records (a DataFrame; `save_records` / `load_records`, parquet or CSV);
 - `FlopsPredictor`, `LookupTablePredictor`, `LatencyNetwork`: `fit(records)`,
-  `predict(graph, plans)` in ms, `save(path)`; `load_predictor(path)` reads any of them.
+  `predict(graph, plans)` in ms, `save(path)`; `load_predictor(path)` reads any of them;
+- `fit_predictor(records, kind, holdout=...)` → `FitReport`: the fit with its score on held-out
+  plans (`holdout_split` keeps a held-out plan's layer records out of training too);
+- `ProfileSummary.of(records)`: what a set of records holds, as `compplan profile` prints it.
 """
 
 from predictors.latency.features import FEATURE_NAMES, LatencyBatch, LayerConfigs, features
+from predictors.latency.fitting import FitReport, HoldoutScore, fit_predictor, holdout_split
 from predictors.latency.models import (
     PREDICTOR_KINDS,
     FlopsPredictor,
@@ -14,8 +18,8 @@ from predictors.latency.models import (
     LookupTablePredictor,
     PredictorError,
     load_predictor,
-    predictor_from_document,
     make_predictor,
+    predictor_from_document,
     record_graphs,
 )
 from predictors.latency.profiling import (
@@ -26,6 +30,7 @@ from predictors.latency.profiling import (
     synthetic_layer_configs,
 )
 from predictors.latency.records import (
+    ProfileSummary,
     RecordsError,
     check_records_path,
     load_records,
@@ -35,7 +40,9 @@ from predictors.latency.records import (
 __all__ = [
     "FEATURE_NAMES",
     "PREDICTOR_KINDS",
+    "FitReport",
     "FlopsPredictor",
+    "HoldoutScore",
     "LatencyBatch",
     "LatencyNetwork",
     "LatencyPredictor",
@@ -43,13 +50,16 @@ __all__ = [
     "LookupTablePredictor",
     "PredictorError",
     "ProfileError",
+    "ProfileSummary",
     "RecordsError",
     "check_records_path",
     "features",
+    "fit_predictor",
+    "holdout_split",
     "load_predictor",
-    "predictor_from_document",
     "load_records",
     "make_predictor",
+    "predictor_from_document",
     "profile",
     "profile_layers",
     "random_plans",

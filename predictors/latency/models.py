@@ -147,9 +147,28 @@ def _layer_records(records: pd.DataFrame) -> tuple[LayerConfigs, np.ndarray]:
 
 
 class LatencyPredictor:
-    """Base of the predictors: fit on records, predict milliseconds for plans, save as JSON."""
+    """Base of the predictors: fit on records, predict milliseconds for plans, save as JSON.
+
+    The contract every predictor keeps (`tests/predictors/test_predictor_contract.py` checks it
+    for every kind in `PREDICTOR_KINDS`):
+
+    - `fit(records)` returns the predictor, fit; `predict` before it raises `PredictorError`;
+    - `predict(graph, plans)` gives one finite, positive float per plan, the same for a list of
+      `Plan`s, their `LatencyBatch` and each plan alone;
+    - `save` then `load_predictor` gives a predictor with the same predictions;
+    - `additive` (declared by each subclass, not inherited): True when a prediction is a
+      constant per model plus a sum over the plan's layers of a function of that layer's
+      deployed configuration alone. Then, with every keep ratio at 1 (so that one layer's
+      choice changes only its own configuration), the prediction of a plan is the base plan's
+      plus the sum over layers of the change when that layer alone takes its choice: what the
+      exact solver (`Planner.exact`) relies on to budget latency as a knapsack. A predictor
+      that models interactions between layers (fusion, caches) declares False, and the exact
+      solver must not budget latency with it. Subclasses implement `_fit`, `_predict`,
+      `_state` and `_load_state`.
+    """
 
     kind: ClassVar[str] = ""
+    additive: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.fingerprint: dict[str, Any] = {}
@@ -234,6 +253,7 @@ class FlopsPredictor(LatencyPredictor):
     """Latency linear in the deployed MACs: `a · MACs + b`, fit for the least relative error."""
 
     kind = "flops"
+    additive = True  # a·ΣMACs + b: a sum of per-layer terms and a constant
 
     def _fit(self, records, graphs) -> None:
         models = _ModelRecords(records, graphs)
@@ -267,6 +287,7 @@ class LookupTablePredictor(LatencyPredictor):
     """
 
     kind = "lookup"
+    additive = True  # per-configuration table entries summed, plus a per-model constant
 
     def _fit(self, records, graphs) -> None:
         layers, ms = _layer_records(records)
@@ -363,6 +384,7 @@ class LatencyNetwork(LatencyPredictor):
     """
 
     kind = "network"
+    additive = True  # per-configuration MLP outputs summed, plus a per-model overhead
 
     def __init__(
         self,
@@ -474,14 +496,6 @@ class LatencyNetwork(LatencyPredictor):
             x = torch.from_numpy(features(unique))
             ms = self._model_ms(graph, x, torch.from_numpy(inverse).reshape(configs.shape))
         return ms.numpy()
-
-    def predict_layers(self, configs: LayerConfigs) -> np.ndarray:
-        """Predicted ms of single layers (each alone), any shape of `configs`."""
-        import torch
-
-        with torch.no_grad():
-            out = self._layer_out(torch.from_numpy(features(configs)))[..., 0]
-        return out.double().exp().numpy()
 
     def _state(self):
         tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}

@@ -2,11 +2,13 @@
 
 A record is one measurement: of a whole plan ("model": its spec, input shape and plan JSON) or
 of one layer configuration ("layer": the `LayerConfigs` columns). Every record carries the device
-fingerprint it was measured on, so a predictor knows what it was fit for.
+fingerprint it was measured on, so a predictor knows what it was fit for. `ProfileSummary`
+says in a few figures what a set of records holds.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +17,7 @@ from predictors.latency.features import LayerConfigs
 
 __all__ = [
     "FINGERPRINT_COLUMNS",
+    "ProfileSummary",
     "RecordsError",
     "check_records_path",
     "load_records",
@@ -95,3 +98,48 @@ def load_records(*paths: str | Path) -> pd.DataFrame:
             raise RecordsError(f"{path}: unknown record kinds {sorted(unknown)}")
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+@dataclass(frozen=True)
+class ProfileSummary:
+    """What a set of records holds, in the figures `compplan profile` prints.
+
+    Attributes:
+        plans: model records (plans measured whole).
+        layers: layer records (single layers, the synthetic ones included).
+        seconds: time spent measuring (`profile` keeps it in `records.attrs`), or None.
+        latency_ms: {"min", "median", "max"} of the plans' medians.
+        spread_median: the median over plans of the interquartile spread within a measurement.
+        device: the fingerprint the records were measured on (of the first record).
+    """
+
+    plans: int
+    layers: int
+    seconds: float | None
+    latency_ms: dict[str, float]
+    spread_median: float
+    device: dict
+
+    @classmethod
+    def of(cls, records: pd.DataFrame) -> ProfileSummary:
+        """The summary of `records` (at least one model record)."""
+        models = records[records["record"] == "model"]
+        first = records.iloc[0]
+        device = {k: first[k] for k in FINGERPRINT_COLUMNS}
+        device["threads"] = int(device["threads"])
+        seconds = records.attrs.get("profile_seconds")
+        return cls(
+            plans=len(models),
+            layers=int((records["record"] == "layer").sum()),
+            seconds=None if seconds is None else float(seconds),
+            latency_ms={
+                "min": float(models["latency_ms"].min()),
+                "median": float(models["latency_ms"].median()),
+                "max": float(models["latency_ms"].max()),
+            },
+            spread_median=float(models["spread"].median()),
+            device=device,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)

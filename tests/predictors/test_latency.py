@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from support.latency import OVERHEAD_MS, known_latency, known_records
 from torch import nn
 
 from engine.deploy import deployed_structure
@@ -16,7 +17,6 @@ from predictors.latency import (
     FlopsPredictor,
     LatencyBatch,
     LatencyNetwork,
-    LayerConfigs,
     LookupTablePredictor,
     PredictorError,
     ProfileError,
@@ -214,51 +214,13 @@ def test_profile_layers_times_synthetic_layers():
 # -- predictors on records with a known answer ----------------------------------------------------
 
 
-def _known_latency(configs: LayerConfigs) -> np.ndarray:
-    """A made-up device: 2 ns per MAC, 0.05 ms per layer, 0.1 ms per quantized input."""
-    return 2e-6 * configs.macs + 0.05 + 0.1 * (configs.act_bits < 32)
-
-
-def _known_records(graph, plans, *, device="cpu") -> pd.DataFrame:
-    """Records of a device whose times are `_known_latency` summed, plus 0.3 ms per model."""
-    configs = plan_layer_configs(graph, plans)
-    totals = _known_latency(configs).sum(axis=1) + 0.3
-    fingerprint = {"device": device, "cpu": "test", "threads": 1, "torch": "x", "gpu": ""}
-    rows = [
-        {
-            "record": "model",
-            "model": DIGITS,
-            "input_shape": "1x1x8x8",
-            "plan": p.to_json(),
-            "latency_ms": t,
-            **fingerprint,
-        }
-        for p, t in zip(plans, totals, strict=True)
-    ]
-    unique, _ = configs.unique()
-    for i, ms in enumerate(_known_latency(unique)):
-        config = {k: int(v[i]) for k, v in unique.columns().items()}
-        rows.append(
-            {
-                "record": "layer",
-                "model": DIGITS,
-                "input_shape": "1x1x8x8",
-                "plan": "",
-                "latency_ms": ms,
-                **config,
-                **fingerprint,
-            }
-        )
-    return pd.DataFrame(rows)
-
-
 @pytest.fixture(scope="module")
 def known(digits, digits_plans):
     _, graph = digits
     train, test = digits_plans[:45], digits_plans[45:]
     configs = plan_layer_configs(graph, test)
-    truth = _known_latency(configs).sum(axis=1) + 0.3
-    return graph, _known_records(graph, train), test, truth
+    truth = known_latency(configs).sum(axis=1) + OVERHEAD_MS
+    return graph, known_records(graph, train), test, truth
 
 
 def _error(predicted, truth) -> np.ndarray:
@@ -267,7 +229,7 @@ def _error(predicted, truth) -> np.ndarray:
 
 def test_lookup_table_is_exact_on_known_layers(known, digits_plans):
     graph = known[0]
-    everything = _known_records(graph, digits_plans)
+    everything = known_records(graph, digits_plans)
     predictor = LookupTablePredictor().fit(everything)
     truth = everything[everything["record"] == "model"]["latency_ms"].to_numpy()
     assert _error(predictor.predict(graph, digits_plans), truth).max() < 1e-9
@@ -286,24 +248,11 @@ def test_flops_baseline_fits_a_linear_device(digits, digits_plans):
     _, graph = digits
     configs = plan_layer_configs(graph, digits_plans)
     macs = configs.macs.sum(axis=1)
-    records = _known_records(graph, digits_plans)
+    records = known_records(graph, digits_plans)
     records.loc[records["record"] == "model", "latency_ms"] = 3e-6 * macs + 0.2
     predictor = FlopsPredictor().fit(records)
     assert predictor.ms_per_mac == pytest.approx(3e-6, rel=1e-6)
     assert predictor.offset_ms == pytest.approx(0.2, rel=1e-6)
-
-
-@pytest.mark.parametrize("kind", [FlopsPredictor, LookupTablePredictor, LatencyNetwork])
-def test_saved_predictors_predict_the_same(kind, known, tmp_path):
-    graph, records, test, _ = known
-    predictor = kind(steps=50) if kind is LatencyNetwork else kind()
-    predictor.fit(records)
-    path = predictor.save(tmp_path / "predictor.json")
-    document = json.loads(path.read_text())  # plain JSON, no pickle
-    assert document["kind"] == predictor.kind and document["fingerprint"]["cpu"] == "test"
-    again = load_predictor(path)
-    assert type(again) is kind
-    assert np.allclose(again.predict(graph, test), predictor.predict(graph, test), rtol=1e-6)
 
 
 def test_predictors_refuse_what_they_cannot_use(known, tmp_path):

@@ -1,4 +1,5 @@
-"""Latency measurement: the timing primitive, the deployed structure it times, and the CLI."""
+"""Latency measurement: the timing primitive, interleaved measurement against a reference, the
+deployed structure it times, and the CLI."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from torch import nn
 from engine.apply import ApplyConfig, apply_plan_
 from engine.deploy import deployed, deployed_structure
 from planner.cli import main
-from predictors.profile import MIN_RUNS, device_fingerprint, measure
+from predictors.profile import (
+    MIN_RUNS,
+    MeasurementError,
+    Timing,
+    device_fingerprint,
+    measure,
+    measure_interleaved,
+)
 from search_spaces import LayerPlan, Plan, discover
 from zoo.digits import INPUT_SHAPE, DigitsNet
 
@@ -22,11 +30,31 @@ def test_measure_reports_a_median_within_its_range():
     timing = measure(model, torch.randn(4, 64), runs=MIN_RUNS, threads=1)
     assert timing.runs == MIN_RUNS
     assert 0 < timing.min_ms <= timing.median_ms <= timing.max_ms
-    assert timing.spread >= 0
-    with pytest.raises(ValueError, match="at least 30"):
+    assert timing.iqr_ms <= timing.max_ms - timing.min_ms
+    assert timing.spread == pytest.approx(timing.iqr_ms / timing.median_ms)
+    with pytest.raises(MeasurementError, match="at least 30"):
         measure(model, torch.randn(4, 64), runs=5)
     fingerprint = device_fingerprint("cpu", 1)
     assert fingerprint["threads"] == 1 and fingerprint["torch"] == torch.__version__
+
+
+def test_timing_of_known_calls():
+    timing = Timing.of([float(ms) for ms in range(1, 10)])  # 1 … 9 ms
+    assert (timing.median_ms, timing.min_ms, timing.max_ms, timing.runs) == (5, 1, 9, 9)
+    assert timing.iqr_ms == 5.0 and timing.spread == 1.0  # quartiles 2.5 and 7.5
+
+
+def test_measure_interleaved_keeps_the_middle_repeats():
+    small = nn.Linear(64, 8)
+    large = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 8))
+    m = measure_interleaved(small, large, torch.randn(4, 64), runs=MIN_RUNS, threads=1)
+    assert len(m.repeats["compressed"]) == len(m.repeats["uncompressed"]) == 3
+    assert m.latency_ms == sorted(m.repeats["compressed"])[1]
+    assert m.uncompressed_ms == sorted(m.repeats["uncompressed"])[1]
+    assert m.ratio == m.latency_ms / m.uncompressed_ms and m.batch == 4
+    assert m.to_dict()["ratio"] == m.ratio and m.device["threads"] == 1
+    with pytest.raises(MeasurementError, match="repeats odd"):
+        measure_interleaved(small, large, torch.randn(4, 64), repeats=2)
 
 
 def _shapes(model: nn.Module) -> list[tuple]:

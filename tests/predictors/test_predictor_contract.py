@@ -1,0 +1,123 @@
+"""The latency predictors' contract (`LatencyPredictor`'s docstring), written once and run over
+every kind in `PREDICTOR_KINDS`: a new predictor registered there is tested by this file as is.
+
+The records come from a made-up device (`support.latency`), so nothing here times anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from support.latency import known_records
+
+from predictors.latency import (
+    PREDICTOR_KINDS,
+    LatencyBatch,
+    LatencyPredictor,
+    PredictorError,
+    load_predictor,
+    make_predictor,
+    random_plans,
+)
+from search_spaces import Plan, SearchSpace, discover
+from search_spaces.model_spec import load_model
+
+DIGITS = "zoo:digits"
+# Each kind's quickest settings that still fit: the contract does not depend on accuracy.
+OPTIONS = {"network": {"steps": 200}}
+
+
+@pytest.fixture(scope="module")
+def graph():
+    loaded = load_model(DIGITS, pretrained=False)
+    return discover(loaded.module, loaded.example_inputs, model_name=DIGITS)
+
+
+@pytest.fixture(scope="module")
+def plans(graph):
+    return random_plans(SearchSpace(graph), 40, seed=5)
+
+
+@pytest.fixture(scope="module")
+def records(graph, plans):
+    return known_records(graph, plans[:30])
+
+
+@pytest.fixture(scope="module", params=sorted(PREDICTOR_KINDS))
+def fitted(request, records) -> LatencyPredictor:
+    predictor = make_predictor(request.param, **OPTIONS.get(request.param, {}))
+    assert predictor.fit(records) is predictor
+    return predictor
+
+
+@pytest.mark.parametrize("kind", sorted(PREDICTOR_KINDS))
+def test_an_unfit_predictor_refuses_to_predict_or_save(kind, graph, plans, tmp_path):
+    predictor = make_predictor(kind)
+    assert not predictor.fitted
+    with pytest.raises(PredictorError, match="not fit"):
+        predictor.predict(graph, plans[:2])
+    with pytest.raises(PredictorError, match="fit the predictor"):
+        predictor.save(tmp_path / "p.json")
+
+
+def test_fit_records_the_device(fitted):
+    assert fitted.fitted and fitted.fingerprint["cpu"] == "test"
+    assert fitted.fingerprint["threads"] == 1
+
+
+def test_predict_over_a_batch(fitted, graph, plans):
+    held_out = plans[30:]
+    predicted = fitted.predict(graph, held_out)
+    assert predicted.shape == (len(held_out),) and predicted.dtype == np.float64
+    assert np.isfinite(predicted).all() and (predicted > 0).all()
+    as_arrays = fitted.predict(graph, LatencyBatch.from_plans(graph, held_out))
+    one_by_one = np.concatenate([fitted.predict(graph, [plan]) for plan in held_out])
+    np.testing.assert_allclose(as_arrays, predicted, rtol=1e-12)
+    np.testing.assert_allclose(one_by_one, predicted, rtol=1e-6)  # float32 per batch shape
+
+
+def test_save_then_load_predicts_the_same(fitted, graph, plans, tmp_path):
+    path = fitted.save(tmp_path / f"{fitted.kind}.json")
+    document = json.loads(path.read_text())  # plain JSON, no pickle
+    assert document["kind"] == fitted.kind and document["fingerprint"] == fitted.fingerprint
+    again = load_predictor(path)
+    assert type(again) is type(fitted) and again.fingerprint == fitted.fingerprint
+    np.testing.assert_array_equal(again.predict(graph, plans), fitted.predict(graph, plans))
+
+
+@pytest.mark.parametrize("kind", sorted(PREDICTOR_KINDS))
+def test_every_kind_declares_whether_it_is_additive(kind):
+    cls = PREDICTOR_KINDS[kind]
+    # Declared on the class itself: inheriting the base's False by omission would silently
+    # take a predictor out of (or, with a True default, into) the exact solver's latency budget.
+    assert "additive" in vars(cls) and isinstance(cls.additive, bool), cls
+
+
+def _unpruned(plan: Plan) -> Plan:
+    return Plan({name: dataclasses.replace(lp, keep=1.0) for name, lp in plan.layers.items()})
+
+
+def _with_layer(base: Plan, other: Plan, name: str) -> Plan:
+    """`base`, but layer `name` as `other` plans it."""
+    layers = {n: lp for n, lp in base.layers.items() if n != name}
+    if name in other.layers:
+        layers[name] = other.layers[name]
+    return Plan(layers)
+
+
+def test_an_additive_predictor_is_its_base_plus_per_layer_deltas(fitted, graph, plans):
+    """What the exact solver relies on: with keep 1, the prediction of a plan is the base plan's
+    plus, per layer, the change when that layer alone takes the plan's choice."""
+    if not fitted.additive:
+        pytest.skip(f"the {fitted.kind} predictor declares itself not additive")
+    for base, target in [(plans[0], plans[1]), (plans[2], plans[3]), (plans[4], plans[0])]:
+        base, target = _unpruned(base), _unpruned(target)
+        names = [n for n in graph.layers if base.layers.get(n) != target.layers.get(n)]
+        assert names, "the two plans must differ for the check to mean anything"
+        singles = [_with_layer(base, target, n) for n in names]
+        predicted = fitted.predict(graph, [base, target, *singles])
+        deltas = predicted[2:] - predicted[0]
+        assert predicted[1] == pytest.approx(predicted[0] + deltas.sum(), rel=1e-6, abs=1e-9)
