@@ -221,8 +221,57 @@ class ModelGraph:
         gid = self.layers[name].group
         return None if gid is None else self.groups[gid]
 
+    def inventory(self) -> list[dict]:
+        """Every module with parameters, one JSON-ready row each, so that the rows' `params` sum
+        to `total_params`: each compressible layer, then its folded BatchNorm, then the kept
+        modules. A row holds name, kind, weight_shape, params, macs, group, compressible and
+        reason (why it is not compressible; "" when it is)."""
+        rows = []
+        for spec in self.layers.values():
+            rows.append(
+                {
+                    "name": spec.name,
+                    "kind": spec.kind,
+                    "weight_shape": list(spec.weight_shape),
+                    "params": spec.params,
+                    "macs": spec.macs,
+                    "group": spec.group,
+                    "compressible": True,
+                    "reason": "",
+                }
+            )
+            if spec.batchnorm:
+                rows.append(
+                    {
+                        "name": spec.batchnorm,
+                        "kind": "batchnorm",
+                        "weight_shape": [spec.out_channels],
+                        "params": spec.batchnorm_params,
+                        "macs": 0,
+                        "group": spec.group,
+                        "compressible": False,
+                        "reason": f"folded after '{spec.name}': two 32-bit vectors per kept channel",
+                    }
+                )
+        for module in self.kept:
+            rows.append(
+                {
+                    "name": module.name,
+                    "kind": module.kind,
+                    "weight_shape": None,
+                    "params": module.params,
+                    "macs": None,
+                    "group": None,
+                    "compressible": False,
+                    "reason": module.reason,
+                }
+            )
+        return rows
+
     def to_dict(self) -> dict:
-        """A JSON-ready description of the graph."""
+        """A JSON-ready description of the graph (what `compplan inspect --json` prints):
+        model, fingerprint, total_params, baseline_bytes, total_macs, trace_error, `layers` (the
+        `inventory` rows) and `groups` (the coupling groups' fields)."""
         return {
             "model": self.model_name,
             "fingerprint": self.fingerprint,
@@ -230,9 +279,11 @@ class ModelGraph:
             "baseline_bytes": self.baseline_bits // 8,
             "total_macs": self.total_macs,
             "trace_error": self.trace_error,
-            "layers": [asdict(layer) for layer in self.layers.values()],
-            "kept": [asdict(module) for module in self.kept],
-            "groups": [asdict(group) for group in self.groups],
+            "layers": self.inventory(),
+            "groups": [
+                {**asdict(group), "layers": list(group.layers), "consumers": list(group.consumers)}
+                for group in self.groups
+            ],
         }
 
 

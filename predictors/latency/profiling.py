@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from predictors.latency.features import KINDS, LayerConfigs, plan_layer_configs
-from predictors.profile import MIN_RUNS, device_fingerprint
+from predictors.profile import MIN_RUNS, MeasurementError, device_fingerprint
 from search_spaces.plan import Plan
 
 __all__ = [
@@ -295,18 +295,18 @@ def _worker_timings(jobs: list[dict], settings: dict):
 
 def _settings(model, input_shape, device, threads, runs, warmup, rounds) -> dict:
     if runs < MIN_RUNS:
-        raise ValueError(f"a latency needs at least {MIN_RUNS} timed runs (got {runs})")
+        raise MeasurementError(f"a latency needs at least {MIN_RUNS} timed runs (got {runs})")
     if threads < 1:
-        raise ValueError(f"threads must be at least 1 (got {threads})")
+        raise MeasurementError(f"threads must be at least 1 (got {threads})")
     if not 1 <= rounds <= runs // 2:
-        raise ValueError(f"rounds must be in 1..runs/2 (got {rounds} for {runs} runs)")
+        raise MeasurementError(f"rounds must be in 1..runs/2 (got {rounds} for {runs} runs)")
     if device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
             raise ProfileError(f"device '{device}' was asked for, but torch sees no CUDA device")
     elif device != "cpu":
-        raise ValueError(f"device must be 'cpu' or 'cuda[:N]' (got '{device}')")
+        raise MeasurementError(f"device must be 'cpu' or 'cuda[:N]' (got '{device}')")
     return {
         "model": model,
         "input_shape": input_shape,
@@ -424,6 +424,7 @@ def profile(
     processes: int = 1,
     repeats: int = 1,
     layers: bool = True,
+    synthetic_layers: int = 0,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Measure the deployed form of plans of `model`, and (with `layers`) their single layers.
@@ -442,34 +443,40 @@ def profile(
         processes: split the work across this many fresh processes, run one at a time (0: here).
         repeats: measure everything this many times, in different processes; keep the median.
         layers: also time each distinct layer configuration of the plans alone.
+        synthetic_layers: also time this many random single layers (`synthetic_layer_configs`
+            at the input's batch size, seeded by `seed`; their `model` is "synthetic"): they
+            teach the network layer kinds this model lacks.
         progress: show a progress bar.
 
     Returns:
         Records, one row per plan ("model") and per layer configuration ("layer"): the timing
         (`latency_ms` median, `spread`, `min_ms`, `max_ms`, `runs`, `repeats_ms`), the plan as
         JSON or the layer's configuration columns, deployed MACs, and the device fingerprint
-        (`device`, `cpu`, `threads`, `torch`, `gpu`). Save with `save_records`.
+        (`device`, `cpu`, `threads`, `torch`, `gpu`). `attrs["profile_seconds"]` is the time
+        spent measuring. Save with `save_records`; summarize with `ProfileSummary.of`.
 
     Raises:
         ModelSpecError: the model spec or shape is unusable.
         PlanError: a plan does not fit the model.
         ProfileError: a measuring process failed, or the device is absent.
-        ValueError: a setting is out of range.
+        MeasurementError: a setting is out of range (a ValueError).
     """
     from search_spaces.discover import discover
     from search_spaces.model_spec import load_model
     from search_spaces.plan import validate_plan
     from search_spaces.space import SearchSpace
 
-    if processes < 0 or repeats < 1:
-        raise ValueError("processes must be ≥ 0 and repeats ≥ 1")
+    if processes < 0 or repeats < 1 or synthetic_layers < 0 or (plans is None and samples < 1):
+        raise MeasurementError(
+            "samples and repeats must be at least 1, processes and synthetic_layers at least 0 "
+            f"(got samples={samples}, repeats={repeats}, processes={processes}, "
+            f"synthetic_layers={synthetic_layers})"
+        )
     loaded = load_model(model, input_shape=input_shape, pretrained=False)
     shape = tuple(loaded.example_inputs[0].shape)
     settings = _settings(model, list(shape), device, threads, runs, warmup, rounds)
     graph = discover(loaded.module, loaded.example_inputs, model_name=model)
     if plans is None:
-        if samples < 1:
-            raise ValueError(f"samples must be at least 1 (got {samples})")
         plans = random_plans(space or SearchSpace(graph), samples, seed=seed)
     plans = list(plans)
     for plan in plans:  # a bad plan fails here, in one line, not minutes later in a worker
@@ -496,21 +503,24 @@ def profile(
             for i, p in enumerate(plans)
         ]
     )
+    timing = {
+        "device": device,
+        "threads": threads,
+        "runs": runs,
+        "warmup": warmup,
+        "rounds": rounds,
+        "processes": processes,
+        "repeats": repeats,
+        "progress": progress,
+    }
+    frames = [frame]
     if layers:
         unique, _ = configs.unique()
-        layer_frame = profile_layers(
-            unique,
-            device=device,
-            threads=threads,
-            runs=runs,
-            warmup=warmup,
-            rounds=rounds,
-            processes=processes,
-            repeats=repeats,
-            source=model,
-            progress=progress,
-        )
-        layer_frame["input_shape"] = shape_text
-        frame = pd.concat([frame, layer_frame], ignore_index=True)
-    frame.attrs["profile_seconds"] = time.perf_counter() - started
+        frames.append(profile_layers(unique, source=model, **timing))
+        frames[-1]["input_shape"] = shape_text
+    if synthetic_layers:
+        random_layers = synthetic_layer_configs(synthetic_layers, batch=shape[0], seed=seed)
+        frames.append(profile_layers(random_layers, **timing))
+    frame = pd.concat(frames, ignore_index=True)
+    frame.attrs = {"profile_seconds": time.perf_counter() - started}
     return frame
