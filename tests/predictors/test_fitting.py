@@ -15,25 +15,18 @@ from predictors.latency import (
     random_plans,
 )
 from predictors.latency.features import plan_layer_configs
-from search_spaces import Plan, SearchSpace, discover
-from search_spaces.model_spec import load_model
+from search_spaces import Plan, SearchSpace
 
 DIGITS = "zoo:digits"
 KEY = list(LayerConfigs.__dataclass_fields__)
 
 
 @pytest.fixture(scope="module")
-def graph():
-    loaded = load_model(DIGITS, pretrained=False)
-    return discover(loaded.module, loaded.example_inputs, model_name=DIGITS)
-
-
-@pytest.fixture(scope="module")
-def records(graph):
-    plans = random_plans(SearchSpace(graph), 20, seed=11)
-    profiled = known_records(graph, plans)
+def records(digits_graph):
+    plans = random_plans(SearchSpace(digits_graph), 20, seed=11)
+    profiled = known_records(digits_graph, plans)
     # Layers timed for no plan, as `profile --synthetic-layers` adds them.
-    synthetic = known_records(graph, random_plans(SearchSpace(graph), 3, seed=12))
+    synthetic = known_records(digits_graph, random_plans(SearchSpace(digits_graph), 3, seed=12))
     synthetic = synthetic[synthetic["record"] == "layer"].assign(model="synthetic", input_shape="")
     return pd.concat([profiled, synthetic], ignore_index=True)
 
@@ -48,14 +41,14 @@ def _keys(layers: pd.DataFrame) -> list[tuple]:
     return [tuple(int(v) for v in row) for row in layers[KEY].itertuples(index=False)]
 
 
-def test_holdout_keeps_held_out_plans_layers_out_of_training(graph, records):
+def test_holdout_keeps_held_out_plans_layers_out_of_training(digits_graph, records):
     train, test = holdout_split(records, 0.25, seed=0)
     assert sorted([*train.index, *test.index]) == list(records.index)  # a partition
     train_models = train[train["record"] == "model"]
     test_models = test[test["record"] == "model"]
     assert len(test_models) == 5 and len(train_models) == 15
-    seen = _configurations(graph, train_models)
-    only_held = _configurations(graph, test_models) - seen
+    seen = _configurations(digits_graph, train_models)
+    only_held = _configurations(digits_graph, test_models) - seen
     train_layers = train[(train["record"] == "layer") & (train["model"] == DIGITS)]
     test_layers = test[test["record"] == "layer"]
     # The defect this catches: every layer record used to go into training, so the held-out
@@ -73,7 +66,7 @@ def test_holdout_split_is_seeded(records):
         holdout_split(records, 1.0)
 
 
-def test_the_lookup_tables_held_out_figure_is_earned(graph, records):
+def test_the_lookup_tables_held_out_figure_is_earned(digits_graph, records):
     report = fit_predictor(records, "lookup", holdout=0.25, seed=0)
     assert report.holdout.plans == 5 and report.plans == 20
     # Told the held-out layers, the table sums them exactly (error below 1e-9, see

@@ -22,28 +22,20 @@ from predictors.latency import (
     make_predictor,
     random_plans,
 )
-from search_spaces import Plan, SearchSpace, discover
-from search_spaces.model_spec import load_model
+from search_spaces import Plan, SearchSpace
 
-DIGITS = "zoo:digits"
 # Each kind's quickest settings that still fit: the contract does not depend on accuracy.
 OPTIONS = {"network": {"steps": 200}}
 
 
 @pytest.fixture(scope="module")
-def graph():
-    loaded = load_model(DIGITS, pretrained=False)
-    return discover(loaded.module, loaded.example_inputs, model_name=DIGITS)
+def plans(digits_graph):
+    return random_plans(SearchSpace(digits_graph), 40, seed=5)
 
 
 @pytest.fixture(scope="module")
-def plans(graph):
-    return random_plans(SearchSpace(graph), 40, seed=5)
-
-
-@pytest.fixture(scope="module")
-def records(graph, plans):
-    return known_records(graph, plans[:30])
+def records(digits_graph, plans):
+    return known_records(digits_graph, plans[:30])
 
 
 @pytest.fixture(scope="module", params=sorted(PREDICTOR_KINDS))
@@ -54,11 +46,11 @@ def fitted(request, records) -> LatencyPredictor:
 
 
 @pytest.mark.parametrize("kind", sorted(PREDICTOR_KINDS))
-def test_an_unfit_predictor_refuses_to_predict_or_save(kind, graph, plans, tmp_path):
+def test_an_unfit_predictor_refuses_to_predict_or_save(kind, digits_graph, plans, tmp_path):
     predictor = make_predictor(kind)
     assert not predictor.fitted
     with pytest.raises(PredictorError, match="not fit"):
-        predictor.predict(graph, plans[:2])
+        predictor.predict(digits_graph, plans[:2])
     with pytest.raises(PredictorError, match="fit the predictor"):
         predictor.save(tmp_path / "p.json")
 
@@ -68,24 +60,26 @@ def test_fit_records_the_device(fitted):
     assert fitted.fingerprint["threads"] == 1
 
 
-def test_predict_over_a_batch(fitted, graph, plans):
+def test_predict_over_a_batch(fitted, digits_graph, plans):
     held_out = plans[30:]
-    predicted = fitted.predict(graph, held_out)
+    predicted = fitted.predict(digits_graph, held_out)
     assert predicted.shape == (len(held_out),) and predicted.dtype == np.float64
     assert np.isfinite(predicted).all() and (predicted > 0).all()
-    as_arrays = fitted.predict(graph, LatencyBatch.from_plans(graph, held_out))
-    one_by_one = np.concatenate([fitted.predict(graph, [plan]) for plan in held_out])
+    as_arrays = fitted.predict(digits_graph, LatencyBatch.from_plans(digits_graph, held_out))
+    one_by_one = np.concatenate([fitted.predict(digits_graph, [plan]) for plan in held_out])
     np.testing.assert_allclose(as_arrays, predicted, rtol=1e-12)
     np.testing.assert_allclose(one_by_one, predicted, rtol=1e-6)  # float32 per batch shape
 
 
-def test_save_then_load_predicts_the_same(fitted, graph, plans, tmp_path):
+def test_save_then_load_predicts_the_same(fitted, digits_graph, plans, tmp_path):
     path = fitted.save(tmp_path / f"{fitted.kind}.json")
     document = json.loads(path.read_text())  # plain JSON, no pickle
     assert document["kind"] == fitted.kind and document["fingerprint"] == fitted.fingerprint
     again = load_predictor(path)
     assert type(again) is type(fitted) and again.fingerprint == fitted.fingerprint
-    np.testing.assert_array_equal(again.predict(graph, plans), fitted.predict(graph, plans))
+    np.testing.assert_array_equal(
+        again.predict(digits_graph, plans), fitted.predict(digits_graph, plans)
+    )
 
 
 @pytest.mark.parametrize("kind", sorted(PREDICTOR_KINDS))
@@ -108,16 +102,16 @@ def _with_layer(base: Plan, other: Plan, name: str) -> Plan:
     return Plan(layers)
 
 
-def test_an_additive_predictor_is_its_base_plus_per_layer_deltas(fitted, graph, plans):
+def test_an_additive_predictor_is_its_base_plus_per_layer_deltas(fitted, digits_graph, plans):
     """What the exact solver relies on: with keep 1, the prediction of a plan is the base plan's
     plus, per layer, the change when that layer alone takes the plan's choice."""
     if not fitted.additive:
         pytest.skip(f"the {fitted.kind} predictor declares itself not additive")
     for base, target in [(plans[0], plans[1]), (plans[2], plans[3]), (plans[4], plans[0])]:
         base, target = _unpruned(base), _unpruned(target)
-        names = [n for n in graph.layers if base.layers.get(n) != target.layers.get(n)]
+        names = [n for n in digits_graph.layers if base.layers.get(n) != target.layers.get(n)]
         assert names, "the two plans must differ for the check to mean anything"
         singles = [_with_layer(base, target, n) for n in names]
-        predicted = fitted.predict(graph, [base, target, *singles])
+        predicted = fitted.predict(digits_graph, [base, target, *singles])
         deltas = predicted[2:] - predicted[0]
         assert predicted[1] == pytest.approx(predicted[0] + deltas.sum(), rel=1e-6, abs=1e-9)
