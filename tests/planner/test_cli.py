@@ -78,6 +78,12 @@ def test_inspect_json_accounts_for_every_parameter(capsys, small_model):
     assert not rows["bn"]["compressible"] and "folded after 'stem'" in rows["bn"]["reason"]
 
 
+def test_inspect_json_is_the_graphs_own_description(capsys, resnet18_graph):
+    code, out, _ = run(capsys, "inspect", "--model", "zoo:resnet18", "--json")
+    assert code == 0
+    assert json.loads(out) == json.loads(json.dumps(resnet18_graph.to_dict()))
+
+
 def test_inspect_table(capsys):
     code, out, _ = run(capsys, "inspect", "--model", "zoo:resnet18", "--groups")
     assert code == 0
