@@ -1,10 +1,17 @@
-"""Planning: plans and budgets, presets, and the `compplan` CLI.
+"""Planning: the budget-constrained search for a model's per-layer plan, presets, and the
+`compplan` CLI.
+
+    from planner import Planner, SearchConfig, SearchResult
 
 The plan types are defined in `search_spaces.plan` (the size predictor and the engine read them
 too) and re-exported here, where users look for them.
 """
 
+from planner.config import RaySettings, RealSettings, SearchConfig
+from planner.errors import PlannerError
 from planner.presets import PRESET_HELP, make_preset
+from planner.results import SearchResult
+from planner.search import Planner, SearchOutcome
 from search_spaces.plan import Budget, LayerPlan, Plan, PlanError, validate_plan
 
 __all__ = [
@@ -13,6 +20,13 @@ __all__ = [
     "LayerPlan",
     "Plan",
     "PlanError",
+    "Planner",
+    "PlannerError",
+    "RaySettings",
+    "RealSettings",
+    "SearchConfig",
+    "SearchOutcome",
+    "SearchResult",
     "make_preset",
     "validate_plan",
 ]

@@ -10,33 +10,20 @@ candidate early.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from torch import Tensor, nn
 
 from engine.apply import ApplyConfig, apply_plan_
 from engine.finetune import FinetuneConfig, StopFinetune, finetune
+from planner.objectives import Outcome, Report
 from search_spaces.plan import Plan
 
-__all__ = ["RealObjective", "RealOutcome"]
-
-
-@dataclass(frozen=True)
-class RealOutcome:
-    """Validation accuracy after each epoch (the accuracy right after applying first), and
-    whether a pruner stopped the run."""
-
-    accuracies: tuple[float, ...]
-    pruned: bool
-
-    @property
-    def accuracy(self) -> float:
-        return self.accuracies[-1]
+__all__ = ["RealObjective"]
 
 
 class RealObjective:
-    """Apply, fine-tune for `epochs` and evaluate a plan of `model` on `task`.
+    """Apply, fine-tune for `epochs` and evaluate a plan of `model` on `task`: an
+    `planner.objectives.Objective` whose value is validation accuracy (higher is better).
 
     Args:
         model: the trained model (the teacher; not changed).
@@ -64,9 +51,10 @@ class RealObjective:
         self.lr = lr
         self.seed = seed
 
-    def __call__(
-        self, plan: Plan, report: Callable[[int, float], bool] | None = None
-    ) -> RealOutcome:
+    direction = "maximize"
+    metric = "accuracy"
+
+    def __call__(self, plan: Plan, report: Report | None = None) -> Outcome:
         """Evaluate `plan`. `report(step, accuracy)` is called with step 0 right after applying
         and step e after epoch e; when it returns True the run stops (pruned)."""
         student = copy.deepcopy(self.model)
@@ -79,7 +67,7 @@ class RealObjective:
         )
         accuracies = [self.task.accuracy(student, "val")]
         if report is not None and report(0, accuracies[0]):
-            return RealOutcome(tuple(accuracies), pruned=True)
+            return Outcome(tuple(accuracies), pruned=True)
 
         def on_epoch_end(epoch: int, trained: nn.Module) -> dict:
             accuracy = self.task.accuracy(trained, "val")
@@ -100,5 +88,5 @@ class RealObjective:
             result = finetune(
                 student, self.model, loader, plan, config=config, on_epoch_end=on_epoch_end
             )
-            return RealOutcome(tuple(accuracies), pruned=result.stopped_early)
-        return RealOutcome(tuple(accuracies), pruned=False)
+            return Outcome(tuple(accuracies), pruned=result.stopped_early)
+        return Outcome(tuple(accuracies), pruned=False)

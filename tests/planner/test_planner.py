@@ -15,12 +15,12 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from engine.vq import decode, lr2vq
+from search_spaces.methods.lr2vq import decode, lr2vq
 from planner.budgets import BudgetError, parse_size
 from planner.exact import InfeasibleBudget, solve_choices
 from planner.options import layer_options, options_plan
 from planner.proxy import proxy_table
-from planner.search import Planner, PlannerError
+from planner import Planner, PlannerError
 from predictors.size import SizePredictor, size_report
 from search_spaces import Budget, SearchSpace, discover
 from search_spaces.model_spec import load_model
@@ -70,9 +70,10 @@ def test_vq_estimate_ranks_options_as_real_clustering_does(digits):
     for name in ["blocks.1.conv2", "blocks.2.conv1"]:
         weight = loaded.module.get_submodule(name).weight.detach()
         # k ≤ 256 keeps the real k-means to a second or two.
-        vq = [i for i, p in enumerate(options[name].plans) if p.k is not None and p.k <= 256]
+        plans = options[name].plans
+        vq = [i for i, p in enumerate(plans) if p.method == "vq" and p.weights.k <= 256]
         for i in rng.choice(vq, 8, replace=False):
-            p = options[name].plans[i]
+            p = plans[i].weights
             result = lr2vq(weight, k=p.k, m=p.m, d_tilde=p.clustering_dim)
             approx = decode(result.codes, result.codebook, result.projection, result.shape)
             real.append(float((approx - weight).square().sum() / weight.square().sum()))
@@ -167,7 +168,7 @@ def test_search_finds_a_feasible_plan_no_worse_than_the_exact_seed(digits, tmp_p
     assert size <= planner.budget.size_bytes
     assert result.best["size_bytes"] == pytest.approx(size)
     assert result.best["value"] <= result.exact["proxy"] + 1e-12
-    assert planner.proxy().value(plan) == pytest.approx(result.best["value"])
+    assert planner.proxy.value(plan) == pytest.approx(result.best["value"])
     assert not result.pareto.empty and result.pareto["feasible"].all()
     # The trials that break the budget are marked so; those that keep it are not.
     over = result.trials["size_bytes"] > planner.budget.size_bytes
@@ -179,7 +180,7 @@ def test_balanced_repairs_the_best_trial_when_the_exact_solver_cannot_keep_the_b
 ):
     from dataclasses import replace
 
-    from planner.search import trial_params
+    from planner.results import trial_params
 
     loaded, graph = digits
     ratio, cap = 45.0, 2.0
@@ -229,18 +230,18 @@ def test_refine_fine_tunes_the_proxys_best_and_the_balanced_plans_once(digits, t
 
 
 def test_the_same_study_name_resumes(digits, tmp_path):
-    first = _planner(digits, tmp_path, study_name="resume").search(n_trials=12)
-    again = _planner(digits, tmp_path, study_name="resume").search(n_trials=20)
+    first = _planner(digits, tmp_path, study="resume").search(n_trials=12)
+    again = _planner(digits, tmp_path, study="resume").search(n_trials=20)
     assert len(again.trials) == 20
     kept = again.trials.set_index("number").loc[first.trials["number"], "value"]
     assert np.allclose(kept.to_numpy(), first.trials["value"].to_numpy())
-    other = _planner(digits, tmp_path, study_name="other").search(n_trials=3)
+    other = _planner(digits, tmp_path, study="other").search(n_trials=3)
     assert len(other.trials) == 3
 
 
 def test_journal_storage_and_multi_objective_pareto(digits, tmp_path):
     planner = _planner(
-        digits, tmp_path, storage=f"journal:{tmp_path / 'trials.log'}", multi_objective=True
+        digits, tmp_path, storage=f"journal:{tmp_path / 'trials.log'}", pareto=True
     )
     result = planner.search(n_trials=30)
     assert len(result.trials) == 30
@@ -309,10 +310,14 @@ def test_the_uniform_baseline_is_the_largest_single_k_that_fits(resnet18_graph):
     sizes = SizePredictor(resnet18_graph)
     target = resnet18_graph.baseline_bits / 8 / 25
     plan = uniform_pq_at_size(resnet18_graph, target)
-    ks = {lp.k for lp in plan.layers.values() if lp.k is not None}
+    ks = {lp.weights.k for lp in plan.layers.values() if lp.method == "vq"}
     assert len(ks) == 1 and sizes.predict([plan])[0] <= target
     (k,) = ks
     doubled = replace(
-        plan, layers={n: replace(lp, k=2 * k) if lp.k else lp for n, lp in plan.layers.items()}
+        plan,
+        layers={
+            n: replace(lp, weights=replace(lp.weights, k=2 * k)) if lp.method == "vq" else lp
+            for n, lp in plan.layers.items()
+        },
     )
     assert sizes.predict([doubled])[0] > target

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from planner.repair import repair_positions
-from planner.search import Planner, trial_params
-from predictors.latency.features import LatencyBatch
+from planner import Planner
+from planner.results import trial_params
+from predictors.latency.features import LatencyBatch, plan_layer_configs
 from predictors.size import SizePredictor
 from search_spaces import Budget, Knobs, SearchSpace, discover
 from search_spaces.model_spec import load_model
@@ -78,20 +79,23 @@ def test_repair_lands_near_the_knapsack_optimum():
     assert np.median(ratios) < 1.05
 
 
+KNOBS = {"keep": (1.0,), "act_bits": (32, 8, 4)}
+
+
 @pytest.fixture(scope="module")
 def digits_keep1():
     loaded = load_model("zoo:digits")
     graph = discover(loaded.module, loaded.example_inputs, model_name="zoo:digits")
-    space = SearchSpace(graph, Knobs(keep=(1.0,), act_bits=(32, 8, 4)))
+    space = SearchSpace(graph, Knobs(**KNOBS))
     return loaded, graph, space
 
 
 def _planner(digits_keep1, budget, **options):
-    loaded, _, space = digits_keep1
+    loaded, _, _ = digits_keep1
     return Planner(
         loaded.module,
         loaded.example_inputs,
-        space=space,
+        knobs=KNOBS,
         budget=budget,
         storage="memory",
         model_spec="zoo:digits",
@@ -111,7 +115,7 @@ def test_repaired_trials_keep_the_budget_and_their_plan_is_what_was_scored(digit
     for t in study.trials:
         plan = planner.study_space.decode(trial_params(t))
         assert sizes.predict([plan])[0] == pytest.approx(t.user_attrs["size_bytes"])
-        assert planner.proxy().value(plan) == pytest.approx(t.values[0])
+        assert planner.proxy.value(plan) == pytest.approx(t.values[0])
     # Without repair, random proposals mostly miss a 40× budget.
     plain = _planner(digits_keep1, budget, sampler="random", seed_exact=False, repair=False)
     assert not plain.search(n_trials=30).trials["feasible"].all()
@@ -123,7 +127,7 @@ class _AdditiveLatency:
 
     def predict(self, graph, plans):
         batch = plans if isinstance(plans, LatencyBatch) else LatencyBatch.from_plans(graph, plans)
-        weights = np.where(batch.plans.k > 0, 32, batch.plans.weight_bits) / 32
+        weights = plan_layer_configs(graph, batch).weight_bits / 32
         return (weights + batch.act_bits / 8).sum(axis=1).astype(float)
 
 
@@ -133,7 +137,7 @@ def test_exact_solver_meets_a_latency_budget_and_beats_every_sampled_plan(digits
     size = graph.baseline_bits / 8 / 20
     free = _planner(digits_keep1, Budget(size_bytes=size), latency=latency).exact()
     # Halfway to the fastest plan: some layers must take lower activation bits.
-    fastest = _planner(digits_keep1, Budget(size_bytes=size), latency=latency).reachable
+    fastest = _planner(digits_keep1, Budget(size_bytes=size), latency=latency).problem.reachable
     budget = Budget(size_bytes=size, latency_ms=(free["latency_ms"] + fastest.latency_ms) / 2)
     planner = _planner(digits_keep1, budget, latency=latency, seed_exact=False)
     exact = planner.exact()

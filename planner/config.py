@@ -1,0 +1,269 @@
+"""`SearchConfig`: everything that defines a search, typed, validated and JSON round-tripping.
+
+It is what a study stores (versioned, as its "compplan_config" user attribute), what
+`compplan worker` reads back to rebuild the same planner (`Planner.from_study`), and what the
+best plan's provenance records. The latency predictor travels inside it as its JSON document, so a
+worker on another machine needs no predictor file.
+
+    config = SearchConfig(model_spec="zoo:digits", budget=Budget(size_bytes=40_000))
+    SearchConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config  # True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from planner.budgets import BudgetError
+from planner.errors import PlannerError
+from planner.storage import DEFAULT_STORAGE
+from search_spaces.plan import Budget, PlanError
+
+__all__ = [
+    "BACKENDS",
+    "CONFIG_FORMAT",
+    "CONFIG_VERSION",
+    "OBJECTIVES",
+    "SAMPLERS",
+    "RaySettings",
+    "RealSettings",
+    "SearchConfig",
+]
+
+CONFIG_FORMAT = "compplan-search-config"
+CONFIG_VERSION = 1
+OBJECTIVES = ("proxy", "real")
+SAMPLERS = ("tpe", "nsga2", "random")
+BACKENDS = ("optuna", "ray")
+DEFAULT_CANDIDATES = 5
+# The caps of the balanced candidates refinement fine-tunes beside the proxy's best plans.
+BALANCED_CAPS = (4.0, 2.0)
+
+
+def _choose(value: str, allowed: tuple[str, ...], what: str) -> None:
+    if value not in allowed:
+        raise PlannerError(f"unknown {what} '{value}'; choose one of {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class RealSettings:
+    """How the real objective scores a plan: apply, fine-tune `epochs`, score on validation data.
+
+    Attributes:
+        epochs: fine-tune epochs per plan (0: score right after applying).
+        lr: the base fine-tune learning rate.
+        candidates: with the Optuna backend, how many of the proxy search's best plans are
+            fine-tuned (None: 5). On Ray every trial is fine-tuned, so it must stay None.
+        tune_lr: trials of the per-layer learning-rate search (P-Transfer) for the winner; 0 off.
+        balanced: caps of the balanced candidates fine-tuned beside the proxy's best (see
+            `planner.solver.ExactSolver.balanced`).
+    """
+
+    epochs: int = 2
+    lr: float = 1e-3
+    candidates: int | None = None
+    tune_lr: int = 0
+    balanced: tuple[float, ...] = BALANCED_CAPS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "balanced", tuple(float(c) for c in self.balanced))
+        if self.epochs < 0 or self.tune_lr < 0:
+            raise PlannerError("--epochs and --tune-lr must be at least 0")
+        if self.candidates is not None and self.candidates < 1:
+            raise PlannerError("--candidates must be at least 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise PlannerError(f"--lr must be a positive number, not {self.lr!r}")
+        if any(c < 1 for c in self.balanced):
+            raise PlannerError("balanced caps are ratios of at least 1")
+
+    @property
+    def n_candidates(self) -> int:
+        return DEFAULT_CANDIDATES if self.candidates is None else self.candidates
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """Where and how trials run on Ray Tune.
+
+    Attributes:
+        address: "HOST:PORT" of a running cluster's head; None starts a local Ray.
+        cpus_per_trial, gpus_per_trial: each trial's resources.
+        results: the folder Tune keeps its experiments in.
+        max_failures: how often a trial lost with its node (or crashed) is run again.
+    """
+
+    address: str | None = None
+    cpus_per_trial: float = 1
+    gpus_per_trial: float = 0
+    results: str = "compplan-ray"
+    max_failures: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.cpus_per_trial > 0 or self.gpus_per_trial < 0:
+            raise PlannerError("cpus per trial must be above 0 and gpus per trial at least 0")
+        if self.max_failures < 0:
+            raise PlannerError("max_failures must be at least 0")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """One search, completely (see the module docstring).
+
+    Attributes:
+        model_spec: the model's spec ("zoo:digits", "package.module:callable"); "" for a module
+            handed over in Python (such a study cannot be joined by `compplan worker`).
+        input_shape: the example input's shape, batch first (None: the model's own).
+        task: the task spec the real objective scores on (None: the model's own, e.g. a zoo
+            model's task).
+        budget: size (bytes), predicted latency (ms), MACs; None fields are unlimited.
+        protect_ends: keep the first conv and the classifier at 32 bits.
+        knobs: `search_spaces.Knobs` fields changed from the defaults for every layer.
+        overrides: layer name or "re:<pattern>" → `Knobs` fields for those layers.
+        objective: "proxy" (predicted distortion) or "real" (fine-tuned and scored).
+        real: the real objective's settings.
+        sampler: "tpe", "nsga2" or "random".
+        pareto: minimize (proxy, size[, latency]) together; the Pareto front is the answer.
+        repair: move each proposal onto the size budget's edge before scoring it.
+        seed_exact: seed the study with the exact solver's answer.
+        backend: "optuna" (trials here, kept in `storage`) or "ray" (Ray Tune).
+        ray: the Ray backend's settings.
+        storage: an Optuna storage URL (`planner.storage.open_storage`).
+        study: the study name; None derives one from model, objective and budgets.
+        seed: the sampler's seed (also seeds k-means and fine-tuning in the real objective).
+        latency: a latency predictor's JSON document (`LatencyPredictor.to_document()`).
+    """
+
+    model_spec: str = ""
+    input_shape: tuple[int, ...] | None = None
+    task: str | None = None
+    budget: Budget = field(default_factory=Budget)
+    protect_ends: bool = True
+    knobs: Mapping[str, Any] = field(default_factory=dict)
+    overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    objective: str = "proxy"
+    real: RealSettings = field(default_factory=RealSettings)
+    sampler: str = "tpe"
+    pareto: bool = False
+    repair: bool = True
+    seed_exact: bool = True
+    backend: str = "optuna"
+    ray: RaySettings = field(default_factory=RaySettings)
+    storage: str = DEFAULT_STORAGE
+    study: str | None = None
+    seed: int = 0
+    latency: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.input_shape is not None:
+            shape = tuple(int(n) for n in self.input_shape)
+            if not shape or any(n < 1 for n in shape):
+                raise PlannerError(f"input_shape {self.input_shape!r}: positive sizes, batch first")
+            object.__setattr__(self, "input_shape", shape)
+        _choose(self.objective, OBJECTIVES, "objective")
+        _choose(self.sampler, SAMPLERS, "sampler")
+        _choose(self.backend, BACKENDS, "backend")
+        if self.real.tune_lr and self.objective != "real":
+            raise PlannerError("--tune-lr needs --objective real (learning rates are scored by it)")
+        if self.backend == "ray":
+            # Each of these would be ignored on Ray: refuse rather than drop it silently.
+            if self.pareto:
+                raise PlannerError(
+                    "--pareto is for --backend optuna (Ray Tune's OptunaSearch optimizes one "
+                    "metric here)"
+                )
+            if self.real.tune_lr:
+                raise PlannerError(
+                    "--tune-lr is for --backend optuna: on Ray run the search, then tune the "
+                    "winner's learning rates with --backend optuna"
+                )
+            if self.real.candidates is not None:
+                raise PlannerError(
+                    "--candidates is for --backend optuna: on Ray every trial is fine-tuned "
+                    "(ASHA stops the poor ones)"
+                )
+        if self.budget.latency_ms is not None and self.latency is None:
+            raise BudgetError(
+                "a latency budget needs a latency predictor: build one with `compplan profile` "
+                "and `compplan fit-latency`, then pass it (--latency-model PATH)"
+            )
+
+    @property
+    def multi_objective(self) -> bool:
+        return self.pareto
+
+    @property
+    def sampler_name(self) -> str:
+        """The sampler that runs: a Pareto search needs a multi-objective one (NSGA-II)."""
+        return "nsga2" if self.pareto and self.sampler == "tpe" else self.sampler
+
+    def study_name(self, model_name: str = "model") -> str:
+        """The study's name: `study`, or one derived from the model, objective and budgets (so
+        that searches that differ in any of them never share a study or a Tune experiment)."""
+        if self.study is not None:
+            return self.study
+        parts = [(self.model_spec or model_name).replace(":", "-"), self.objective]
+        if self.budget.size_bytes is not None:
+            parts.append(f"size{int(self.budget.size_bytes)}")
+        if self.budget.latency_ms is not None:
+            parts.append(f"lat{self.budget.latency_ms:g}ms")
+        if self.budget.macs is not None:
+            parts.append(f"macs{self.budget.macs}")
+        if self.pareto:
+            parts.append("pareto")
+        return "-".join(parts)
+
+    def with_(self, **changes: Any) -> SearchConfig:
+        """A copy with `changes` (validated again)."""
+        return replace(self, **changes)
+
+    # -- JSON -----------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready document with a format tag and version."""
+        data = asdict(self)
+        data["knobs"], data["overrides"] = dict(self.knobs), dict(self.overrides)
+        return {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, **data}
+
+    def summary(self) -> dict[str, Any]:
+        """`to_dict()` without the latency predictor's state (for provenance and messages)."""
+        data = self.to_dict()
+        if self.latency is not None:
+            data["latency"] = {
+                k: self.latency.get(k) for k in ("kind", "fingerprint") if k in self.latency
+            }
+        return data
+
+    @classmethod
+    def from_dict(cls, data: object) -> SearchConfig:
+        """The config a `to_dict()` document describes.
+
+        Raises:
+            PlannerError: not a search config, a newer version, or invalid fields (the message
+                names the field).
+        """
+        if not isinstance(data, Mapping) or data.get("format") != CONFIG_FORMAT:
+            raise PlannerError("not a compplan search config")
+        if data.get("version") != CONFIG_VERSION:
+            raise PlannerError(
+                f"search config version {data.get('version')} is not supported (this compplan "
+                f"reads version {CONFIG_VERSION}); recreate the study with this compplan"
+            )
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        unknown = sorted(set(data) - known - {"format", "version"})
+        if unknown:
+            raise PlannerError(f"search config: unknown fields {', '.join(unknown)}")
+        try:
+            if values.get("budget") is not None:
+                values["budget"] = Budget(**values["budget"])
+            if values.get("real") is not None:
+                values["real"] = RealSettings(**values["real"])
+            if values.get("ray") is not None:
+                values["ray"] = RaySettings(**values["ray"])
+            return cls(**values)
+        except PlanError as error:
+            raise PlannerError(f"search config: {error}") from None
+        except TypeError as error:
+            raise PlannerError(f"search config: {error}") from None

@@ -1,0 +1,205 @@
+"""`Problem`: one model's search problem, built once, eagerly.
+
+Everything a search, the exact solver and refinement read about the model lives here: its graph,
+the search space, each layer's options with their exact sizes, the proxy table (layer
+sensitivities and every option's distortion), the study's parameter space, the size predictor and
+the latency predictor. Building it checks the budgets against what the space can reach, so an
+impossible budget is refused before any trial runs. After construction nothing in it changes:
+backends, the solver and refinement only read it (and Ray ships it to its workers).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+from planner.budgets import BudgetError, Reachable, reachable_minimum
+from planner.config import SearchConfig
+from planner.options import layer_options
+from planner.proxy import ProxyObjective, layer_sensitivities, proxy_table
+from planner.study_space import StudySpace
+from predictors.size import SizePredictor
+from search_spaces.discover import discover
+from search_spaces.graph import ModelGraph
+from search_spaces.plan import Plan
+from search_spaces.space import Knobs, SearchSpace
+
+__all__ = ["Evaluation", "Problem", "format_bytes"]
+
+log = logging.getLogger("compplan")
+
+Inputs = Tensor | tuple[Tensor, ...]
+
+
+@dataclass
+class Evaluation:
+    """A plan's size (bytes), predicted latency (ms, None without a predictor), MACs, proxy, and
+    its budget constraints (`value / budget − 1`; ≤ 0 is within budget)."""
+
+    size_bytes: float
+    latency_ms: float | None
+    macs: int
+    proxy: float
+    objective_seconds: float = 0.0
+    constraints: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def feasible(self) -> bool:
+        return all(v <= 0 for v in self.constraints.values())
+
+
+class Problem:
+    """The search problem of `model` under `config` (see the module docstring).
+
+    Args:
+        model: the trained model (not changed; put in eval mode).
+        example_inputs: one input batch (a tensor or a tuple of tensors).
+        config: the search's settings (budgets, space knobs, protect_ends).
+        graph: the model's graph, when the caller has discovered it already.
+        latency: the latency predictor object (`config.latency` is its document).
+        calibration: input batches for the layer sensitivities (default: `example_inputs`);
+            an empty sequence weighs every layer the same.
+
+    Raises:
+        BudgetError: a budget below what the space can reach.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Inputs,
+        config: SearchConfig,
+        *,
+        graph: ModelGraph | None = None,
+        latency=None,
+        calibration: Sequence[Inputs] | None = None,
+    ):
+        self.model = model.eval()
+        self.inputs = (
+            (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
+        )
+        self.config = config
+        self.budget = config.budget
+        self.model_spec = config.model_spec
+        self.graph = graph or discover(
+            self.model, self.inputs, model_name=config.model_spec or "model"
+        )
+        self.space = SearchSpace(
+            self.graph,
+            Knobs(**config.knobs) if config.knobs else None,
+            overrides=config.overrides,
+            protect_ends=config.protect_ends,
+        )
+        self.latency = latency
+        self.sizes = SizePredictor(self.graph)
+        self.reachable = self._check_budget()
+        started = time.perf_counter()
+        self.options = layer_options(self.space)
+        calibration = [self.inputs] if calibration is None else list(calibration)
+        sensitivities = (
+            layer_sensitivities(self.model, calibration, list(self.graph.layers))
+            if calibration
+            else None
+        )
+        table = proxy_table(self.model, self.options, sensitivities=sensitivities)
+        self.proxy = ProxyObjective(self.model, self.space, table, self.options)
+        self.study_space = StudySpace(self.space, self.options, table)
+        log.info(
+            "proxy table: %d options in %.1f s",
+            sum(len(o) for o in self.options.values()),
+            time.perf_counter() - started,
+        )
+
+    def _check_budget(self) -> Reachable:
+        budget = self.budget
+        reachable = reachable_minimum(self.space, self.latency)
+        if budget.size_bytes is not None and budget.size_bytes < reachable.size_bytes:
+            raise BudgetError(
+                f"size budget {format_bytes(budget.size_bytes)} is below the smallest plan this "
+                f"space reaches, {format_bytes(reachable.size_bytes)} "
+                f"(×{self.ratio(reachable.size_bytes):.1f}); raise the budget or widen the knobs "
+                "(smaller k, fewer bits, lower keep)"
+            )
+        if (
+            budget.latency_ms is not None
+            and reachable.latency_ms is not None
+            and budget.latency_ms < reachable.latency_ms
+        ):
+            raise BudgetError(
+                f"latency budget {budget.latency_ms:g} ms is below the fastest plan this space "
+                f"reaches by the predictor, {reachable.latency_ms:.3g} ms; raise the budget or "
+                "allow lower keep ratios"
+            )
+        if budget.macs is not None and reachable.macs is not None and budget.macs < reachable.macs:
+            raise BudgetError(
+                f"MACs budget {budget.macs:,} is below the fewest this space reaches, "
+                f"{reachable.macs:,}; raise the budget or allow lower keep ratios"
+            )
+        return reachable
+
+    def ratio(self, size_bytes: float) -> float:
+        """The compression ratio of a plan of `size_bytes` against the fp32 model."""
+        return self.graph.baseline_bits / 8 / size_bytes
+
+    @property
+    def study_name(self) -> str:
+        return self.config.study_name(self.graph.model_name)
+
+    def decode(self, params: Mapping[str, Any]) -> Plan:
+        """The plan of a trial's parameters (repair's changes already merged in)."""
+        return self.study_space.decode(params)
+
+    def evaluate(self, plans: Sequence[Plan]) -> list[Evaluation]:
+        """Size, predicted latency, MACs, proxy and budget constraints of each plan."""
+        from predictors.latency.features import LatencyBatch, plan_layer_configs
+
+        # The plans become arrays once; size, MACs and latency all read the same batch.
+        batch = LatencyBatch.from_plans(self.graph, plans)
+        sizes = self.sizes.predict(batch.plans)
+        latencies = self.latency.predict(self.graph, batch) if self.latency is not None else None
+        macs = plan_layer_configs(self.graph, batch).macs.sum(axis=1)
+        evaluations = []
+        for i, plan in enumerate(plans):
+            started = time.perf_counter()
+            value = self.proxy.value(plan)
+            e = Evaluation(
+                size_bytes=float(sizes[i]),
+                latency_ms=None if latencies is None else float(latencies[i]),
+                macs=int(macs[i]),
+                proxy=value,
+                objective_seconds=time.perf_counter() - started,
+            )
+            if self.budget.size_bytes is not None:
+                e.constraints["size"] = e.size_bytes / self.budget.size_bytes - 1
+            if self.budget.latency_ms is not None:
+                e.constraints["latency"] = e.latency_ms / self.budget.latency_ms - 1
+            if self.budget.macs is not None:
+                e.constraints["macs"] = e.macs / self.budget.macs - 1
+            evaluations.append(e)
+        return evaluations
+
+    def final_plan(self, params: Mapping[str, Any], **provenance: Any) -> Plan:
+        """The plan of `params` for the user: model spec, fingerprint, budget, and provenance
+        (what produced it, plus the search's config without the predictor's state)."""
+        plan = self.decode(params)
+        return Plan(
+            layers=plan.layers,
+            model=self.model_spec or self.graph.model_name,
+            fingerprint=self.graph.fingerprint,
+            budget=self.budget,
+            provenance={"storage": self.config.storage, **provenance},
+        )
+
+
+def format_bytes(n: float) -> str:
+    """`n` bytes for people: MiB, KiB or B."""
+    if n >= 2**20:
+        return f"{n / 2**20:.3f} MiB"
+    if n >= 1024:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n:.0f} B"

@@ -1,0 +1,143 @@
+"""What `compplan search` and `compplan worker` show: the progress bar, the plan table, and the
+summary as JSON and as text."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from planner.config import SearchConfig
+from planner.render import mib, table
+from planner.search import SearchOutcome
+from planner.study_space import option_label
+from predictors.size import size_report
+from search_spaces.graph import ModelGraph
+from search_spaces.plan import Plan
+
+__all__ = ["SearchBar", "best_text", "plan_table", "search_summary", "search_text"]
+
+
+class SearchBar:
+    """The search's progress bar on stderr, with the best feasible trial so far.
+
+    Args:
+        total: the trials to run.
+        enabled: False draws nothing (--json).
+        count: "study" (the progress counts the whole study, so a resumed one jumps to its
+            earlier trials) or "own" (a worker counts its own).
+    """
+
+    def __init__(self, total: int, enabled: bool, count: str = "study"):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="trial", disable=not enabled, file=sys.stderr)
+        self.count = count
+
+    def update(self, finished: int, best: dict[str, Any] | None) -> None:
+        self.bar.update(1 if self.count == "own" else finished - self.bar.n)
+        if best is not None:
+            self.bar.set_postfix_str(
+                f"best {best['value']:.4g} at {best['size_bytes'] / 1024:,.0f} KiB"
+            )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def plan_table(plan: Plan, graph: ModelGraph) -> str:
+    """The plan layer by layer: weights, activation bits, keep, bytes and ratio."""
+    report = size_report(plan, graph)
+    rows = []
+    for layer in report.layers:
+        lp = plan.get(layer.name)
+        rows.append(
+            [
+                layer.name,
+                option_label(lp),
+                str(lp.act_bits),
+                f"{lp.keep:g}",
+                f"{layer.bits / 8:,.0f}",
+                f"{layer.ratio:.1f}×",
+            ]
+        )
+    return table(rows, ["layer", "weights", "act bits", "keep", "bytes", "ratio"], {2, 3, 4, 5})
+
+
+def best_text(best: dict[str, Any]) -> str:
+    """ "; best proxy … at … (#N)", or "" without a feasible trial."""
+    if not best:
+        return ""
+    return f"; best proxy {best['value']:.4g} at {mib(best['size_bytes'])} (#{best['number']})"
+
+
+def search_summary(
+    outcome: SearchOutcome, graph: ModelGraph, config: SearchConfig, *, plan_path: str
+) -> dict[str, Any]:
+    """The `compplan search --json` document."""
+    result, refined = outcome.result, outcome.refined
+    trials = result.trials
+    summary: dict[str, Any] = {
+        "plan": plan_path,
+        "storage": result.storage,
+        "study": result.study_name,
+        "trials": len(trials),
+        "feasible_trials": int(trials["feasible"].fillna(False).astype(bool).sum()),
+        "best": result.best,
+        "exact": result.exact and {k: v for k, v in result.exact.items() if k != "params"},
+        "real": None,
+        "baseline_bytes": graph.baseline_bits / 8,
+        "budget": config.budget.to_dict(),
+    }
+    if refined is not None:
+        lr = outcome.learning_rates
+        summary["real"] = {
+            "validation_accuracy": refined["value"],
+            "proxy": refined["proxy"],
+            "size_bytes": refined["size_bytes"],
+            "candidates": list(refined["trials"]["user_attrs_candidate"]),
+            "winner": refined["candidate"],
+            "learning_rates": lr
+            and {"accuracy": lr["value"], "baseline_accuracy": lr["baseline_value"]},
+        }
+    if config.backend == "ray":
+        summary["failed_trials"] = int((trials["state"] == "FAIL").sum()) if len(trials) else 0
+        summary["nodes"] = sorted(trials["node"].dropna().unique().tolist()) if len(trials) else []
+    return summary
+
+
+def search_text(
+    outcome: SearchOutcome, graph: ModelGraph, config: SearchConfig, *, plan_path: str
+) -> str:
+    """The text `compplan search` prints: the plan table and what the stages found."""
+    result, refined, best = outcome.result, outcome.refined, outcome.result.best
+    ratio = graph.baseline_bits / 8 / best["size_bytes"]
+    latency = "" if best["latency_ms"] is None else f", {best['latency_ms']:.2f} ms predicted"
+    lines = [
+        plan_table(outcome.plan, graph),
+        "",
+        f"best of {len(result.trials)} trials (#{best['number']}): proxy {best['value']:.4g}, "
+        f"{mib(best['size_bytes'])} ({ratio:.1f}×){latency}",
+    ]
+    if "validation_accuracy" in best:
+        lines.append(f"validation accuracy after fine-tuning: {best['validation_accuracy']:.2%}")
+    if result.exact is not None:
+        exact = result.exact
+        lines.append(
+            f"exact solver (keep 1): proxy {exact['proxy']:.4g} in {exact['seconds']:.2f} s"
+        )
+    if refined is not None:
+        lines.append(
+            f"real objective: {len(refined['trials'])} candidates fine-tuned {config.real.epochs} "
+            f"epochs; best validation accuracy {refined['value']:.2%} at "
+            f"{mib(refined['size_bytes'])} (proxy {refined['proxy']:.4g}, {refined['candidate']})"
+        )
+    if outcome.learning_rates is not None:
+        lr = outcome.learning_rates
+        lines.append(
+            f"per-layer learning rates: validation accuracy {lr['baseline_value']:.2%} → "
+            f"{lr['value']:.2%}"
+        )
+    lines.append(
+        f"wrote {plan_path}; trials kept in {result.storage} (study '{result.study_name}')"
+    )
+    return "\n".join(lines)
