@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from planner.cli import main
@@ -158,3 +159,74 @@ def test_a_wrong_ray_address_fails_within_seconds(tmp_path, capsys):
     assert code == 2
     assert "no Ray head answers at 127.0.0.1:1" in capsys.readouterr().err
     assert time.monotonic() - started < 15
+
+
+@pytest.mark.slow
+def test_real_trials_fine_tune_every_epoch_asked_and_leave_no_sqlite_file(cluster):
+    """ASHA's clock is the epoch: the report made right after applying must not use one up
+    (it did: with --epochs 1, trials were scored with no fine-tuning at all)."""
+    address, env, folder = cluster
+    work = folder / "epochs"
+    work.mkdir()
+    csv = work / "trials.csv"
+    search = _search(
+        env,
+        work,
+        "--address",
+        address,
+        "--study",
+        "epochs",
+        "--objective",
+        "real",
+        "--epochs",
+        "1",
+        "--size-budget",
+        "x40",
+        "--out",
+        str(work / "plan.json"),
+        "--trials-csv",
+        str(csv),
+        trials=2,
+    )
+    stdout, stderr = search.communicate(timeout=600)
+    assert search.returncode == 0, stderr
+    trials = pd.read_csv(csv)
+    done = trials[(trials["state"] == "COMPLETE") & trials["feasible"]]
+    assert len(done) == 2
+    assert (done["epoch"] == 1).all()
+    assert (done["accuracy"] > done["applied_accuracy"]).all(), done
+    assert json.loads(stdout)["best"]["validation_accuracy"] == pytest.approx(done["accuracy"].max())
+    assert not list(work.glob("*.db")), "the Ray backend wrote an Optuna database"
+
+
+@pytest.mark.slow
+def test_another_searchs_experiment_is_refused_not_restored(cluster, capsys):
+    address, env, folder = cluster
+    work = folder / "restore"
+    work.mkdir()
+    common = ["--address", address, "--study", "same", "--trials", "2", "--json"]
+    first = _search(env, work, *common, "--out", str(work / "a.json"), trials=2)
+    _, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr
+    again = _search(
+        env, work, *common, "--objective", "real", "--out", str(work / "b.json"), trials=2
+    )
+    _, stderr = again.communicate(timeout=600)
+    assert again.returncode == 2
+    lines = stderr.strip().splitlines()
+    assert "was made by a proxy search" in lines[-1] and "give another --study" in lines[-1]
+
+
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        (["--pareto"], "--pareto is for --backend optuna"),
+        (["--objective", "real", "--tune-lr", "4"], "--tune-lr is for --backend optuna"),
+        (["--objective", "real", "--candidates", "3"], "--candidates is for --backend optuna"),
+    ],
+)
+def test_options_the_ray_backend_cannot_honour_are_refused(tmp_path, capsys, extra, says):
+    argv = ["search", "--backend", "ray", "--model", "zoo:digits", "--size-budget", "x25"]
+    assert main([*argv, "--out", str(tmp_path / "plan.json"), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0]

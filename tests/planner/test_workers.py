@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -82,18 +83,76 @@ def test_a_worker_needs_an_existing_study(postgres_url, capsys):
     assert "no study 'no-such-study'" in capsys.readouterr().err
 
 
+@pytest.fixture
+def silent_port():
+    """A loopback port that accepts connections and never answers (a hung server): only the
+    connect timeout can end a client's wait there."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        yield server.getsockname()[1]
+
+
 @pytest.mark.parametrize(
     "url, says",
     [
         ("postgresql+psycopg2://postgres@127.0.0.1:1/postgres", "cannot open storage"),
-        ("postgresql+psycopg2://postgres@10.255.255.1:5432/postgres", "cannot open storage"),
+        ("postgresql+psycopg2://postgres@127.0.0.1:{silent}/postgres", "cannot open storage"),
         ("postgres://localhost/db", "cannot open storage"),
         ("localhost:5432/db", "is not a URL"),
     ],
 )
-def test_a_wrong_database_url_fails_within_seconds(url, says, capsys):
+def test_a_wrong_database_url_fails_within_seconds(url, says, capsys, silent_port):
     started = time.monotonic()
-    code = main(["worker", "--storage", url, "--study", "s"])
+    code = main(["worker", "--storage", url.format(silent=silent_port), "--study", "s"])
     assert code == 2
     assert says in capsys.readouterr().err
     assert time.monotonic() - started < 15
+
+
+def _flops_predictor(path):
+    """A small fitted-looking FLOPs predictor file (1 ms per 10 MMACs)."""
+    from predictors.latency import predictor_from_document
+
+    document = {
+        "format": "compplan-latency-predictor",
+        "version": 2,
+        "kind": "flops",
+        "fingerprint": {"device": "cpu", "cpu": "test", "threads": 1},
+        "state": {"ms_per_mac": 1e-7, "offset_ms": 0.5},
+    }
+    return predictor_from_document(document).save(path)
+
+
+def test_a_worker_rebuilds_the_search_from_the_studys_config_alone(tmp_path, capsys):
+    """The study stores the whole SearchConfig, latency predictor included: the worker needs
+    neither the predictor file nor any of the creator's flags."""
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    predictor = _flops_predictor(tmp_path / "latency.json")
+    created = main(
+        ["search", "--model", "zoo:digits", "--size-budget", "x25", "--latency-model"]
+        + [str(predictor), "--latency-budget", "10", "--protect-ends", "no", "--seed", "3"]
+        + ["--storage", storage, "--study", "alone", "--trials", "0"]
+    )
+    assert created == 0
+    predictor.unlink()
+    capsys.readouterr()
+    assert main(["worker", "--storage", storage, "--study", "alone", "--trials", "6"]) == 0
+    study = optuna.load_study(study_name="alone", storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 6
+    assert all(t.user_attrs["latency_ms"] > 0.5 for t in trials)  # the embedded predictor ran
+    config = study.user_attrs["compplan_config"]
+    assert config["budget"]["latency_ms"] == 10 and config["protect_ends"] is False
+    # protect_ends=no reached the worker: the first conv is searched, not kept at 32 bits.
+    assert any(key.startswith("stem.0/") for key in trials[0].params)
+
+
+def test_a_study_of_an_older_compplan_is_refused_with_how_to_recreate_it(tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path / 'old.db'}"
+    study = optuna.create_study(storage=storage, study_name="old")
+    study.set_user_attr("compplan", {"model": "zoo:digits", "budget": {"size_bytes": 1e5}})
+    assert main(["worker", "--storage", storage, "--study", "old"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "created by an older compplan" in err[0] and "recreate it with `compplan search" in err[0]
