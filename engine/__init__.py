@@ -6,13 +6,14 @@
     report = export(model, "model.cpz", model_spec="zoo:digits")
     same = load("model.cpz")
 
-Kinds: LR²VQ / PQ (`engine.vq`), b-bit and 1-bit weights and N2UQ activations
-(`engine.quantizers`), channel pruning (`engine.pruning`), PQF's permutation (`engine.permute`),
+The engine orchestrates; each compression kind is a unit in `search_spaces.methods` (LR²VQ / PQ,
+b-bit and 1-bit weights, N2UQ activations) whose hooks it calls. It owns channel pruning
+(`engine.pruning`), PQF's permutation (`engine.permute`),
 data-free calibration (`engine.datafree`), BatchNorm re-estimation (`engine.calibrate`), and the
 deployed form that latency is measured on (`engine.deploy`).
 """
 
-from engine.apply import AppliedPlan, ApplyConfig, apply_plan_, register_weight_handler
+from engine.apply import AppliedPlan, ApplyConfig, apply_plan_
 from engine.datafree import synthesize_batches
 from engine.deploy import deployed
 from engine.export import ExportError, ExportReport, export, freeze_, load
@@ -32,6 +33,5 @@ __all__ = [
     "finetune",
     "freeze_",
     "load",
-    "register_weight_handler",
     "synthesize_batches",
 ]

@@ -3,19 +3,18 @@
 Order of work, so that kinds compose (pruned + VQ, pruned + b-bit):
 1. check the plan against the model (`validate_plan`);
 2. prune every coupling group whose keep ratio is below 1 (channels physically removed);
-3. replace each planned layer by a `PlannedLayer` whose weight source comes from the handler
-   registered for the layer's method ("vq", "bits", "none"), with an N2UQ activation quantizer
-   calibrated on real inputs where the plan asks for fewer than 32 activation bits;
+3. replace each planned layer by a `PlannedLayer` whose weight source comes from the unit of the
+   layer's weight method (`WeightMethod.build`; a `DenseWeight` for none), with the activation
+   quantizer of its activation config calibrated on real inputs (`ActivationMethod.build`);
 4. re-estimate BatchNorm statistics on the calibration batch (`engine.calibrate`).
 
-A new compression kind plugs in with `@register_weight_handler("name")`, without touching
-`apply_plan_`.
+A new compression kind plugs in by registering its unit (`search_spaces.methods`), without
+touching `apply_plan_`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -23,22 +22,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from engine.calibrate import reestimate_batchnorm_
-from engine.layers import DenseWeight, PlannedLayer, QuantizedWeight, VQWeight
+from engine.layers import DenseWeight, PlannedLayer
 from engine.permute import PermutationError, permute_group_, pqf_permutation
 from engine.pruning import prune_
-from engine.quantizers import ActivationQuantizer
-from engine.vq import lr2vq
 from search_spaces.discover import discover
 from search_spaces.graph import ModelGraph
-from search_spaces.plan import LayerPlan, Plan, group_keeps, validate_plan
+from search_spaces.methods import BuildSettings, activation_method_of, weight_method
+from search_spaces.plan import Plan, group_keeps, validate_plan
 
-__all__ = [
-    "AppliedPlan",
-    "ApplyConfig",
-    "applied_plan_of",
-    "apply_plan_",
-    "register_weight_handler",
-]
+__all__ = ["AppliedPlan", "ApplyConfig", "applied_plan_of", "apply_plan_"]
 
 logger = logging.getLogger("compplan")
 
@@ -70,6 +62,11 @@ class ApplyConfig:
     permutation_swaps: int = 2000
     reestimate_batchnorm: bool = True
 
+    def build_settings(self) -> BuildSettings:
+        """What the weight methods' `build` reads: the seed and the effort settings."""
+        options = {"kmeans_iterations": self.kmeans_iterations, "anneal": self.anneal}
+        return BuildSettings(seed=self.seed, options=options)
+
 
 @dataclass(frozen=True)
 class AppliedPlan:
@@ -86,48 +83,6 @@ class AppliedPlan:
     graph: ModelGraph
     keeps: dict[int, float] = field(default_factory=dict)
     input_shape: tuple[int, ...] = ()
-
-
-WeightHandler = Callable[[nn.Module, LayerPlan, ApplyConfig], nn.Module]
-_WEIGHT_HANDLERS: dict[str, WeightHandler] = {}
-
-
-def register_weight_handler(method: str) -> Callable[[WeightHandler], WeightHandler]:
-    """Register the function that builds a weight source for layers planned with `method`.
-
-    The handler receives the (already pruned) layer, its `LayerPlan` and the `ApplyConfig`, and
-    returns a module whose forward gives the weight.
-    """
-
-    def register(handler: WeightHandler) -> WeightHandler:
-        _WEIGHT_HANDLERS[method] = handler
-        return handler
-
-    return register
-
-
-@register_weight_handler("vq")
-def _vq(module: nn.Module, plan: LayerPlan, config: ApplyConfig) -> nn.Module:
-    result = lr2vq(
-        module.weight,
-        k=plan.k,
-        m=plan.m,
-        d_tilde=plan.clustering_dim,
-        iterations=config.kmeans_iterations,
-        anneal=config.anneal,
-        seed=config.seed,
-    )
-    return VQWeight(result)
-
-
-@register_weight_handler("bits")
-def _bits(module: nn.Module, plan: LayerPlan, config: ApplyConfig) -> nn.Module:
-    return QuantizedWeight(module.weight, plan.weight_bits)
-
-
-@register_weight_handler("none")
-def _dense(module: nn.Module, plan: LayerPlan, config: ApplyConfig) -> nn.Module:
-    return DenseWeight(module.weight)
 
 
 def applied_plan_of(model: nn.Module) -> AppliedPlan | None:
@@ -192,19 +147,26 @@ def apply_plan_(
         _permute_for_vq_(model, graph, plan, config)
     layer_inputs = _capture_inputs(model, quantized_inputs, calibration) if quantized_inputs else {}
 
+    settings = config.build_settings()
     bar = tqdm(plan.layers.items(), desc="applying plan", unit="layer", disable=not config.progress)
     for name, layer_plan in bar:
         bar.set_postfix_str(name)
-        if layer_plan.method == "none" and layer_plan.act_bits == 32:
+        if layer_plan.weights is None and layer_plan.activations is None:
             continue  # pruned or learning-rate-only: the layer stays an ordinary module
         module = model.get_submodule(name)
-        weight = _WEIGHT_HANDLERS[layer_plan.method](module, layer_plan, config)
+        if layer_plan.weights is None:
+            weight: nn.Module = DenseWeight(module.weight)
+        else:
+            unit = weight_method(layer_plan.method)
+            weight = unit.build(module.weight, layer_plan.weights, settings)
         act_quant = None
-        if layer_plan.act_bits < 32:
-            act_quant = ActivationQuantizer(layer_plan.act_bits)
-            act_quant.init_from(layer_inputs[name])
-        planned = PlannedLayer.replacing(module, weight, act_quant).to(module.weight.device)
-        model.set_submodule(name, planned)
+        if layer_plan.activations is not None:
+            act_unit = activation_method_of(layer_plan.activations)
+            act_quant = act_unit.build(layer_plan.activations, layer_inputs[name])
+        planned = PlannedLayer.replacing(
+            module, weight, act_quant, method=layer_plan.method, act_config=layer_plan.activations
+        )
+        model.set_submodule(name, planned.to(module.weight.device))
     if calibration is not None and config.reestimate_batchnorm:
         reestimate_batchnorm_(model, calibration)
     applied = AppliedPlan(plan=plan, graph=graph, keeps=keeps, input_shape=tuple(inputs[0].shape))
@@ -235,8 +197,9 @@ def _permute_for_vq_(model: nn.Module, graph: ModelGraph, plan: Plan, config: Ap
     for group in graph.groups:
         if not group.prunable:  # its channels reach the output or an op we do not understand
             continue
+        # PQF's permutation groups the channels that one VQ subvector spans (m of them).
         consumers = {
-            name: (model.get_submodule(name).weight, plan.get(name).m)
+            name: (model.get_submodule(name).weight, plan.get(name).weights.m)
             for name in group.consumers
             if plan.get(name).method == "vq"
         }

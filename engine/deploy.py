@@ -3,7 +3,8 @@
 `export` stores the compact form (codes, packed levels); running it decodes every VQ weight on every
 call. `deployed(model)` returns a copy in which each planned layer is an ordinary Conv1d, Conv2d
 or Linear holding its decoded weight (with its activation quantizer in front where it has one, in
-its frozen form, whose cost does not depend on the data: `engine.frozen_quantizer`), BatchNorms
+its unit's deployed form, whose cost does not depend on the data:
+`search_spaces.methods.deployed_layer`), BatchNorms
 are folded, and pruned channels are gone. Its outputs equal the frozen model's up to
 float rounding; its speed is what a latency model should learn (no speed-up is assumed from low
 bit-widths that the device cannot use).
@@ -13,45 +14,15 @@ from __future__ import annotations
 
 import copy
 
-import torch
 from torch import Tensor, nn
 
 from engine.export import freeze_
-from engine.frozen_quantizer import FrozenActivationQuantizer
-from engine.layers import PlannedLayer
+from engine.layers import PlannedLayer, plain_layer
 from search_spaces.graph import ModelGraph
+from search_spaces.methods import deployed_layer
 from search_spaces.plan import Plan
 
 __all__ = ["deployed", "deployed_structure"]
-
-
-def _plain_layer(layer: PlannedLayer) -> nn.Module:
-    with torch.no_grad():
-        weight = layer.weight_source().detach().clone()
-    bias = layer.bias is not None
-    if layer.kind == "linear":
-        plain: nn.Module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias)
-    else:
-        conv = nn.Conv2d if layer.kind == "conv2d" else nn.Conv1d
-        groups = layer.geometry["groups"]
-        plain = conv(
-            weight.shape[1] * groups,
-            weight.shape[0],
-            tuple(weight.shape[2:]),
-            stride=layer.geometry["stride"],
-            padding=layer.geometry["padding"],
-            dilation=layer.geometry["dilation"],
-            groups=groups,
-            bias=bias,
-        )
-    with torch.no_grad():
-        plain.weight.copy_(weight)
-        if bias:
-            plain.bias.copy_(layer.bias)
-    plain = plain.to(weight.device)
-    if layer.act_quant is None:
-        return plain
-    return nn.Sequential(FrozenActivationQuantizer.of(layer.act_quant), plain)
 
 
 def deployed(model: nn.Module) -> nn.Module:
@@ -59,7 +30,8 @@ def deployed(model: nn.Module) -> nn.Module:
     copy_ = freeze_(copy.deepcopy(model))
     for name, module in list(copy_.named_modules()):
         if isinstance(module, PlannedLayer):
-            copy_.set_submodule(name, _plain_layer(module))
+            plain = deployed_layer(plain_layer(module), module.act_config, module.act_quant)
+            copy_.set_submodule(name, plain)
     return copy_.eval()
 
 
@@ -82,7 +54,6 @@ def deployed_structure(
     """
     from engine.apply import check_no_fast_path_quantizers
     from engine.pruning import prune_
-    from engine.quantizers import ActivationQuantizer
     from search_spaces.discover import discover
     from search_spaces.plan import group_keeps, validate_plan
 
@@ -93,9 +64,7 @@ def deployed_structure(
     check_no_fast_path_quantizers(copy_, [n for n, lp in plan.layers.items() if lp.act_bits < 32])
     prune_(copy_, graph, group_keeps(plan, graph), inputs)
     for name, layer_plan in plan.layers.items():
-        if layer_plan.act_bits < 32:
+        if layer_plan.activations is not None:
             layer = copy_.get_submodule(name)
-            quantizer = FrozenActivationQuantizer.of(ActivationQuantizer(layer_plan.act_bits))
-            quantizer = quantizer.to(layer.weight.device)
-            copy_.set_submodule(name, nn.Sequential(quantizer, layer))
+            copy_.set_submodule(name, deployed_layer(layer, layer_plan.activations))
     return freeze_(copy_)

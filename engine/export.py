@@ -2,20 +2,23 @@
 
 What the file holds, by the size convention (so its tensor payload is the predicted size, up to
 padding each bit-packed tensor to whole bytes):
-- VQ layers: codes bit-packed at log2(k_eff) bits, codebook and projection in fp16, bias in fp32;
-- b-bit layers: levels bit-packed at b bits, one fp32 scale per output channel, bias in fp32;
+- each planned layer's weight as its method's unit stores it (`WeightMethod.export_tensors`:
+  VQ's codes bit-packed at log2(k_eff) bits with fp16 codebook and projection; b-bit levels
+  bit-packed with fp32 scales), under "<layer>.weight_source.<name>"; bias in fp32;
 - BatchNorms folded to one fp32 scale and one fp32 shift per channel;
 - everything else in fp32.
 Activation-quantizer parameters and other buffers are stored too; they are counted apart
 ("extra"), since the size convention counts weights.
 
 JSON metadata (under the key "compplan") records the model spec, the plan, the keep ratios, the
-input shape and each planned layer's structure, so that `load` can rebuild the architecture:
-build the uncompressed model from its spec (structure only), prune it to the same shapes, put
-skeleton planned layers in place, fold its BatchNorms, and load the tensors.
+input shape and each planned layer's structure (its geometry, its weight method with the facts
+its unit needs, its activation config), so that `load` can rebuild the architecture: build the
+uncompressed model from its spec (structure only), prune it to the same shapes, put planned
+layers in place (weights from their units' `load_source`, activation quantizers as skeletons),
+fold its BatchNorms, and load the other tensors.
 
-Export freezes the model first (`freeze_`): b-bit layers take their integer form and BatchNorms
-are folded. The frozen in-memory model and the loaded one compute identical outputs.
+Export freezes the model first (`freeze_`): each weight source takes its unit's frozen form and
+BatchNorms are folded. The frozen in-memory model and the loaded one compute identical outputs.
 """
 
 from __future__ import annotations
@@ -29,29 +32,20 @@ import torch
 from torch import Tensor, nn
 
 from engine.apply import AppliedPlan, applied_plan_of
-from engine.bitpack import pack_bits, unpack_bits
-from engine.layers import (
-    DenseWeight,
-    FixedQuantizedWeight,
-    FoldedBatchNorm,
-    PlannedLayer,
-    QuantizedWeight,
-    VQWeight,
-)
+from engine.layers import DenseWeight, FoldedBatchNorm, PlannedLayer
 from engine.pruning import prune_
-from engine.quantizers import ActivationQuantizer
-from engine.vq import VQResult
 from search_spaces.discover import discover
+from search_spaces.methods import activation_method, weight_method
 from search_spaces.plan import Plan, PlanError
 
 __all__ = ["ExportError", "ExportReport", "export", "freeze_", "load", "read_metadata"]
 
 FORMAT = "compplan-model"
-FORMAT_VERSION = 1
+# 2: weights stored by their units; layer metadata {"weights": {"method": ...}, "activations"}.
+FORMAT_VERSION = 2
 _META_KEY = "compplan"
-_REQUIRED_KEYS = frozenset(
-    {"input_shape", "plan", "keeps", "layers", "packed", "extra", "aliases", "sha256"}
-)
+_REQUIRED_KEYS = frozenset({"input_shape", "plan", "keeps", "layers", "extra", "aliases", "sha256"})
+_SOURCE = "weight_source"
 
 
 def _digest(tensors: dict[str, Tensor]) -> str:
@@ -97,44 +91,34 @@ class ExportReport:
 
 
 def freeze_(model: nn.Module) -> nn.Module:
-    """Put `model` in its deployed form, in place: integer weights, folded BatchNorms, eval mode.
+    """Put `model` in its deployed form, in place: each weight source in its unit's frozen form
+    (b-bit: integer levels), folded BatchNorms, eval mode.
 
     Idempotent. Training after freezing trains the folded scales and shifts, not BatchNorms.
     """
     model.eval()
     for name, module in list(model.named_modules()):
-        if isinstance(module, PlannedLayer) and isinstance(module.weight_source, QuantizedWeight):
-            module.weight_source = module.weight_source.fixed()
+        if isinstance(module, PlannedLayer) and module.method != "none":
+            module.weight_source = weight_method(module.method).frozen(module.weight_source)
         elif isinstance(module, nn.modules.batchnorm._BatchNorm):
             model.set_submodule(name, FoldedBatchNorm.of(module))
     return model
 
 
-def _layer_metadata(layer: PlannedLayer) -> dict:
-    source = layer.weight_source
+def _layer_record(layer: PlannedLayer) -> tuple[dict, dict[str, Tensor]]:
+    """(the layer's metadata, its weight's payload tensors by name under the weight source)."""
     meta: dict = {
         "kind": layer.kind,
         "geometry": layer.geometry,
         "bias": layer.bias is not None,
-        "act_bits": layer.act_quant.bits if layer.act_quant is not None else 32,
+        "activations": None if layer.act_config is None else layer.act_config.to_dict(),
     }
-    if isinstance(source, VQWeight):
-        meta |= {
-            "method": "vq",
-            "shape": list(source.shape),
-            "k_eff": source.codebook.shape[0],
-            "d_tilde": source.codebook.shape[1],
-            "m": source.codebook.shape[1]
-            if source.projection is None
-            else source.projection.shape[1],
-            "projection": source.projection is not None,
-            "count": source.codes.numel(),
-        }
-    elif isinstance(source, FixedQuantizedWeight):
-        meta |= {"method": "bits", "shape": list(source.q.shape), "bits": source.bits}
-    else:
-        meta |= {"method": "none", "shape": list(source.weight.shape)}
-    return meta
+    if layer.method == "none":
+        meta["weights"] = {"method": "none", "shape": list(layer.weight_source.weight.shape)}
+        return meta, {}
+    tensors, facts = weight_method(layer.method).export_tensors(layer.weight_source)
+    meta["weights"] = {"method": layer.method, **facts}
+    return meta, tensors
 
 
 def export(
@@ -164,35 +148,30 @@ def export(
     if applied is None:
         raise ExportError("the model carries no applied plan; compress it with apply_plan_ first")
     freeze_(model)
-    layers = {
-        n: _layer_metadata(m) for n, m in model.named_modules() if isinstance(m, PlannedLayer)
-    }
-    param_ids = {id(p) for p in model.parameters()}
+    planned = {n: m for n, m in model.named_modules() if isinstance(m, PlannedLayer)}
+    layers: dict[str, dict] = {}
     tensors: dict[str, Tensor] = {}
-    packed: dict[str, dict] = {}
+    payload: set[str] = set()
+    for name, layer in planned.items():
+        layers[name], own = _layer_record(layer)
+        for key, tensor in own.items():
+            tensors[f"{name}.{_SOURCE}.{key}"] = tensor.contiguous()
+            payload.add(f"{name}.{_SOURCE}.{key}")
+    method_sources = {f"{n}.{_SOURCE}." for n, m in planned.items() if m.method != "none"}
+    param_ids = {id(p) for p in model.parameters()}
     extra: list[str] = []
     aliases: dict[str, str] = {}
     seen: dict[int, str] = {}
     for key, value in model.state_dict(keep_vars=True).items():
+        if any(key.startswith(prefix) for prefix in method_sources):
+            continue  # stored by the unit above
         if id(value) in seen:  # tied weights are stored once
             aliases[key] = seen[id(value)]
             continue
         seen[id(value)] = key
-        tensor = value.detach().cpu()
-        owner, _, leaf = key.rpartition(".")
-        layer_name = owner.removesuffix(".weight_source")
-        if leaf in ("codes", "q") and owner.endswith(".weight_source") and layer_name in layers:
-            meta = layers[layer_name]
-            bits = (meta["k_eff"] - 1).bit_length() if leaf == "codes" else meta["bits"]
-            packed[key] = {"bits": bits, "count": tensor.numel(), "shape": list(tensor.shape)}
-            tensors[key] = pack_bits(tensor, bits)
-        elif leaf in ("codebook", "projection") and layer_name in layers:
-            tensors[key] = tensor.half().contiguous()
-        else:
-            tensors[key] = tensor.contiguous().clone()
-            is_weight = id(value) in param_ids or (leaf == "scale" and layer_name in layers)
-            if ".act_quant." in f".{key}" or not is_weight:
-                extra.append(key)
+        tensors[key] = value.detach().cpu().contiguous().clone()
+        if ".act_quant." in f".{key}" or id(value) not in param_ids:
+            extra.append(key)
     metadata = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -202,7 +181,6 @@ def export(
         "plan": applied.plan.to_dict(),
         "keeps": {str(g): k for g, k in applied.keeps.items()},
         "layers": layers,
-        "packed": packed,
         "extra": extra,
         "aliases": aliases,
         "sha256": _digest(tensors),
@@ -216,7 +194,7 @@ def export(
         file_bytes=path.stat().st_size,
         payload_bytes=sum(nbytes.values()) - extra_bytes,
         extra_bytes=extra_bytes,
-        packed_tensors=len(packed),
+        packed_tensors=sum(t.dtype == torch.uint8 for k, t in tensors.items() if k in payload),
     )
 
 
@@ -256,31 +234,31 @@ def read_metadata(path: str | Path) -> dict:
     return meta
 
 
-def _skeleton(meta: dict) -> PlannedLayer:
-    shape = tuple(meta["shape"])
-    if meta["method"] == "vq":
-        d, m = meta["d_tilde"], meta["m"]
-        projection = torch.zeros(d, m) if meta["projection"] else None
-        result = VQResult(
-            codes=torch.zeros(meta["count"], dtype=torch.int64),
-            codebook=torch.zeros(meta["k_eff"], d),
-            projection=projection,
-            shape=shape,
-        )
-        weight: nn.Module = VQWeight(result)
-    elif meta["method"] == "bits":
-        weight = FixedQuantizedWeight(
-            torch.zeros(shape, dtype=torch.int64), torch.zeros(shape[0]), meta["bits"]
-        )
+def _planned_layer(meta: dict, tensors: dict[str, Tensor]) -> PlannedLayer:
+    """A layer of the exported structure: its weight from its unit, its quantizer a skeleton."""
+    weights = meta["weights"]
+    shape = tuple(weights["shape"]) if "shape" in weights else None
+    if weights["method"] == "none":
+        weight: nn.Module = DenseWeight(torch.zeros(shape))
     else:
-        weight = DenseWeight(torch.zeros(shape))
+        weight = weight_method(weights["method"]).load_source(weights, tensors)
+    act_config, act = None, None
+    if meta["activations"] is not None:
+        settings = dict(meta["activations"])
+        unit = activation_method(settings.pop("method"))
+        act_config = unit.config_type.from_dict(settings)
+        act = unit.skeleton(act_config)
     geometry = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["geometry"].items()}
-    act = ActivationQuantizer(meta["act_bits"]) if meta["act_bits"] < 32 else None
-    bias = torch.zeros(shape[0]) if meta["bias"] else None
-    return PlannedLayer(meta["kind"], weight, bias, geometry, act)
+    out_channels = weight().shape[0]
+    bias = torch.zeros(out_channels) if meta["bias"] else None
+    return PlannedLayer(
+        meta["kind"], weight, bias, geometry, act, method=weights["method"], act_config=act_config
+    )
 
 
-def _rebuild_(model: nn.Module, meta: dict, shape: tuple[int, ...]) -> None:
+def _rebuild_(
+    model: nn.Module, meta: dict, shape: tuple[int, ...], tensors: dict[str, Tensor]
+) -> None:
     """Give the uncompressed `model` the exported structure: pruned, planned layers, folded."""
     inputs = (torch.zeros(shape),)
     plan = Plan.from_dict(meta["plan"])
@@ -289,7 +267,9 @@ def _rebuild_(model: nn.Module, meta: dict, shape: tuple[int, ...]) -> None:
         raise ExportError("the file was exported from another model than the one given")
     prune_(model, graph, {int(g): k for g, k in meta["keeps"].items()}, inputs)
     for name, layer_meta in meta["layers"].items():
-        model.set_submodule(name, _skeleton(layer_meta))
+        prefix = f"{name}.{_SOURCE}."
+        own = {k[len(prefix) :]: t for k, t in tensors.items() if k.startswith(prefix)}
+        model.set_submodule(name, _planned_layer(layer_meta, own))
     freeze_(model)
 
 
@@ -337,25 +317,26 @@ def load(
         shape = tuple(int(v) for v in meta["input_shape"])
         if model is None:
             model = load_model(spec, input_shape=shape, pretrained=False).module
-        _rebuild_(model, meta, shape)
+        _rebuild_(model, meta, shape, tensors)
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         if isinstance(error, ExportError | PlanError):
             raise
         raise ExportError(f"{path}: its compplan metadata is damaged ({error!r})") from None
-    state = {}
-    for key, tensor in tensors.items():
-        info = meta["packed"].get(key)
-        if info is not None:
-            try:
-                tensor = unpack_bits(tensor, info["bits"], info["count"]).reshape(info["shape"])
-            except ValueError as error:
-                raise ExportError(f"{path}: tensor {key} is damaged ({error})") from None
-        state[key] = tensor.float() if tensor.dtype == torch.float16 else tensor
+    # The planned layers' weights came from their units; the rest of the state loads here.
+    sources = tuple(
+        f"{n}.{_SOURCE}." for n, m in meta["layers"].items() if m["weights"]["method"] != "none"
+    )
+    state = {
+        key: tensor.float() if tensor.dtype == torch.float16 else tensor
+        for key, tensor in tensors.items()
+        if not key.startswith(sources)
+    }
     for alias, target in meta["aliases"].items():
         state[alias] = state[target]
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise ExportError(f"{path} does not fit the rebuilt model ({first})") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [key for key in missing if not key.startswith(sources)]
+    if missing or unexpected:
+        first = (missing or unexpected)[0]
+        what = "misses" if missing else "has an unexpected"
+        raise ExportError(f"{path} does not fit the rebuilt model (the file {what} {first})")
     return model.eval()

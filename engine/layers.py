@@ -2,16 +2,11 @@
 
 A `PlannedLayer` replaces a Conv1d, Conv2d or Linear at the same fully qualified name. It runs the
 same operation with the same geometry, but gets its weight from a weight source (a module whose
-forward returns the weight) and may quantize its input first:
-
-- `DenseWeight`: the float weight (a layer that is only pruned, or only has quantized inputs);
-- `VQWeight`: fixed codes, a trainable codebook and (LR²VQ) a trainable projection;
-- `QuantizedWeight`: a trainable latent weight seen through a `WeightQuantizer` (fine-tuning);
-  `FixedQuantizedWeight` is its exported form (integer levels and per-channel scales).
-
-Codebooks and projections are stored in fp16 in the exported file, so `VQWeight` always computes
-with fp16-rounded values (straight-through for the gradient): the in-memory model and the reloaded
-one compute the same numbers.
+forward returns the weight) and may quantize its input first. Weight sources come from the
+weight method's unit (`search_spaces.methods`: `VQWeight`, `QuantizedWeight`, ...), the input
+quantizer from the activation method's; `DenseWeight` is the float weight of a layer that is only
+pruned, or only has quantized inputs. The layer records which units made them (`method`,
+`act_config`), which is how freezing, export and deployment find the unit again.
 """
 
 from __future__ import annotations
@@ -20,22 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.quantizers import WeightQuantizer
-from engine.vq import VQResult, decode
+from search_spaces.methods import ActivationConfig
 
-__all__ = [
-    "DenseWeight",
-    "FixedQuantizedWeight",
-    "FoldedBatchNorm",
-    "PlannedLayer",
-    "QuantizedWeight",
-    "VQWeight",
-]
-
-
-def _fp16_exact(t: Tensor) -> Tensor:
-    """t rounded to fp16 precision in the forward pass; the gradient passes as if unrounded."""
-    return t + (t.half().float() - t).detach()
+__all__ = ["DenseWeight", "FoldedBatchNorm", "PlannedLayer", "plain_layer"]
 
 
 class DenseWeight(nn.Module):
@@ -47,60 +29,6 @@ class DenseWeight(nn.Module):
 
     def forward(self) -> Tensor:
         return self.weight
-
-
-class VQWeight(nn.Module):
-    """A vector-quantized weight: codes (buffer, fixed) and codebook / projection (trainable)."""
-
-    def __init__(self, result: VQResult):
-        super().__init__()
-        self.shape = tuple(result.shape)
-        self.register_buffer("codes", result.codes.clone())
-        self.codebook = nn.Parameter(result.codebook.half().float())
-        if result.projection is None:
-            self.projection = None
-        else:
-            self.projection = nn.Parameter(result.projection.half().float())
-
-    @property
-    def code_bits(self) -> int:
-        return (self.codebook.shape[0] - 1).bit_length()
-
-    def forward(self) -> Tensor:
-        projection = None if self.projection is None else _fp16_exact(self.projection)
-        return decode(self.codes, _fp16_exact(self.codebook), projection, self.shape)
-
-
-class QuantizedWeight(nn.Module):
-    """A latent float weight seen through a b-bit per-channel quantizer (N2UQ / AdamBNN)."""
-
-    def __init__(self, weight: Tensor, bits: int):
-        super().__init__()
-        self.bits = bits
-        self.latent = nn.Parameter(weight.detach().clone())
-        self.quantizer = WeightQuantizer(self.latent.detach(), bits)
-
-    def forward(self) -> Tensor:
-        return self.quantizer(self.latent)
-
-    def fixed(self) -> FixedQuantizedWeight:
-        """The exported form: integer levels and per-channel scales, computing the same weight."""
-        with torch.no_grad():
-            q, scale = self.quantizer.quantize(self.latent)
-        return FixedQuantizedWeight(q, scale, self.bits)
-
-
-class FixedQuantizedWeight(nn.Module):
-    """Integer levels q in [0, 2^b) and a 32-bit scale per output channel; nothing trains."""
-
-    def __init__(self, q: Tensor, scale: Tensor, bits: int):
-        super().__init__()
-        self.bits = bits
-        self.register_buffer("q", q.to(torch.int64).clone())
-        self.register_buffer("scale", scale.float().clone())
-
-    def forward(self) -> Tensor:
-        return WeightQuantizer.dequantize(self.q, self.scale, self.bits)
 
 
 class FoldedBatchNorm(nn.Module):
@@ -133,7 +61,9 @@ class PlannedLayer(nn.Module):
         weight: a module whose forward returns the weight tensor.
         bias: the bias, or None.
         geometry: stride, padding, dilation and groups for a conv ({} for Linear).
-        act_quant: a module applied to the input first (an N2UQ activation quantizer), or None.
+        act_quant: a module applied to the input first (an activation quantizer), or None.
+        method: the weight method whose unit made `weight` ("none": a `DenseWeight`).
+        act_config: the config `act_quant` was made for (None without one).
     """
 
     def __init__(
@@ -143,6 +73,9 @@ class PlannedLayer(nn.Module):
         bias: Tensor | None,
         geometry: dict,
         act_quant: nn.Module | None = None,
+        *,
+        method: str = "none",
+        act_config: ActivationConfig | None = None,
     ):
         super().__init__()
         self.kind = kind
@@ -150,9 +83,19 @@ class PlannedLayer(nn.Module):
         self.weight_source = weight
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
         self.act_quant = act_quant
+        self.method = method
+        self.act_config = act_config
 
     @classmethod
-    def replacing(cls, module: nn.Module, weight: nn.Module, act_quant: nn.Module | None = None):
+    def replacing(
+        cls,
+        module: nn.Module,
+        weight: nn.Module,
+        act_quant: nn.Module | None = None,
+        *,
+        method: str = "none",
+        act_config: ActivationConfig | None = None,
+    ) -> PlannedLayer:
         """A planned layer doing what `module` (Conv1d, Conv2d or Linear) did, with a new weight."""
         if isinstance(module, nn.Linear):
             kind, geometry = "linear", {}
@@ -164,7 +107,9 @@ class PlannedLayer(nn.Module):
                 "dilation": module.dilation,
                 "groups": module.groups,
             }
-        return cls(kind, weight, module.bias, geometry, act_quant)
+        return cls(
+            kind, weight, module.bias, geometry, act_quant, method=method, act_config=act_config
+        )
 
     @property
     def weight(self) -> Tensor:
@@ -181,3 +126,30 @@ class PlannedLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.kind}, {self.geometry}" if self.geometry else self.kind
+
+
+def plain_layer(layer: PlannedLayer) -> nn.Module:
+    """An ordinary Conv1d, Conv2d or Linear holding `layer`'s current weight (decoded)."""
+    with torch.no_grad():
+        weight = layer.weight_source().detach().clone()
+    bias = layer.bias is not None
+    if layer.kind == "linear":
+        plain: nn.Module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias)
+    else:
+        conv = nn.Conv2d if layer.kind == "conv2d" else nn.Conv1d
+        groups = layer.geometry["groups"]
+        plain = conv(
+            weight.shape[1] * groups,
+            weight.shape[0],
+            tuple(weight.shape[2:]),
+            stride=layer.geometry["stride"],
+            padding=layer.geometry["padding"],
+            dilation=layer.geometry["dilation"],
+            groups=groups,
+            bias=bias,
+        )
+    with torch.no_grad():
+        plain.weight.copy_(weight)
+        if bias:
+            plain.bias.copy_(layer.bias)
+    return plain.to(weight.device)

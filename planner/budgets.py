@@ -15,6 +15,7 @@ import numpy as np
 
 from planner.options import layer_options
 from predictors.size import MIB
+from search_spaces.methods import activation_method
 from search_spaces.plan import LayerPlan, Plan, PlanError
 from search_spaces.space import SearchSpace
 
@@ -90,16 +91,24 @@ def reachable_minimum(space: SearchSpace, latency=None) -> Reachable:
     for name, c in space.layers.items():
         group = graph.layers[name].group
         keep = keeps.get(group, 1.0) if group is not None else 1.0
-        layers[name] = LayerPlan(keep=keep, act_bits=max(c.act_bits))
+        layers[name] = LayerPlan(keep=keep, activations=_activations(c, max(c.act_bits)))
     plain = Plan(layers=layers, model=graph.model_name, fingerprint=graph.fingerprint)
     configs = plan_layer_configs(graph, [plain])
     macs = int(configs.macs.sum())
     latency_ms = None
     if latency is not None:
         low_bits = {
-            name: LayerPlan(keep=p.keep, act_bits=min(space.layers[name].act_bits))
+            name: LayerPlan(
+                keep=p.keep,
+                activations=_activations(space.layers[name], min(space.layers[name].act_bits)),
+            )
             for name, p in layers.items()
         }
         candidates = [plain, Plan(layers=low_bits, model=graph.model_name)]
         latency_ms = float(np.min(latency.predict(graph, candidates)))
     return Reachable(size_bytes=size_bits / 8, latency_ms=latency_ms, macs=macs)
+
+
+def _activations(choices, bits: int):
+    """The layer's activation config at `bits` (None at 32)."""
+    return activation_method(choices.act_method).config(bits)

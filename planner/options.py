@@ -5,10 +5,12 @@ a layer's size depends on its own choice alone (size is additive over layers), s
 list of options per layer, each with a size in bits. The exact solver picks one option per layer;
 the proxy objective scores each option once.
 
-An option is a `LayerPlan` without activation bits, keep or learning rate (those stay at their
-defaults here: 32 bits, the fixed keep, ×1). Options that store the same thing are one option:
-a VQ choice whose k exceeds what the layer can use (`k_eff`, see `predictors.size`) is the same
-as the one with the smallest k that reaches that k_eff, which is the one kept.
+An option is a `LayerPlan` without activation bits or learning rate (those stay at their
+defaults here: 32 bits, ×1), with the fixed keep. The options are the candidates of each of the
+layer's weight methods (`WeightMethod.candidates`), plus the dense weight where "none" is
+allowed. Options that store the same thing are one option (`WeightMethod.storage_key`): a VQ
+choice whose k exceeds what the layer can use (`k_eff`) is the same as the one with the smallest
+k that reaches that k_eff, which is the one kept.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from predictors.size import PlanBatch, layer_bits
+from predictors.size import PlanBatch, layer_bits, weight_arrays
+from search_spaces.methods import WeightConfig, weight_method
 from search_spaces.plan import LayerPlan, Plan
 from search_spaces.space import SearchSpace
 
@@ -32,8 +35,8 @@ class LayerOptions:
     Attributes:
         name: the layer.
         plans: the options, as layer plans (keep set to the fixed ratio of the layer's group).
-        bits: each option's size in bits (codes or packed weights, codebook, projection, scales,
-            bias and BatchNorm), by the size convention.
+        bits: each option's size in bits (the weight as its method stores it, bias and
+            BatchNorm), by the size convention.
     """
 
     name: str
@@ -44,21 +47,15 @@ class LayerOptions:
         return len(self.plans)
 
 
-def _candidates(space: SearchSpace, name: str, keep: float) -> list[LayerPlan]:
+def _candidates(space: SearchSpace, name: str) -> list[WeightConfig | None]:
     choices = space.layers[name]
-    plans = []
+    configs: list[WeightConfig | None] = []
     for method in choices.methods:
-        if method == "vq":
-            for m in choices.m:
-                for fraction in choices.d_tilde_fractions:
-                    d = max(1, round(fraction * m))
-                    for k in choices.k:
-                        plans.append(LayerPlan(k=k, m=m, d_tilde=None if d == m else d, keep=keep))
-        elif method == "bits":
-            plans.extend(LayerPlan(weight_bits=b, keep=keep) for b in choices.weight_bits)
+        if method == "none":
+            configs.append(None)
         else:
-            plans.append(LayerPlan(keep=keep))
-    return plans
+            configs.extend(weight_method(method).candidates(choices.of(method)))
+    return configs
 
 
 def layer_options(
@@ -73,42 +70,37 @@ def layer_options(
     graph = space.graph
     keeps = dict(keeps or {})
     names = list(graph.layers)
-    candidates = {}
-    for name in names:
-        group = graph.layers[name].group
-        keep = keeps.get(group, 1.0) if group is not None else 1.0
-        candidates[name] = _candidates(space, name, keep)
+    candidates = {name: _candidates(space, name) for name in names}
     rows = max(len(c) for c in candidates.values())
     # One batch sizes every option of every layer at once: row i holds each layer's i-th option
     # (its last one repeated where it has fewer), the keeps are those given.
-    shape = (rows, len(names))
-    k = np.zeros(shape, dtype=np.int64)
-    m = np.ones(shape, dtype=np.int64)
-    d = np.ones(shape, dtype=np.int64)
-    weight_bits = np.full(shape, 32, dtype=np.int64)
-    for j, name in enumerate(names):
-        for i in range(rows):
-            option = candidates[name][min(i, len(candidates[name]) - 1)]
-            if option.k is not None:
-                k[i, j], m[i, j], d[i, j] = option.k, option.m, option.clustering_dim
-            elif option.weight_bits is not None:
-                weight_bits[i, j] = option.weight_bits
+    configs = [[candidates[n][min(i, len(candidates[n]) - 1)] for n in names] for i in range(rows)]
     keep = np.ones((rows, len(graph.groups)))
     for gid, ratio in keeps.items():
         keep[:, gid] = ratio
-    batch = PlanBatch(k=k, m=m, d_tilde=d, weight_bits=weight_bits, keep=keep)
-    parts = layer_bits(graph, batch)
+    parts = layer_bits(graph, PlanBatch(**weight_arrays(configs), keep=keep))
     options = {}
     for j, name in enumerate(names):
-        seen: dict[tuple, int] = {}
+        spec = graph.layers[name]
+        keep_j = keeps.get(spec.group, 1.0) if spec.group is not None else 1.0
+        c_out, row = int(parts["c_out"][0, j]), int(parts["row_length"][0, j])
+        seen: set[tuple] = set()
         plans, bits = [], []
-        for i, option in enumerate(candidates[name]):
-            k_eff = int(parts["k_eff"][i, j])
-            key = (option.method, k_eff or option.weight_bits, option.m, option.clustering_dim)
+        for i, config in enumerate(candidates[name]):
+            key = (
+                ("none",)
+                if config is None
+                else (
+                    config.method,
+                    *weight_method(config.method).storage_key(
+                        config, out_channels=c_out, row_length=row
+                    ),
+                )
+            )
             if key in seen:
                 continue
-            seen[key] = len(plans)
-            plans.append(option)
+            seen.add(key)
+            plans.append(LayerPlan(weights=config, keep=keep_j))
             bits.append(int(parts["total"][i, j]))
         options[name] = LayerOptions(name, tuple(plans), np.asarray(bits, dtype=np.int64))
     return options

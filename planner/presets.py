@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 from search_spaces.graph import LayerSpec, ModelGraph
 from search_spaces.knobs import WEIGHT_BITS, divisors
+from search_spaces.methods import BitsConfig, VQConfig
 from search_spaces.plan import (
     LayerPlan,
     Plan,
@@ -101,12 +102,13 @@ def _fit_block_sizes(graph: ModelGraph, layers: dict[str, LayerPlan]) -> dict[st
     keeps = group_keeps(Plan(layers), graph)
     out = dict(layers)
     for name, layer_plan in layers.items():
-        if layer_plan.m is None:
+        vq = layer_plan.weights
+        if not isinstance(vq, VQConfig):
             continue
         row = pruned_row_length(graph.layers[name], graph, keeps)
-        if row % layer_plan.m:
-            m = max(d for d in divisors(row) if d <= layer_plan.m)
-            out[name] = replace(layer_plan, m=m, d_tilde=None)
+        if row % vq.m:
+            m = max(d for d in divisors(row) if d <= vq.m)
+            out[name] = replace(layer_plan, weights=VQConfig(k=vq.k, m=m))
     return out
 
 
@@ -136,7 +138,7 @@ def _pqf(graph: ModelGraph, layers: dict[str, LayerPlan], *, large: bool) -> dic
             )
         m = _block_size(spec, large=large, bottleneck=bottleneck)
         base = out.get(name, LayerPlan())
-        out[name] = replace(base, k=k, m=m, d_tilde=None, weight_bits=None)
+        out[name] = replace(base, weights=VQConfig(k=k, m=m))
     return out
 
 
@@ -148,7 +150,8 @@ def _bits(graph: ModelGraph, layers: dict[str, LayerPlan], bits: float) -> dict[
     for name in graph.layers:
         if name not in skip:
             base = out.get(name, LayerPlan())
-            out[name] = replace(base, k=None, m=None, d_tilde=None, weight_bits=int(bits))
+            weights = BitsConfig(bits=int(bits)) if bits < 32 else None
+            out[name] = replace(base, weights=weights)
     return out
 
 
@@ -177,7 +180,10 @@ def uniform_pq_at_size(graph: ModelGraph, size_bytes: float, *, model: str | Non
     best = None
     for k in (2**i for i in range(1, 13)):
         layers = {
-            name: replace(lp, k=k) if lp.k is not None else lp for name, lp in base.layers.items()
+            name: replace(lp, weights=replace(lp.weights, k=k))
+            if isinstance(lp.weights, VQConfig)
+            else lp
+            for name, lp in base.layers.items()
         }
         plan = Plan(
             layers=layers,

@@ -57,7 +57,7 @@ class SizeRepair:
         self.names = list(self.graph.layers)
         frontier = study_space.frontier
         self._arrays = study_space.frontier_arrays()
-        rows = self._arrays["k"].shape[0]
+        rows = self._arrays["method"].shape[0]
         self.errors = np.full((len(self.names), rows), np.inf)
         for j, name in enumerate(self.names):
             indices = frontier[name]
@@ -66,7 +66,7 @@ class SizeRepair:
     def layer_sizes(self, keep: np.ndarray) -> np.ndarray:
         """Bits of every frontier option of every layer (layers × positions) at keep ratios
         `keep` (one per group); padding positions are infinite."""
-        rows = self._arrays["k"].shape[0]
+        rows = self._arrays["method"].shape[0]
         batch = PlanBatch(**self._arrays, keep=np.broadcast_to(keep, (rows, len(keep))).copy())
         sizes = layer_bits(self.graph, batch, table=self._table)["total"].T.astype(float)
         sizes[~np.isfinite(self.errors)] = np.inf

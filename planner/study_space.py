@@ -26,6 +26,8 @@ import numpy as np
 from planner.exact import undominated
 from planner.options import LayerOptions
 from planner.proxy import ProxyTable
+from predictors.size import weight_arrays
+from search_spaces.methods import activation_method, weight_method
 from search_spaces.plan import LayerPlan, Plan
 from search_spaces.space import SearchSpace
 
@@ -33,12 +35,10 @@ __all__ = ["StudySpace", "option_label"]
 
 
 def option_label(plan: LayerPlan) -> str:
-    """A short readable name of a weight-compression option."""
-    if plan.k is not None:
-        return f"vq k={plan.k} m={plan.m} d={plan.clustering_dim}"
-    if plan.weight_bits is not None:
-        return f"bits {plan.weight_bits}"
-    return "none"
+    """A short readable name of a weight-compression option (its unit's `label`)."""
+    if plan.weights is None:
+        return "none"
+    return weight_method(plan.method).label(plan.weights)
 
 
 class StudySpace:
@@ -98,13 +98,11 @@ class StudySpace:
             position = params.get(f"{name}/option", 0)
             option = self.options[name].plans[self.frontier[name][position]]
             keep = keeps.get(spec.group, 1.0) if spec.group is not None else 1.0
-            act_bits = params.get(f"{name}/act_bits", self.space.layers[name].act_bits[0])
+            choices = self.space.layers[name]
+            act_bits = params.get(f"{name}/act_bits", choices.act_bits[0])
             plan = LayerPlan(
-                k=option.k,
-                m=option.m,
-                d_tilde=option.d_tilde,
-                weight_bits=option.weight_bits,
-                act_bits=act_bits,
+                weights=option.weights,
+                activations=activation_method(choices.act_method).config(act_bits),
                 keep=keep,
             )
             if plan != LayerPlan():
@@ -112,27 +110,20 @@ class StudySpace:
         return Plan(layers=layers, model=self.graph.model_name, fingerprint=self.graph.fingerprint)
 
     def frontier_arrays(self) -> dict[str, np.ndarray]:
-        """The frontier options as `PlanBatch` columns: "k", "m", "d_tilde", "weight_bits", each
+        """The frontier options as `PlanBatch` columns (`predictors.size.weight_arrays`), each
         positions × layers (row i: every layer's i-th option, its last one past its end)."""
         names = list(self.graph.layers)
         rows = max((len(self.frontier[name]) for name in names), default=0)
-        shape = (rows, len(names))
-        arrays = {
-            "k": np.zeros(shape, dtype=np.int64),
-            "m": np.ones(shape, dtype=np.int64),
-            "d_tilde": np.ones(shape, dtype=np.int64),
-            "weight_bits": np.full(shape, 32, dtype=np.int64),
-        }
-        for j, name in enumerate(names):
-            frontier = self.frontier[name]
-            for i in range(rows):
-                option = self.options[name].plans[frontier[min(i, len(frontier) - 1)]]
-                if option.k is not None:
-                    arrays["k"][i, j], arrays["m"][i, j] = option.k, option.m
-                    arrays["d_tilde"][i, j] = option.clustering_dim
-                elif option.weight_bits is not None:
-                    arrays["weight_bits"][i, j] = option.weight_bits
-        return arrays
+        configs = [
+            [
+                self.options[name]
+                .plans[self.frontier[name][min(i, len(self.frontier[name]) - 1)]]
+                .weights
+                for name in names
+            ]
+            for i in range(rows)
+        ]
+        return weight_arrays(configs)
 
     def params_of(
         self, chosen: Mapping[str, int], *, act_bits: int | Mapping[str, int] = 32

@@ -3,10 +3,11 @@
 - Uncompressed baseline: every weight and bias at 32 bits; each BatchNorm as two 32-bit vectors
   (scale and shift) per channel; modules kept as is at 32 bits.
 - A layer left as is: 32·N + bias; its BatchNorm 2·32 bits per kept channel.
-- A VQ layer: codes (N/m)·log2(k_eff), codebook 16·k_eff·d̃, LR²VQ projection 16·d̃·m (absent when
-  d̃ = m), bias 32·C_out.
-- A b-bit layer: b·N + a 32-bit scale per output channel + bias.
-N = C_out·C_in/groups·K² after pruning; k_eff = min(k, largest power of two ≤ C_out·(D/m)/4).
+- A layer with a weight method: what the method's unit says its weight stores
+  (`WeightMethod.bits`: VQ's codes, codebook and projection; b-bit's packed levels and scales),
+  + bias + BatchNorm.
+N = C_out·C_in/groups·K² after pruning. This module owns the pruning arithmetic and the parts
+every layer has; each method owns its own formula.
 
 One implementation serves one plan and thousands: plans become arrays (`PlanBatch`, plans × layers)
 and the convention is evaluated with numpy over the whole batch. `size_report` is the same code on a
@@ -15,12 +16,20 @@ batch of one, so the per-layer breakdown and the search's numbers cannot drift a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from search_spaces.graph import ModelGraph
+from search_spaces.methods import (
+    WeightConfig,
+    WeightMethod,
+    WeightShapes,
+    weight_method,
+    weight_method_code,
+    weight_methods,
+)
 from search_spaces.plan import Plan, group_keeps
 
 __all__ = [
@@ -31,6 +40,7 @@ __all__ = [
     "kept_channels_array",
     "layer_bits",
     "size_report",
+    "weight_arrays",
 ]
 
 MIB = 2**20
@@ -46,58 +56,84 @@ def kept_channels_array(channels: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return np.where(keep >= 1.0, channels, kept)
 
 
-def _floor_log2(values: np.ndarray) -> np.ndarray:
-    """floor(log2(v)) for positive integers below 2**53, exactly (frexp does not round)."""
-    _, exponent = np.frexp(values.astype(np.float64))
-    return (exponent - 1).astype(np.int64)
+def weight_arrays(rows: Sequence[Sequence[WeightConfig | None]]) -> dict[str, np.ndarray]:
+    """Weight configs (rows × layers; None: dense) as the size predictor's columns.
+
+    The one place where configs become arrays (plans, a layer's options, a study's frontier):
+    "method" holds `weight_method_code` (0: dense) and "<method>.<column>" each method's
+    `to_columns`, for the methods that occur (0 elsewhere).
+    """
+    shape = (len(rows), len(rows[0]) if rows else 0)
+    method = np.zeros(shape, dtype=np.int64)
+    arrays: dict[str, np.ndarray] = {"method": method}
+    encoded: dict[WeightConfig, tuple[int, tuple[np.ndarray, ...], tuple[int, ...]]] = {}
+    for i, row in enumerate(rows):
+        for j, config in enumerate(row):
+            if config is None:
+                continue
+            entry = encoded.get(config)
+            if entry is None:
+                unit = weight_method(config.method)
+                for column in unit.columns:
+                    arrays.setdefault(f"{unit.name}.{column}", np.zeros(shape, dtype=np.int64))
+                targets = tuple(arrays[f"{unit.name}.{c}"] for c in unit.columns)
+                entry = (weight_method_code(unit.name), targets, unit.to_columns(config))
+                encoded[config] = entry
+            code, targets, values = entry
+            method[i, j] = code
+            for target, value in zip(targets, values, strict=True):
+                target[i, j] = value
+    return arrays
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, init=False)
 class PlanBatch:
     """Plans as arrays: one row per plan, one column per layer of the graph (or group, for keep).
 
+    Build it from plans (`from_plans`), or from columns as `weight_arrays` gives them:
+    `PlanBatch(**weight_arrays(rows), keep=keep)`.
+
     Attributes:
-        k: clusters, 0 where the layer is not vector-quantized.
-        m: subvector length (1 where unused).
-        d_tilde: clustering dimensionality (equal to m for plain PQ).
-        weight_bits: weight bits, 32 for layers left as they are (and ignored where k > 0).
+        method: `weight_method_code` per plan and layer (0: the weight stays dense).
+        columns: "<method>.<column>" → plans × layers, each method's `to_columns`.
         keep: keep ratio per coupling group (plans × groups).
     """
 
-    k: np.ndarray
-    m: np.ndarray
-    d_tilde: np.ndarray
-    weight_bits: np.ndarray
+    method: np.ndarray
+    columns: Mapping[str, np.ndarray]
     keep: np.ndarray
 
+    def __init__(self, *, method: np.ndarray, keep: np.ndarray, **columns: np.ndarray):
+        object.__setattr__(self, "method", np.asarray(method, dtype=np.int64))
+        object.__setattr__(self, "columns", dict(columns))
+        object.__setattr__(self, "keep", np.asarray(keep, dtype=np.float64))
+
     def __len__(self) -> int:
-        return self.k.shape[0]
+        return self.method.shape[0]
+
+    def by_method(self) -> Iterator[tuple[WeightMethod, np.ndarray, dict[str, np.ndarray]]]:
+        """(unit, mask, the unit's columns at the mask) for each weight method the batch uses."""
+        for unit in weight_methods():
+            mask = self.method == weight_method_code(unit.name)
+            if mask.any():
+                yield unit, mask, {c: self.columns[f"{unit.name}.{c}"][mask] for c in unit.columns}
 
     @classmethod
     def from_plans(cls, graph: ModelGraph, plans: Sequence[Plan]) -> PlanBatch:
         """Arrays for `plans`; layers a plan does not name are left as they are."""
         names = list(graph.layers)
-        shape = (len(plans), len(names))
-        k = np.zeros(shape, dtype=np.int64)
-        m = np.ones(shape, dtype=np.int64)
-        d = np.ones(shape, dtype=np.int64)
-        bits = np.full(shape, 32, dtype=np.int64)
-        keep = np.ones((len(plans), len(graph.groups)), dtype=np.float64)
         column = {name: j for j, name in enumerate(names)}
+        configs: list[list[WeightConfig | None]] = []
+        keep = np.ones((len(plans), len(graph.groups)), dtype=np.float64)
         for i, plan in enumerate(plans):
+            row: list[WeightConfig | None] = [None] * len(names)
             for name, layer_plan in plan.layers.items():
-                j = column[name]
-                if layer_plan.k is not None:
-                    k[i, j], m[i, j], d[i, j] = (
-                        layer_plan.k,
-                        layer_plan.m,
-                        layer_plan.clustering_dim,
-                    )
-                elif layer_plan.weight_bits is not None:
-                    bits[i, j] = layer_plan.weight_bits
+                row[column[name]] = layer_plan.weights
+            configs.append(row)
             for gid, ratio in group_keeps(plan, graph).items():
                 keep[i, gid] = ratio
-        return cls(k=k, m=m, d_tilde=d, weight_bits=bits, keep=keep)
+        arrays = weight_arrays(configs) if configs else {"method": np.zeros((0, len(names)))}
+        return cls(**arrays, keep=keep)
 
 
 @dataclass(frozen=True)
@@ -145,29 +181,14 @@ def layer_bits(
 ) -> dict[str, np.ndarray]:
     """Every size component for every plan and layer, in bits (arrays of plans × layers).
 
-    Keys: "total" and its parts "weights" (codes for VQ, packed weights otherwise), "codebook",
-    "projection", "scales", "bias", "batchnorm"; and the pruned shapes "c_out", "c_in", "k_eff".
+    Keys: "total" and its parts "weights" (everything the weight stores: 32·N when dense, else
+    the method's parts summed), "bias", "batchnorm"; the pruned shapes "c_out", "c_in" and
+    "row_length" (D); and each occurring method's own parts (`WeightMethod.bits`: "codes",
+    "codebook", ...) and facts (`WeightMethod.facts`: "k_eff"), zero where a layer takes another
+    method.
     `table` is the graph's facts as arrays; pass it when scoring many batches of one graph.
     """
     table = table or _LayerTable.of(graph)
-    n_plans = len(batch)
-    if table.c_out.size == 0:
-        zero = np.zeros((n_plans, 0), dtype=np.int64)
-        return dict.fromkeys(
-            (
-                "total",
-                "weights",
-                "codebook",
-                "projection",
-                "scales",
-                "bias",
-                "batchnorm",
-                "c_out",
-                "c_in",
-                "k_eff",
-            ),
-            zero,
-        )
     group_kept = kept_channels_array(table.group_channels[None, :], batch.keep)
     removed = table.group_channels[None, :] - group_kept
     in_group = table.out_group >= 0
@@ -175,39 +196,25 @@ def layer_bits(
     c_in = table.c_in[None, :] - removed @ table.ties
     groups = np.where(table.depthwise, c_out, table.groups)
     row = (c_in // groups) * table.kernel
-    n_weights = c_out * row
-
-    vq = batch.k > 0
-    m = batch.m
-    subvectors = c_out * (row // m)
-    cap_log2 = _floor_log2(np.maximum(subvectors // 4, 1))
-    k_log2 = _floor_log2(np.maximum(batch.k, 1))
-    k_eff_log2 = np.minimum(k_log2, cap_log2)
-    k_eff = np.left_shift(1, k_eff_log2)
-    codes = (n_weights // m) * k_eff_log2
-    codebook = 16 * k_eff * batch.d_tilde
-    projection = np.where(batch.d_tilde < m, 16 * batch.d_tilde * m, 0)
-
-    low_bits = batch.weight_bits < 32
-    packed = np.where(low_bits, batch.weight_bits * n_weights, 32 * n_weights)
-    scales = np.where(low_bits & ~vq, 32 * c_out, 0)
-    weights = np.where(vq, codes, packed)
-    codebook = np.where(vq, codebook, 0)
-    projection = np.where(vq, projection, 0)
+    weights = 32 * c_out * row
+    extra: dict[str, np.ndarray] = {}
+    for unit, mask, columns in batch.by_method():
+        shapes = WeightShapes(out_channels=c_out[mask], row_length=row[mask])
+        parts = unit.bits(columns, shapes)
+        weights[mask] = sum(parts.values())
+        for key, values in (parts | unit.facts(columns, shapes)).items():
+            extra.setdefault(key, np.zeros(weights.shape, dtype=np.int64))[mask] = values
     bias = 32 * c_out * table.has_bias
     batchnorm = 64 * c_out * table.has_bn
-    total = weights + codebook + projection + scales + bias + batchnorm
     return {
-        "total": total,
+        "total": weights + bias + batchnorm,
         "weights": weights,
-        "codebook": codebook,
-        "projection": projection,
-        "scales": scales,
         "bias": bias,
         "batchnorm": batchnorm,
         "c_out": c_out,
         "c_in": c_in,
-        "k_eff": np.where(vq, k_eff, 0),
+        "row_length": row,
+        **extra,
     }
 
 
@@ -224,10 +231,6 @@ class SizePredictor:
         self.kept_bits = graph.kept_bits
         self._table = _LayerTable.of(graph)
 
-    def fit(self, records: object = None) -> SizePredictor:
-        """The size convention is exact; there is nothing to learn."""
-        return self
-
     def predict_bits(self, plans: Sequence[Plan] | PlanBatch) -> np.ndarray:
         """Total bits for each plan (kept modules included)."""
         batch = plans if isinstance(plans, PlanBatch) else PlanBatch.from_plans(self.graph, plans)
@@ -241,25 +244,34 @@ class SizePredictor:
 
 @dataclass(frozen=True)
 class LayerSize:
-    """One layer's share of a plan's size, in bits, with its shape after pruning."""
+    """One layer's share of a plan's size, in bits, with its shape after pruning.
+
+    Attributes:
+        weights: everything the weight stores (32·N when dense), the sum of `parts` otherwise.
+        parts: the weight method's parts in bits ("codes", "codebook", "projection" for VQ).
+        facts: other integers the method reports ("k_eff" for VQ).
+    """
 
     name: str
     method: str
     bits: int
     baseline_bits: int
     weights: int
-    codebook: int
-    projection: int
-    scales: int
     bias: int
     batchnorm: int
     out_channels: int
     in_channels: int
-    k_eff: int
+    parts: Mapping[str, int]
+    facts: Mapping[str, int]
 
     @property
     def ratio(self) -> float:
         return self.baseline_bits / self.bits if self.bits else float("inf")
+
+    @property
+    def k_eff(self) -> int:
+        """VQ's clusters used (0 for other methods): the size table's column."""
+        return self.facts.get("k_eff", 0)
 
 
 @dataclass(frozen=True)
@@ -304,12 +316,10 @@ class SizeReport:
                     "ratio": layer.ratio,
                     "out_channels": layer.out_channels,
                     "in_channels": layer.in_channels,
-                    "k_eff": layer.k_eff,
+                    **layer.facts,
                     "bits": {
                         "weights": layer.weights,
-                        "codebook": layer.codebook,
-                        "projection": layer.projection,
-                        "scales": layer.scales,
+                        **layer.parts,
                         "bias": layer.bias,
                         "batchnorm": layer.batchnorm,
                     },
@@ -322,30 +332,43 @@ class SizeReport:
 def size_report(plan: Plan, graph: ModelGraph) -> SizeReport:
     """The exact size of `plan` on the model of `graph`, layer by layer."""
     table = _LayerTable.of(graph)
-    parts = layer_bits(graph, PlanBatch.from_plans(graph, [plan]), table=table)
+    batch = PlanBatch.from_plans(graph, [plan])
+    parts = layer_bits(graph, batch, table=table)
     unchanged = layer_bits(graph, PlanBatch.from_plans(graph, [Plan({})]), table=table)["total"][0]
-    layers = tuple(
-        LayerSize(
-            name=name,
-            method=plan.get(name).method,
-            bits=int(parts["total"][0, j]),
-            baseline_bits=int(unchanged[j]),
-            weights=int(parts["weights"][0, j]),
-            codebook=int(parts["codebook"][0, j]),
-            projection=int(parts["projection"][0, j]),
-            scales=int(parts["scales"][0, j]),
-            bias=int(parts["bias"][0, j]),
-            batchnorm=int(parts["batchnorm"][0, j]),
-            out_channels=int(parts["c_out"][0, j]),
-            in_channels=int(parts["c_in"][0, j]),
-            k_eff=int(parts["k_eff"][0, j]),
+    layers = []
+    for j, name in enumerate(graph.layers):
+        layer_plan = plan.get(name)
+        own: dict[str, int] = {}
+        facts: dict[str, int] = {}
+        if layer_plan.weights is not None:
+            # The layer's own parts, by the method's names: the same arrays as the batch's.
+            unit = weight_method(layer_plan.method)
+            columns = {c: batch.columns[f"{unit.name}.{c}"][0, j : j + 1] for c in unit.columns}
+            shapes = WeightShapes(
+                out_channels=parts["c_out"][0, j : j + 1],
+                row_length=parts["row_length"][0, j : j + 1],
+            )
+            own = {k: int(v[0]) for k, v in unit.bits(columns, shapes).items()}
+            facts = {k: int(v[0]) for k, v in unit.facts(columns, shapes).items()}
+        layers.append(
+            LayerSize(
+                name=name,
+                method=layer_plan.method,
+                bits=int(parts["total"][0, j]),
+                baseline_bits=int(unchanged[j]),
+                weights=int(parts["weights"][0, j]),
+                bias=int(parts["bias"][0, j]),
+                batchnorm=int(parts["batchnorm"][0, j]),
+                out_channels=int(parts["c_out"][0, j]),
+                in_channels=int(parts["c_in"][0, j]),
+                parts=own,
+                facts=facts,
+            )
         )
-        for j, name in enumerate(graph.layers)
-    )
     kept_bits = graph.kept_bits
     return SizeReport(
         total_bits=sum(layer.bits for layer in layers) + kept_bits,
         baseline_bits=graph.baseline_bits,
         kept_bits=kept_bits,
-        layers=layers,
+        layers=tuple(layers),
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from search_spaces.graph import CouplingGroup, InputTie, KeptModule, LayerSpec, ModelGraph
+from search_spaces.macs import layer_macs
 
 __all__ = ["COMPRESSIBLE_TYPES", "DiscoveryError", "discover"]
 
@@ -285,17 +287,17 @@ def _why_not_compressible(
 
 
 def _macs(module: nn.Module, call: _Call, batch: int) -> int:
-    """Multiply-accumulates per example: output elements times the weights each one reads."""
-    out_elems = 1
-    for size in call.output_shape:
-        out_elems *= size
-    per_example = out_elems // max(batch, 1)
-    if isinstance(module, nn.Linear):
-        return per_example * module.in_features
-    row = module.weight.shape[1]
-    for size in module.weight.shape[2:]:
-        row *= size
-    return per_example * row
+    """Multiply-accumulates per example (`layer_macs`), from the recorded output shape."""
+    weight = module.weight
+    per_example = math.prod(call.output_shape) // max(batch, 1)
+    groups = 1 if isinstance(module, nn.Linear) else module.groups
+    return layer_macs(
+        c_out=weight.shape[0],
+        c_in=weight.shape[1] * groups,
+        groups=groups,
+        kernel=math.prod(weight.shape[2:]),
+        out_spatial=per_example // weight.shape[0],
+    )
 
 
 def _couple(

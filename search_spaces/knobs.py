@@ -16,6 +16,8 @@ __all__ = [
     "WEIGHT_BITS",
     "divisors",
     "effective_k",
+    "is_int",
+    "is_number",
     "is_power_of_two",
     "kept_channels",
 ]
@@ -25,6 +27,16 @@ WEIGHT_BITS = (1, 2, 3, 4, 8, 16, 32)
 ACT_BITS = (2, 3, 4, 8, 32)
 # P-Transfer's per-layer fine-tune learning-rate multipliers; 0 freezes the layer.
 LR_MULTS = (0.0, 0.01, 0.1, 1.0)
+
+
+def is_int(value: object) -> bool:
+    """An int that is not a bool (JSON's true is not a bit-width)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    """A finite int or float that is not a bool."""
+    return (is_int(value) or isinstance(value, float)) and math.isfinite(value)
 
 
 def is_power_of_two(value: int) -> bool:

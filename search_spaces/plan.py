@@ -4,11 +4,21 @@ A plan is the hand-off between the planner and the engine. It maps fully qualifi
 frozen `LayerPlan`s, in order; a layer that is absent stays as it is. It carries the budgets it was
 planned for, the fingerprint of the model it was planned on, and where it came from.
 
+A layer plan holds a typed weight config and a typed activation config, each owned by a
+registered compression unit (`search_spaces.methods`); a plan only loads configs of registered
+units. Schema 2 (written) names the unit:
+
+    "layer1.0.conv1": {"weights": {"method": "vq", "k": 256, "m": 9},
+                       "activations": {"method": "n2uq", "bits": 4}, "keep": 0.5}
+
+Schema 1 (still read) had flat knobs: `{"k": 256, "m": 9, "d_tilde": 4, "weight_bits": 2,
+"act_bits": 4, ...}`; `LayerPlan.from_dict(..., version=1)` converts them.
+
 Two levels of checking:
-- `LayerPlan.__post_init__` and `Plan.from_dict` check what a plan says on its own (types, ranges,
-  VQ and bits not both set);
-- `validate_plan(plan, graph)` checks it against a model (layer names, m dividing the row length
-  after pruning, one keep ratio per coupling group, the fingerprint).
+- `LayerPlan.__post_init__`, the configs' own checks and `Plan.from_dict` check what a plan says on
+  its own (types, ranges, registered methods);
+- `validate_plan(plan, graph)` checks it against a model (layer names, each weight config against
+  the layer's row length after pruning, one keep ratio per coupling group, the fingerprint).
 Every error is a `PlanError` whose message names the layer and the field.
 
 The plan types live here, below the planner, because the size predictor and the engine read plans
@@ -19,21 +29,22 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from search_spaces.knobs import (
-    ACT_BITS,
-    K_MAX,
-    K_MIN,
-    WEIGHT_BITS,
-    divisors,
-    is_power_of_two,
-    kept_channels,
+from search_spaces.errors import PlanError
+from search_spaces.knobs import ACT_BITS, WEIGHT_BITS, is_int, is_number, kept_channels
+from search_spaces.methods import (
+    DEFAULT_ACTIVATION_METHOD,
+    ActivationConfig,
+    BitsConfig,
+    VQConfig,
+    WeightConfig,
+    activation_method,
+    weight_method,
 )
 
 if TYPE_CHECKING:
@@ -53,127 +64,87 @@ __all__ = [
 ]
 
 PLAN_FORMAT = "compplan-plan"
-SCHEMA_VERSION = 1
-
-
-class PlanError(ValueError):
-    """A plan that is malformed, or does not fit the model; the message says what to change."""
-
-    def __init__(self, message: str, *, layer: str | None = None, field: str | None = None):
-        where = []
-        if layer is not None:
-            where.append(f"layer '{layer}'")
-        if field is not None:
-            where.append(f"field '{field}'")
-        super().__init__(": ".join([*where, message]))
-        self.layer = layer
-        self.field = field
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+SCHEMA_VERSION = 2
+_V1_KNOBS = ("k", "m", "d_tilde", "weight_bits", "act_bits", "keep", "lr_mult")
 
 
 @dataclass(frozen=True)
 class LayerPlan:
     """What to do to one layer. The defaults leave it as it is.
 
-    A layer takes vector quantization (`k` and `m`, optionally `d_tilde`) or b-bit weights
-    (`weight_bits`), not both.
-
     Attributes:
-        k: VQ clusters, a power of two in 2..4096 (clamped to the layer's k_eff), or None.
-        m: VQ subvector length; divides the layer's row length D after pruning.
-        d_tilde: LR²VQ clustering dimensionality, 1..m; None or m means plain PQ.
-        weight_bits: 1, 2, 3, 4, 8, 16 or 32 (None: 32, or VQ when k is set).
-        act_bits: input activation bits, 2, 3, 4, 8 or 32.
+        weights: the weight method's config (`VQConfig`, `BitsConfig`, ... of a registered
+            unit), or None for a dense 32-bit weight.
+        activations: the input activation quantizer's config, or None for 32-bit inputs.
         keep: output-channel keep ratio in (0, 1]; equal across a coupling group.
         lr_mult: fine-tune learning-rate multiplier ≥ 0; 0 freezes the layer.
     """
 
-    k: int | None = None
-    m: int | None = None
-    d_tilde: int | None = None
-    weight_bits: int | None = None
-    act_bits: int = 32
+    weights: WeightConfig | None = None
+    activations: ActivationConfig | None = None
     keep: float = 1.0
     lr_mult: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.k is not None and not _is_int(self.k):
-            raise PlanError(f"k={self.k!r} must be an integer (a power of two)", field="k")
-        if self.k is not None and not is_power_of_two(self.k):
-            raise PlanError(f"k={self.k!r} is not a power of two", field="k")
-        if self.k is not None and not K_MIN <= self.k <= K_MAX:
-            raise PlanError(f"k={self.k} is outside {K_MIN}..{K_MAX}", field="k")
-        if (self.k is None) != (self.m is None):
-            missing = "m" if self.m is None else "k"
-            raise PlanError("vector quantization needs both k and m", field=missing)
-        if self.m is not None and (not _is_int(self.m) or self.m < 1):
-            raise PlanError(f"m={self.m!r} is not a positive integer", field="m")
-        if self.d_tilde is not None:
-            if self.m is None:
+        if self.weights is not None:
+            if not isinstance(self.weights, WeightConfig):
                 raise PlanError(
-                    "d_tilde is set without vector quantization (k, m)", field="d_tilde"
+                    f"expected a weight config, got {type(self.weights).__name__}", field="weights"
                 )
-            if not _is_int(self.d_tilde) or not 1 <= self.d_tilde <= self.m:
+            unit = weight_method(self.weights.method, field="weights.method")
+            if not isinstance(self.weights, unit.config_type):
                 raise PlanError(
-                    f"d_tilde={self.d_tilde!r} must be in 1..m={self.m}", field="d_tilde"
+                    f"{type(self.weights).__name__} is not the registered {unit.name} config",
+                    field="weights",
                 )
-        if self.weight_bits is not None:
-            if self.k is not None:
+        if self.activations is not None:
+            if not isinstance(self.activations, ActivationConfig):
                 raise PlanError(
-                    "VQ (k, m) and weight_bits are both set; a layer takes one of them",
-                    field="weight_bits",
+                    f"expected an activation config, got {type(self.activations).__name__}",
+                    field="activations",
                 )
-            if not _is_int(self.weight_bits) or self.weight_bits not in WEIGHT_BITS:
-                raise PlanError(
-                    f"weight_bits={self.weight_bits!r} is not one of {list(WEIGHT_BITS)}",
-                    field="weight_bits",
-                )
-        if not _is_int(self.act_bits) or self.act_bits not in ACT_BITS:
-            raise PlanError(
-                f"act_bits={self.act_bits!r} is not one of {list(ACT_BITS)}", field="act_bits"
-            )
-        if not _is_number(self.keep) or not 0.0 < self.keep <= 1.0:
+            activation_method(self.activations.method)
+        if not is_number(self.keep) or not 0.0 < self.keep <= 1.0:
             raise PlanError(f"keep={self.keep!r} is outside (0, 1]", field="keep")
-        if not _is_number(self.lr_mult) or self.lr_mult < 0:
+        if not is_number(self.lr_mult) or self.lr_mult < 0:
             raise PlanError(f"lr_mult={self.lr_mult!r} must be a number ≥ 0", field="lr_mult")
 
     @property
     def method(self) -> str:
-        """ "vq", "bits" (fewer than 32 weight bits) or "none"."""
-        if self.k is not None:
-            return "vq"
-        if self.weight_bits is not None and self.weight_bits < 32:
-            return "bits"
-        return "none"
+        """The weight method's name, or "none" for a dense weight."""
+        return "none" if self.weights is None else self.weights.method
 
     @property
-    def clustering_dim(self) -> int | None:
-        """d̃ with its default filled in: m for plain PQ, None without VQ."""
-        return self.d_tilde if self.d_tilde is not None else self.m
+    def act_bits(self) -> int:
+        """Input activation bits: 32 without an activation quantizer."""
+        return 32 if self.activations is None else self.activations.bits
 
     def to_dict(self) -> dict[str, Any]:
-        """Only the fields that differ from the defaults, so plan files stay short."""
-        defaults = LayerPlan()
-        return {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if getattr(self, f.name) != getattr(defaults, f.name)
-        }
+        """Schema 2: only what differs from the defaults, so plan files stay short."""
+        data: dict[str, Any] = {}
+        if self.weights is not None:
+            data["weights"] = self.weights.to_dict()
+        if self.activations is not None:
+            data["activations"] = self.activations.to_dict()
+        for name in ("keep", "lr_mult"):
+            if getattr(self, name) != getattr(_UNCHANGED, name):
+                data[name] = getattr(self, name)
+        return data
 
     @classmethod
-    def from_dict(cls, data: object, *, layer: str | None = None) -> LayerPlan:
+    def from_dict(
+        cls, data: object, *, layer: str | None = None, version: int = SCHEMA_VERSION
+    ) -> LayerPlan:
+        """A layer plan from its JSON object in schema `version` (1 or 2).
+
+        Raises:
+            PlanError: naming `layer` and the field ("weights.k" in schema 2, "k" in schema 1).
+        """
         if not isinstance(data, dict):
             raise PlanError(
                 f"expected a JSON object of knobs, got {type(data).__name__}", layer=layer
             )
-        known = [f.name for f in fields(cls)]
+        known = list(_V1_KNOBS) if version == 1 else [f.name for f in fields(cls)]
         for key in data:
             if key not in known:
                 close = difflib.get_close_matches(str(key), known, n=1)
@@ -182,9 +153,64 @@ class LayerPlan:
                     f"unknown knob{hint}; knobs are {', '.join(known)}", layer=layer, field=str(key)
                 )
         try:
-            return cls(**data)
+            if version == 1:
+                return _from_v1(data)
+            return cls(
+                weights=_config(data.get("weights"), "weights"),
+                activations=_config(data.get("activations"), "activations"),
+                **{k: data[k] for k in ("keep", "lr_mult") if k in data},
+            )
         except PlanError as error:
             raise PlanError(str(error).split(": ", 1)[-1], layer=layer, field=error.field) from None
+
+
+def _config(data: object, part: str) -> Any:
+    """The weight or activation config of a schema-2 object (None when absent)."""
+    if data is None:
+        return None
+    if not isinstance(data, dict) or "method" not in data:
+        raise PlanError('must be a JSON object with a "method"', field=part)
+    settings = {k: v for k, v in data.items() if k != "method"}
+    if part == "weights":
+        config_type = weight_method(data["method"], field="weights.method").config_type
+    else:
+        config_type = activation_method(data["method"]).config_type
+    try:
+        return config_type.from_dict(settings)
+    except PlanError as error:
+        raise PlanError(str(error).split(": ", 1)[-1], field=f"{part}.{error.field}") from None
+
+
+def _from_v1(data: Mapping[str, Any]) -> LayerPlan:
+    """Schema 1's flat knobs → a layer plan (errors name the flat knob)."""
+    k, m, d_tilde, weight_bits = (data.get(n) for n in ("k", "m", "d_tilde", "weight_bits"))
+    act_bits = data.get("act_bits", 32)
+    if (k is None) != (m is None):
+        raise PlanError("vector quantization needs both k and m", field="m" if m is None else "k")
+    if d_tilde is not None and m is None:
+        raise PlanError("d_tilde is set without vector quantization (k, m)", field="d_tilde")
+    weights: WeightConfig | None = None
+    if weight_bits is not None:
+        if k is not None:
+            raise PlanError(
+                "VQ (k, m) and weight_bits are both set; a layer takes one of them",
+                field="weight_bits",
+            )
+        if not is_int(weight_bits) or weight_bits not in WEIGHT_BITS:
+            raise PlanError(
+                f"weight_bits={weight_bits!r} is not one of {list(WEIGHT_BITS)}",
+                field="weight_bits",
+            )
+        weights = BitsConfig(bits=weight_bits) if weight_bits < 32 else None
+    elif k is not None:
+        weights = VQConfig(k=k, m=m, d_tilde=d_tilde)
+    if not is_int(act_bits) or act_bits not in ACT_BITS:
+        raise PlanError(f"act_bits={act_bits!r} is not one of {list(ACT_BITS)}", field="act_bits")
+    return LayerPlan(
+        weights=weights,
+        activations=activation_method(DEFAULT_ACTIVATION_METHOD).config(act_bits),
+        **{name: data[name] for name in ("keep", "lr_mult") if name in data},
+    )
 
 
 @dataclass(frozen=True)
@@ -204,7 +230,7 @@ class Budget:
     def __post_init__(self) -> None:
         for name in ("size_bytes", "latency_ms", "macs"):
             value = getattr(self, name)
-            if value is not None and (not _is_number(value) or value <= 0):
+            if value is not None and (not is_number(value) or value <= 0):
                 raise PlanError(
                     f"{value!r} must be a positive number or null", field=f"budget.{name}"
                 )
@@ -291,7 +317,7 @@ class Plan:
                 f'not a compplan plan (expected "format": "{PLAN_FORMAT}")', field="format"
             )
         version = data.get("schema_version")
-        if not _is_int(version) or version < 1:
+        if not is_int(version) or version < 1:
             raise PlanError(f"{version!r} is not a schema version", field="schema_version")
         if version > SCHEMA_VERSION:
             raise PlanError(
@@ -329,7 +355,10 @@ class Plan:
         if not isinstance(provenance, dict):
             raise PlanError("must be a JSON object", field="provenance")
         return cls(
-            layers={name: LayerPlan.from_dict(knobs, layer=name) for name, knobs in layers.items()},
+            layers={
+                name: LayerPlan.from_dict(knobs, layer=name, version=version)
+                for name, knobs in layers.items()
+            },
             model=data.get("model", ""),
             fingerprint=data.get("fingerprint", ""),
             budget=Budget(**budget),
@@ -449,8 +478,9 @@ def validate_plan(plan: Plan, graph: ModelGraph) -> None:
 
     Raises:
         PlanError: the plan was made for another model, names a layer the model does not have
-            (or keeps as is), has an m that does not divide a layer's row length after pruning,
-            or gives coupled layers different keep ratios.
+            (or keeps as is), has a weight config that does not fit a layer after pruning (an
+            m that does not divide the row length), or gives coupled layers different keep
+            ratios.
     """
     if plan.fingerprint and plan.fingerprint != graph.fingerprint:
         made_for = f" ({plan.model})" if plan.model else ""
@@ -469,15 +499,10 @@ def validate_plan(plan: Plan, graph: ModelGraph) -> None:
                 raise PlanError(error.args[0], layer=name) from None
     keeps = group_keeps(plan, graph)
     for name, layer_plan in plan.layers.items():
-        if layer_plan.m is None:
+        if layer_plan.weights is None:
             continue
         spec = graph.layers[name]
         row = pruned_row_length(spec, graph, keeps)
-        if row % layer_plan.m:
-            pruned = " after pruning" if row != spec.row_length else ""
-            raise PlanError(
-                f"m={layer_plan.m} does not divide the row length D={row}{pruned} "
-                f"(valid m: {', '.join(str(d) for d in divisors(row) if d <= 64)})",
-                layer=name,
-                field="m",
-            )
+        weight_method(layer_plan.method).check(
+            layer_plan.weights, row_length=row, layer=name, pruned=row != spec.row_length
+        )

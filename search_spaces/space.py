@@ -3,8 +3,9 @@
 The user describes what the search may pick with `Knobs` (one default for all layers, and
 overrides by exact layer name or `re:` pattern, the first match winning). The space resolves them
 against the `ModelGraph` into per-layer choices that are all valid for that layer:
-- m only takes values that divide the layer's row length for every reachable pruning of its inputs;
-- d̃ is given as a fraction of m, so that one static distribution serves every m;
+- each weight method narrows its own knobs (`WeightMethod.resolve`): VQ's m only takes values
+  that divide the layer's row length for every reachable pruning of its inputs, and d̃ is given
+  as a fraction of m, so that one static distribution serves every m;
 - the keep ratio belongs to a coupling group, not a layer: coupled layers share one parameter, and
   only prunable groups get one.
 
@@ -15,83 +16,116 @@ method this project builds on; pass `protect_ends=False` to search them too.
 from __future__ import annotations
 
 import itertools
-import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from search_spaces.graph import LayerSpec, ModelGraph
-from search_spaces.knobs import (
-    ACT_BITS,
-    K_MAX,
-    K_MIN,
-    LR_MULTS,
-    WEIGHT_BITS,
-    divisors,
-    is_power_of_two,
-    kept_channels,
+from search_spaces.knobs import ACT_BITS, LR_MULTS, kept_channels
+from search_spaces.methods import (
+    DEFAULT_ACTIVATION_METHOD,
+    activation_method,
+    check_knob,
+    weight_method,
+    weight_methods,
 )
 from search_spaces.plan import LayerPlan, Plan, PlanError
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["METHODS", "Knobs", "LayerChoices", "SearchSpace"]
+__all__ = ["Knobs", "LayerChoices", "SearchSpace"]
 
-METHODS = ("vq", "bits", "none")
-_POWERS_OF_TWO = tuple(2**i for i in range(1, 13))
+_COMMON = ("methods", "act_method", "act_bits", "keep", "lr_mult")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Knobs:
-    """The values a search may pick for a layer; every field is a tuple of allowed values.
+    """The values a search may pick for a layer; every knob is a tuple of allowed values.
+
+    The common knobs are fields; each weight method's own knobs (VQ's `k`, `m`, `max_m`,
+    `d_tilde_fractions`, b-bit's `weight_bits`, a new method's) are keyword arguments too, and
+    go to that method's knobs dataclass (`WeightMethod.knobs_type`); a method not given any takes
+    its defaults. `Knobs(methods=("vq",), k=(256,), m=(9, 18))`.
 
     Attributes:
-        methods: weight compression kinds: "vq" (LR²VQ / PQ), "bits" (b-bit weights), "none".
-        k: VQ cluster counts, powers of two in 2..4096.
-        m: VQ subvector lengths; None means every divisor of the layer's row length up to `max_m`.
-        max_m: the largest subvector length considered when `m` is None.
-        d_tilde_fractions: d̃ as fractions of m (1.0 is plain PQ); d̃ = max(1, round(f·m)).
-        weight_bits: bit-widths for the "bits" method.
-        act_bits: input activation bit-widths.
+        methods: weight methods (registered names) or "none" (dense).
+        act_method: the activation quantizer (a registered name) for act_bits below 32.
+        act_bits: input activation bit-widths (32: none).
         keep: channel keep ratios, for the layer's coupling group.
         lr_mult: fine-tune learning-rate multipliers (0 freezes).
+        method_knobs: (method name, its knobs) for every registered method, in registry order.
+
+    Raises:
+        PlanError: a value is invalid (field "knobs.<name>"), or a keyword is no method's knob.
     """
 
-    methods: tuple[str, ...] = ("vq", "bits")
-    k: tuple[int, ...] = _POWERS_OF_TWO
-    m: tuple[int, ...] | None = None
-    max_m: int = 32
-    d_tilde_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
-    weight_bits: tuple[int, ...] = (1, 2, 3, 4, 8, 16)
-    act_bits: tuple[int, ...] = ACT_BITS
-    keep: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
-    lr_mult: tuple[float, ...] = LR_MULTS
+    methods: tuple[str, ...]
+    act_method: str
+    act_bits: tuple[int, ...]
+    keep: tuple[float, ...]
+    lr_mult: tuple[float, ...]
+    method_knobs: tuple[tuple[str, Any], ...]
 
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, list):
-                object.__setattr__(self, f.name, tuple(value))
-        _check(self.methods, lambda v: v in METHODS, "methods", f"one of {list(METHODS)}")
-        _check(
-            self.k,
-            lambda v: is_power_of_two(v) and K_MIN <= v <= K_MAX,
-            "k",
-            "powers of two in 2..4096",
+    def __init__(
+        self,
+        *,
+        methods: tuple[str, ...] = ("vq", "bits"),
+        act_method: str = DEFAULT_ACTIVATION_METHOD,
+        act_bits: tuple[int, ...] = ACT_BITS,
+        keep: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0),
+        lr_mult: tuple[float, ...] = LR_MULTS,
+        method_knobs: Mapping[str, Any] | tuple[tuple[str, Any], ...] = (),
+        **knobs: Any,
+    ):
+        given = dict(method_knobs)
+        changes: dict[str, dict[str, Any]] = {}
+        owners = {f.name: unit.name for unit in weight_methods() for f in fields(unit.knobs_type)}
+        for key, value in knobs.items():
+            if key not in owners:
+                known = ", ".join([*_COMMON, *owners])
+                raise PlanError(
+                    f"unexpected keyword '{key}'; knobs are {known}", field=f"knobs.{key}"
+                )
+            changes.setdefault(owners[key], {})[key] = value
+        resolved = []
+        for unit in weight_methods():
+            base = given.get(unit.name)
+            values = (
+                {f.name: getattr(base, f.name) for f in fields(unit.knobs_type)} if base else {}
+            )
+            values |= changes.get(unit.name, {})
+            resolved.append((unit.name, unit.knobs_type(**values)))
+        for name, value in [
+            ("methods", methods),
+            ("act_bits", act_bits),
+            ("keep", keep),
+            ("lr_mult", lr_mult),
+            ("method_knobs", tuple(resolved)),
+        ]:
+            object.__setattr__(self, name, tuple(value) if isinstance(value, list) else value)
+        object.__setattr__(self, "act_method", act_method)
+        names = {unit.name for unit in weight_methods()}
+        check_knob(
+            self.methods,
+            lambda v: v in names or v == "none",
+            "methods",
+            f"registered weight methods {sorted(names)} or 'none'",
         )
-        if self.m is not None:
-            _check(self.m, lambda v: isinstance(v, int) and v >= 1, "m", "positive integers")
-        _check(
-            self.d_tilde_fractions, lambda v: 0 < v <= 1, "d_tilde_fractions", "fractions in (0, 1]"
-        )
-        _check(
-            self.weight_bits, lambda v: v in WEIGHT_BITS, "weight_bits", f"in {list(WEIGHT_BITS)}"
-        )
-        _check(self.act_bits, lambda v: v in ACT_BITS, "act_bits", f"in {list(ACT_BITS)}")
-        _check(self.keep, lambda v: 0 < v <= 1, "keep", "ratios in (0, 1]")
-        _check(self.lr_mult, lambda v: v >= 0, "lr_mult", "numbers ≥ 0")
+        allowed = (*activation_method(act_method).bits, 32)
+        check_knob(self.act_bits, lambda v: v in allowed, "act_bits", f"in {list(allowed)}")
+        check_knob(self.keep, lambda v: 0 < v <= 1, "keep", "ratios in (0, 1]")
+        check_knob(self.lr_mult, lambda v: v >= 0, "lr_mult", "numbers ≥ 0")
+
+    def of(self, method: str) -> Any:
+        """The knobs of weight method `method`."""
+        return dict(self.method_knobs)[method]
+
+    def changed(self, **changes: Any) -> Knobs:
+        """These knobs with some values changed (common knobs or any method's)."""
+        common = {name: getattr(self, name) for name in _COMMON}
+        return Knobs(**(common | {"method_knobs": self.method_knobs} | changes))
 
     @classmethod
     def uncompressed(cls) -> Knobs:
@@ -99,27 +133,63 @@ class Knobs:
         return cls(methods=("none",), act_bits=(32,))
 
 
-def _check(values: tuple, ok, name: str, what: str) -> None:
-    if not values:
-        raise PlanError(f"needs at least one value ({what})", field=f"knobs.{name}")
-    bad = [v for v in values if not ok(v)]
-    if bad:
-        raise PlanError(f"{bad} are not {what}", field=f"knobs.{name}")
-
-
 @dataclass(frozen=True)
 class LayerChoices:
-    """The resolved, valid choices of one layer (see `Knobs` for the fields)."""
+    """The resolved, valid choices of one layer (see `Knobs` for the fields).
+
+    `method_knobs` holds, for each method in `methods` (but "none"), its knobs narrowed to what
+    is valid for this layer (`WeightMethod.resolve`); `note` says why a method was dropped."""
 
     name: str
     methods: tuple[str, ...]
-    k: tuple[int, ...]
-    m: tuple[int, ...]
-    d_tilde_fractions: tuple[float, ...]
-    weight_bits: tuple[int, ...]
+    method_knobs: tuple[tuple[str, Any], ...]
+    act_method: str
     act_bits: tuple[int, ...]
     lr_mult: tuple[float, ...]
     note: str = ""
+
+    def of(self, method: str) -> Any:
+        """The resolved knobs of weight method `method`."""
+        return dict(self.method_knobs)[method]
+
+    def parameters(self) -> dict[str, tuple[str, tuple]]:
+        """Every search parameter of this layer: knob → (the method using it or "", choices)."""
+        params: dict[str, tuple[str, tuple]] = {"method": ("", self.methods)}
+        for method, knobs in self.method_knobs:
+            for knob, choices in weight_method(method).parameters(knobs).items():
+                params[knob] = (method, choices)
+        params["act_bits"] = ("", self.act_bits)
+        params["lr_mult"] = ("", self.lr_mult)
+        return params
+
+    def layer_plan(self, values: Mapping[str, Any], *, keep: float) -> LayerPlan:
+        """The layer plan of one value per parameter (missing ones: the first choice).
+
+        Raises:
+            PlanError: a value is not among its parameter's choices.
+        """
+        params = self.parameters()
+
+        def pick(knob: str) -> Any:
+            choices = params[knob][1]
+            value = values.get(knob, choices[0])
+            if value not in choices:
+                raise PlanError(
+                    f"{value!r} is not among {list(choices)}", layer=self.name, field=knob
+                )
+            return value
+
+        method = pick("method")
+        weights = None
+        if method != "none":
+            unit = weight_method(method)
+            weights = unit.decode({k: pick(k) for k in unit.parameters(self.of(method))})
+        return LayerPlan(
+            weights=weights,
+            activations=activation_method(self.act_method).config(pick("act_bits")),
+            keep=keep,
+            lr_mult=pick("lr_mult"),
+        )
 
 
 class SearchSpace:
@@ -170,8 +240,8 @@ class SearchSpace:
         if isinstance(value, Knobs):
             return value
         try:
-            return replace(self.knobs, **dict(value))
-        except TypeError as error:
+            return self.knobs.changed(**dict(value))
+        except PlanError as error:
             raise PlanError(f"override '{key}': {error}") from None
 
     def _group_keep_choices(self) -> dict[int, tuple[float, ...]]:
@@ -206,26 +276,25 @@ class SearchSpace:
     def _choices(self, spec: LayerSpec) -> LayerChoices:
         knobs = self.layer_knobs[spec.name]
         rows = self._row_lengths(spec)
-        candidates = (
-            knobs.m
-            if knobs.m is not None
-            else tuple(d for d in divisors(spec.row_length) if d <= knobs.max_m)
-        )
-        valid_m = tuple(m for m in candidates if all(row % m == 0 for row in rows))
-        methods, note = knobs.methods, ""
-        if "vq" in methods and not valid_m:
-            methods = tuple(x for x in methods if x != "vq") or ("none",)
-            note = f"no m in {list(candidates)} divides every reachable row length {sorted(rows)}"
+        methods, method_knobs, notes = [], [], []
+        for method in knobs.methods:
+            if method == "none":
+                methods.append(method)
+                continue
+            narrowed, why = weight_method(method).resolve(knobs.of(method), spec, rows)
+            if narrowed is None:
+                notes.append(f"{method}: {why}")
+                continue
+            methods.append(method)
+            method_knobs.append((method, narrowed))
         return LayerChoices(
             name=spec.name,
-            methods=methods,
-            k=knobs.k,
-            m=valid_m,
-            d_tilde_fractions=knobs.d_tilde_fractions,
-            weight_bits=knobs.weight_bits,
+            methods=tuple(methods) or ("none",),
+            method_knobs=tuple(method_knobs),
+            act_method=knobs.act_method,
             act_bits=knobs.act_bits,
             lr_mult=knobs.lr_mult,
-            note=note,
+            note="; ".join(notes),
         )
 
     # -- Optuna ---------------------------------------------------------------------------------
@@ -233,10 +302,11 @@ class SearchSpace:
     def to_optuna(self) -> dict[str, optuna.distributions.BaseDistribution]:
         """Every parameter of the space as an Optuna distribution, keyed by parameter name.
 
-        Names are "<layer>/<knob>" (method, k, m, d_tilde_fraction, weight_bits, act_bits, lr_mult)
-        and "group<id>/keep". Knobs with a single value are constants and have no parameter.
-        The space is static (every parameter always exists); `decode` ignores the parameters a
-        layer's method does not use, and `suggest` asks only for those it uses.
+        Names are "<layer>/<knob>": "method", each method's own parameters (VQ: k, m,
+        d_tilde_fraction; b-bit: weight_bits), act_bits, lr_mult; and "group<id>/keep". Knobs
+        with a single value are constants and have no parameter. The space is static (every
+        parameter always exists); `decode` ignores the parameters a layer's method does not
+        use, and `suggest` asks only for those it uses.
         """
         return {name: dist for name, dist, _ in self._parameters()}
 
@@ -244,29 +314,9 @@ class SearchSpace:
         from optuna.distributions import CategoricalDistribution
 
         for name, c in self.layers.items():
-            uses = {
-                "method": None,
-                "k": "vq",
-                "m": "vq",
-                "d_tilde_fraction": "vq",
-                "weight_bits": "bits",
-                "act_bits": None,
-                "lr_mult": None,
-            }
-            values = {
-                "method": c.methods,
-                "k": c.k,
-                "m": c.m,
-                "d_tilde_fraction": c.d_tilde_fractions,
-                "weight_bits": c.weight_bits,
-                "act_bits": c.act_bits,
-                "lr_mult": c.lr_mult,
-            }
-            for knob, method in uses.items():
-                if method is not None and method not in c.methods:
-                    continue
-                if len(values[knob]) > 1:
-                    yield f"{name}/{knob}", CategoricalDistribution(values[knob]), method
+            for knob, (method, choices) in c.parameters().items():
+                if len(choices) > 1:
+                    yield f"{name}/{knob}", CategoricalDistribution(choices), method or None
         for gid, choices in self.group_keep.items():
             if len(choices) > 1:
                 yield f"group{gid}/keep", CategoricalDistribution(choices), None
@@ -294,31 +344,11 @@ class SearchSpace:
         keeps = {gid: params.get(f"group{gid}/keep", c[0]) for gid, c in self.group_keep.items()}
         layers: dict[str, LayerPlan] = {}
         for name, c in self.layers.items():
-
-            def pick(knob: str, choices: tuple, layer: str = name) -> Any:
-                value = params.get(f"{layer}/{knob}", choices[0] if choices else None)
-                if choices and value not in choices:
-                    raise PlanError(
-                        f"{value!r} is not among {list(choices)}", layer=layer, field=knob
-                    )
-                return value
-
-            method = pick("method", c.methods)
             spec = self.graph.layers[name]
             keep = keeps.get(spec.group, 1.0) if spec.group is not None else 1.0
-            common = {
-                "act_bits": pick("act_bits", c.act_bits),
-                "lr_mult": pick("lr_mult", c.lr_mult),
-                "keep": keep,
-            }
-            if method == "vq":
-                m = pick("m", c.m)
-                d = max(1, round(pick("d_tilde_fraction", c.d_tilde_fractions) * m))
-                plan = LayerPlan(k=pick("k", c.k), m=m, d_tilde=None if d == m else d, **common)
-            elif method == "bits":
-                plan = LayerPlan(weight_bits=pick("weight_bits", c.weight_bits), **common)
-            else:
-                plan = LayerPlan(**common)
+            prefix = f"{name}/"
+            values = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+            plan = c.layer_plan(values, keep=keep)
             if plan != LayerPlan():
                 layers[name] = plan
         return Plan(
@@ -327,20 +357,6 @@ class SearchSpace:
             fingerprint=self.graph.fingerprint,
             provenance={"source": "search_space"},
         )
-
-    @property
-    def log10_size(self) -> float:
-        """log10 of the number of distinct points (methods' own knobs counted per method)."""
-        total = 0.0
-        for c in self.layers.values():
-            per_method = {
-                "vq": len(c.k) * len(c.m) * len(c.d_tilde_fractions),
-                "bits": len(c.weight_bits),
-                "none": 1,
-            }
-            count = sum(per_method[m] for m in c.methods) * len(c.act_bits) * len(c.lr_mult)
-            total += math.log10(max(count, 1))
-        return total + sum(math.log10(len(v)) for v in self.group_keep.values())
 
 
 def _matches(key: str, name: str) -> bool:

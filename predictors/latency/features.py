@@ -18,6 +18,7 @@ import numpy as np
 
 from predictors.size import PlanBatch, layer_bits
 from search_spaces.graph import LayerSpec, ModelGraph
+from search_spaces.macs import layer_macs
 from search_spaces.plan import Plan
 
 __all__ = [
@@ -67,7 +68,8 @@ class LayerConfigs:
             2-d conv; tokens for a Linear over sequences, else 1).
         batch: the batch size.
         act_bits: input activation bits (32: not quantized).
-        weight_bits: weight bits as stored (32 for dense and for VQ, which runs decoded).
+        weight_bits: weight bits the deployed form runs at, as the weight method says
+            (`WeightMethod.deployed_weight_bits`: 32 for dense and for VQ, which runs decoded).
     """
 
     kind: np.ndarray
@@ -104,7 +106,14 @@ class LayerConfigs:
     @property
     def macs(self) -> np.ndarray:
         """Multiply-accumulates of the whole batch."""
-        return self.batch * self.out_spatial * self.c_out * (self.c_in // self.groups) * self.kernel
+        return layer_macs(
+            c_out=self.c_out,
+            c_in=self.c_in,
+            groups=self.groups,
+            kernel=self.kernel,
+            out_spatial=self.out_spatial,
+            batch=self.batch,
+        )
 
     def unique(self) -> tuple[LayerConfigs, np.ndarray]:
         """(the distinct configurations, flat; the index of each element among them).
@@ -198,7 +207,7 @@ class LatencyBatch:
     """Plans of one model as arrays, with what latency needs beyond size: activation bits.
 
     Attributes:
-        plans: the size model's arrays (k, m, d̃, weight bits, keep per group).
+        plans: the size model's arrays (weight methods and their columns, keep per group).
         act_bits: input activation bits, plans × layers.
     """
 
@@ -222,8 +231,8 @@ def plan_layer_configs(graph: ModelGraph, plans: Sequence[Plan] | LatencyBatch) 
     """The deployed configuration of every layer under every plan: shape (plans, layers).
 
     Channels come from the size model's pruning arithmetic (`predictors.size.layer_bits`), so
-    the two predictors cannot disagree about a pruned shape. VQ layers count as 32-bit weights:
-    they run decoded (DESIGN.md, Latency).
+    the two predictors cannot disagree about a pruned shape. Weight bits are what each weight
+    method's deployed form runs at (VQ runs decoded, at 32: DESIGN.md, Latency).
     """
     batch = plans if isinstance(plans, LatencyBatch) else LatencyBatch.from_plans(graph, plans)
     parts = layer_bits(graph, batch.plans)
@@ -236,7 +245,7 @@ def plan_layer_configs(graph: ModelGraph, plans: Sequence[Plan] | LatencyBatch) 
     depthwise = np.asarray([s.is_depthwise for s in specs], dtype=bool)[None, :]
     groups = np.asarray([s.groups for s in specs], dtype=np.int64)[None, :]
     c_out = parts["c_out"]
-    weight_bits = np.where(batch.plans.k > 0, 32, batch.plans.weight_bits)
+    weight_bits = _deployed_weight_bits(batch.plans)
     return LayerConfigs.from_columns(
         c_in=parts["c_in"],
         c_out=c_out,
@@ -245,3 +254,11 @@ def plan_layer_configs(graph: ModelGraph, plans: Sequence[Plan] | LatencyBatch) 
         weight_bits=weight_bits,
         **{k: np.broadcast_to(v, c_out.shape) for k, v in static.items()},
     )
+
+
+def _deployed_weight_bits(plans: PlanBatch) -> np.ndarray:
+    """Per plan and layer, the weight bits its method's deployed form runs at (32 when dense)."""
+    bits = np.full(plans.method.shape, 32, dtype=np.int64)
+    for unit, mask, columns in plans.by_method():
+        bits[mask] = unit.deployed_weight_bits(columns)
+    return bits

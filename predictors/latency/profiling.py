@@ -34,6 +34,7 @@ import pandas as pd
 
 from predictors.latency.features import KINDS, LayerConfigs, plan_layer_configs
 from predictors.profile import MIN_RUNS, MeasurementError, device_fingerprint
+from search_spaces.macs import layer_macs
 from search_spaces.plan import Plan
 
 __all__ = [
@@ -124,8 +125,7 @@ def synthetic_layer_configs(n: int, *, batch: int = 1, seed: int = 0, max_macs: 
                 "out_spatial": out_side * out_side,
             }
         row.update(batch=batch, act_bits=act_bits, weight_bits=32)
-        macs = row["out_spatial"] * row["c_out"] * row["c_in"] // row["groups"] * row["kernel"]
-        if macs <= max_macs:
+        if _macs(row) // batch <= max_macs:  # per example
             rows.append(row)
     return LayerConfigs.from_columns(**{k: [r[k] for r in rows] for k in rows[0]})
 
@@ -142,8 +142,7 @@ def _layer_module(config: dict[str, int], device: str):
     """A single layer as the deployed form runs it, and the shape of its input."""
     from torch import nn
 
-    from engine.frozen_quantizer import FrozenActivationQuantizer
-    from engine.quantizers import ActivationQuantizer
+    from search_spaces.methods import DEFAULT_ACTIVATION_METHOD, activation_method, deployed_layer
 
     kind = KINDS[config["kind"]]
     c_in, c_out, batch = config["c_in"], config["c_out"], config["batch"]
@@ -163,10 +162,8 @@ def _layer_module(config: dict[str, int], device: str):
             if kind == "conv2d"
             else (batch, c_in, spatial)
         )
-    if config["act_bits"] < 32:
-        quantizer = FrozenActivationQuantizer.of(ActivationQuantizer(config["act_bits"]))
-        layer = nn.Sequential(quantizer, layer)
-    return layer.to(device).eval(), tuple(shape)
+    activations = activation_method(DEFAULT_ACTIVATION_METHOD).config(config["act_bits"])
+    return deployed_layer(layer.to(device), activations).eval(), tuple(shape)
 
 
 def _measure_jobs(
@@ -399,13 +396,8 @@ def profile_layers(
 
 
 def _macs(config: dict[str, int]) -> int:
-    return (
-        config["batch"]
-        * config["out_spatial"]
-        * config["c_out"]
-        * (config["c_in"] // config["groups"])
-        * config["kernel"]
-    )
+    keys = ("c_out", "c_in", "groups", "kernel", "out_spatial", "batch")
+    return layer_macs(**{key: config[key] for key in keys})
 
 
 def profile(

@@ -9,11 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from engine.apply import apply_plan_, register_weight_handler
+from dataclasses import replace
+
+from engine.apply import apply_plan_
 from engine.export import ExportError, export, freeze_, load, read_metadata
 from engine.layers import PlannedLayer
 from predictors.size import size_report
-from search_spaces import LayerPlan, Plan, PlanError, discover
+from search_spaces import BitsConfig, LayerPlan, N2UQConfig, Plan, PlanError, VQConfig, discover
 from zoo.digits import INPUT_SHAPE, DigitsNet
 
 SPEC = "zoo:digits"
@@ -43,35 +45,36 @@ def _group_keep(graph, keep):
 
 def _plan(graph, kind: str) -> Plan:
     inner = [n for n in graph.layers if n not in (graph.first_conv, graph.classifier)]
+
+    def m(n: str) -> int:
+        return 9 if graph.layers[n].kernel_elems == 9 else 4
+
     layers: dict[str, LayerPlan] = {}
     if kind == "pq":
-        layers = {
-            n: LayerPlan(k=64, m=9 if graph.layers[n].kernel_elems == 9 else 4) for n in inner
-        }
+        layers = {n: LayerPlan(weights=VQConfig(k=64, m=m(n))) for n in inner}
     elif kind == "lr2vq":
-        layers = {
-            n: LayerPlan(k=128, m=9 if graph.layers[n].kernel_elems == 9 else 4, d_tilde=3)
-            for n in inner
-        }
+        layers = {n: LayerPlan(weights=VQConfig(k=128, m=m(n), d_tilde=3)) for n in inner}
     elif kind.startswith("bits"):
         bits = int(kind[4:])
-        layers = {n: LayerPlan(weight_bits=bits) for n in inner}
+        layers = {n: LayerPlan(weights=BitsConfig(bits=bits)) for n in inner}
     elif kind == "w2a4":
-        layers = {n: LayerPlan(weight_bits=2, act_bits=4) for n in inner}
+        layers = {
+            n: LayerPlan(weights=BitsConfig(bits=2), activations=N2UQConfig(bits=4)) for n in inner
+        }
     elif kind == "a8":
-        layers = {n: LayerPlan(act_bits=8) for n in inner}
+        layers = {n: LayerPlan(activations=N2UQConfig(bits=8)) for n in inner}
     elif kind == "keep":
         layers = {n: LayerPlan(keep=0.5) for n in _group_keep(graph, 0.5)}
     elif kind == "keep+pq":
+        layers = {n: LayerPlan(weights=VQConfig(k=64, m=m(n))) for n in inner}
+        for n in _group_keep(graph, 0.5):
+            layers[n] = replace(layers.get(n, LayerPlan()), keep=0.5)
+    elif kind == "keep+bits4+a4":
         layers = {
-            n: LayerPlan(k=64, m=9 if graph.layers[n].kernel_elems == 9 else 4) for n in inner
+            n: LayerPlan(weights=BitsConfig(bits=4), activations=N2UQConfig(bits=4)) for n in inner
         }
         for n in _group_keep(graph, 0.5):
-            layers[n] = LayerPlan(**{**layers.get(n, LayerPlan()).__dict__, "keep": 0.5})
-    elif kind == "keep+bits4+a4":
-        layers = {n: LayerPlan(weight_bits=4, act_bits=4) for n in inner}
-        for n in _group_keep(graph, 0.5):
-            layers[n] = LayerPlan(**{**layers.get(n, LayerPlan()).__dict__, "keep": 0.5})
+            layers[n] = replace(layers.get(n, LayerPlan()), keep=0.5)
     return Plan(layers, model=SPEC, fingerprint=graph.fingerprint)
 
 
@@ -139,7 +142,7 @@ def test_layers_are_replaced_and_codes_are_buffers(base, graph):
 
 def test_plan_errors_come_before_any_change(base, graph):
     model = copy.deepcopy(base)
-    bad = Plan({"blocks.0.conv1": LayerPlan(k=64, m=7)}, model=SPEC)
+    bad = Plan({"blocks.0.conv1": LayerPlan(weights=VQConfig(k=64, m=7))}, model=SPEC)
     with pytest.raises(PlanError, match="m=7"):
         apply_plan_(model, bad, example_inputs=torch.zeros(INPUT_SHAPE), config=_quiet())
     assert not any(isinstance(m, PlannedLayer) for m in model.modules())
@@ -147,23 +150,6 @@ def test_plan_errors_come_before_any_change(base, graph):
         apply_plan_(
             model, _plan(graph, "a8"), example_inputs=torch.zeros(INPUT_SHAPE), config=_quiet()
         )
-
-
-def test_new_kinds_plug_in_through_the_registry(base, graph):
-    from engine import apply as apply_module
-    from engine.layers import DenseWeight
-
-    @register_weight_handler("bits")
-    def zeros(module, plan, config):
-        return DenseWeight(torch.zeros_like(module.weight))
-
-    try:
-        model = copy.deepcopy(base)
-        plan = Plan({"blocks.0.conv1": LayerPlan(weight_bits=4)})
-        apply_plan_(model, plan, example_inputs=torch.zeros(INPUT_SHAPE), config=_quiet())
-        assert model.get_submodule("blocks.0.conv1").weight.abs().sum() == 0
-    finally:
-        apply_module._WEIGHT_HANDLERS["bits"] = apply_module._bits
 
 
 def test_damaged_and_foreign_files_are_clear_errors(base, graph, tmp_path):
@@ -208,7 +194,7 @@ def test_quantizer_parameters_train_at_a_tenth_of_their_layer_rate(base, graph):
 
     model = copy.deepcopy(base)
     plan = _plan(graph, "w2a4")
-    plan = Plan({n: LayerPlan(**{**lp.__dict__, "lr_mult": 0.1}) for n, lp in plan.layers.items()})
+    plan = Plan({n: replace(lp, lr_mult=0.1) for n, lp in plan.layers.items()})
     apply_plan_(model, plan, calibration=torch.rand(32, *INPUT_SHAPE[1:]), config=_quiet())
     groups = build_param_groups(model, plan, 1e-3)
     layer = "blocks.0.conv1"

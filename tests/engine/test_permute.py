@@ -10,7 +10,7 @@ from torch import nn
 
 from engine.apply import ApplyConfig, apply_plan_
 from engine.permute import PermutationError, permute_group_, pqf_permutation, subvector_logdet
-from search_spaces import LayerPlan, Plan, discover
+from search_spaces import LayerPlan, Plan, VQConfig, discover
 from zoo.digits import INPUT_SHAPE, DigitsNet
 from zoo.mobilenet import mobilenet_v2
 
@@ -78,7 +78,7 @@ def test_apply_with_permutation_keeps_sizes_and_runs():
     graph = discover(model, torch.zeros(INPUT_SHAPE))
     plan = Plan(
         {
-            n: LayerPlan(k=32, m=18)
+            n: LayerPlan(weights=VQConfig(k=32, m=18))
             for n in graph.layers
             if graph.layers[n].kernel_elems == 9 and n != "stem.0"
         }

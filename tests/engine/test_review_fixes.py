@@ -12,7 +12,7 @@ from torch import nn
 from engine.apply import ApplyConfig, apply_plan_
 from engine.export import ExportError, export, load
 from predictors.size import size_report
-from search_spaces import LayerPlan, Plan, PlanError, discover
+from search_spaces import BitsConfig, LayerPlan, N2UQConfig, Plan, PlanError, VQConfig, discover
 from search_spaces.knobs import kept_channels
 
 QUIET = ApplyConfig(progress=False, kmeans_iterations=5)
@@ -57,7 +57,12 @@ def test_a_group_through_a_kept_batchnorm_is_not_pruned(model):
 def test_batchnorms_cost_two_vectors_per_channel_with_or_without_affine(model, tmp_path):
     graph = discover(model, torch.zeros(1, 3, 8, 8))
     assert size_report(Plan({}), graph).total_bits == graph.baseline_bits
-    plan = Plan({"inner": LayerPlan(k=16, m=9, keep=0.5), "mix": LayerPlan(weight_bits=2)})
+    plan = Plan(
+        {
+            "inner": LayerPlan(weights=VQConfig(k=16, m=9), keep=0.5),
+            "mix": LayerPlan(weights=BitsConfig(bits=2)),
+        }
+    )
     student = copy.deepcopy(model)
     apply_plan_(student, plan, calibration=torch.rand(32, 3, 8, 8), config=QUIET)
     report = export(student, tmp_path / "m.cpz", model_spec=None)
@@ -67,7 +72,7 @@ def test_batchnorms_cost_two_vectors_per_channel_with_or_without_affine(model, t
 
 def test_failures_leave_the_model_untouched(model):
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    plan = Plan({"inner": LayerPlan(keep=0.5, act_bits=4)})
+    plan = Plan({"inner": LayerPlan(keep=0.5, activations=N2UQConfig(bits=4))})
     with pytest.raises(ValueError, match="calibration"):
         apply_plan_(model, plan, example_inputs=torch.zeros(1, 3, 8, 8), config=QUIET)
     after = model.state_dict()
@@ -77,7 +82,7 @@ def test_failures_leave_the_model_untouched(model):
 def test_activation_bits_inside_a_transformer_layer_are_refused():
     layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
     model = nn.Sequential(nn.Linear(8, 16), layer).eval()
-    plan = Plan({"1.linear1": LayerPlan(act_bits=4)})
+    plan = Plan({"1.linear1": LayerPlan(activations=N2UQConfig(bits=4))})
     with pytest.raises(PlanError, match="fast path"):
         apply_plan_(model, plan, calibration=torch.rand(4, 5, 8), config=QUIET)
 
@@ -86,7 +91,7 @@ def test_damage_inside_the_tensors_is_caught(model, tmp_path):
     student = copy.deepcopy(model)
     apply_plan_(
         student,
-        Plan({"inner": LayerPlan(k=16, m=9)}),
+        Plan({"inner": LayerPlan(weights=VQConfig(k=16, m=9))}),
         calibration=torch.rand(8, 3, 8, 8),
         config=QUIET,
     )

@@ -121,8 +121,9 @@ def test_preset_then_size_then_validate(capsys, tmp_path, small_model):
     )
     assert code == 0 and "wrote" in out
     layers = json.loads(plan.read_text())["layers"]
-    assert layers["mid"] == {"weight_bits": 4, "keep": 0.5}
-    assert layers["block"] == {"weight_bits": 4}  # its channels reach the LayerNorm: not pruned
+    assert layers["mid"] == {"weights": {"method": "bits", "bits": 4}, "keep": 0.5}
+    # its channels reach the LayerNorm: not pruned
+    assert layers["block"] == {"weights": {"method": "bits", "bits": 4}}
     code, out, _ = run(
         capsys, "size", "--model", small_model, *shape, "--plan", str(plan), "--json"
     )

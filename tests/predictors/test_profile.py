@@ -21,7 +21,7 @@ from predictors.profile import (
     measure,
     measure_interleaved,
 )
-from search_spaces import LayerPlan, Plan, discover
+from search_spaces import LayerPlan, N2UQConfig, Plan, VQConfig, discover
 from zoo.digits import INPUT_SHAPE, DigitsNet
 
 
@@ -70,7 +70,11 @@ def test_deployed_structure_matches_the_deployed_compressed_model():
     model = DigitsNet().eval()
     graph = discover(model, torch.zeros(INPUT_SHAPE))
     layers = {n: LayerPlan(keep=0.5) for g in graph.groups if g.prunable for n in g.layers}
-    layers["blocks.1.conv2"] = LayerPlan(k=64, m=9, keep=layers["blocks.1.conv2"].keep, act_bits=4)
+    layers["blocks.1.conv2"] = LayerPlan(
+        weights=VQConfig(k=64, m=9),
+        activations=N2UQConfig(bits=4),
+        keep=layers["blocks.1.conv2"].keep,
+    )
     plan = Plan(layers)
     structure = deployed_structure(model, plan, torch.zeros(INPUT_SHAPE))
     compressed = copy.deepcopy(model)

@@ -10,7 +10,7 @@ from torch import nn
 
 from planner.presets import make_preset
 from predictors.size import PlanBatch, SizePredictor, kept_channels_array, size_report
-from search_spaces import LayerPlan, Plan, SearchSpace, discover
+from search_spaces import BitsConfig, LayerPlan, Plan, SearchSpace, VQConfig, discover
 from search_spaces.knobs import kept_channels
 
 
@@ -57,8 +57,8 @@ def small_graph():
 def test_hand_computed_layers(small_graph):
     plan = Plan(
         {
-            "b": LayerPlan(k=256, m=8, d_tilde=4),  # LR²VQ
-            "head": LayerPlan(weight_bits=4),
+            "b": LayerPlan(weights=VQConfig(k=256, m=8, d_tilde=4)),  # LR²VQ
+            "head": LayerPlan(weights=BitsConfig(bits=4)),
             "a": LayerPlan(keep=0.5),
         }
     )
@@ -74,7 +74,7 @@ def test_hand_computed_layers(small_graph):
 
 
 def test_k_is_clamped_to_a_quarter_of_the_subvectors(small_graph):
-    plan = Plan({"head": LayerPlan(k=4096, m=4)})
+    plan = Plan({"head": LayerPlan(weights=VQConfig(k=4096, m=4))})
     layer = next(x for x in size_report(plan, small_graph).layers if x.name == "head")
     # 10 rows × 64/4 subvectors = 160; a quarter is 40; the power of two below is 32
     assert layer.k_eff == 32

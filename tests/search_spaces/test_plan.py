@@ -1,4 +1,4 @@
-"""Plan format: JSON round trip, field checks, and validation against a model."""
+"""Plan format: JSON round trip (schema 2, reading schema 1), field checks, and validation."""
 
 from __future__ import annotations
 
@@ -7,14 +7,27 @@ import json
 import pytest
 
 from planner.presets import make_preset
-from search_spaces import Budget, LayerPlan, Plan, PlanError, validate_plan
+from search_spaces import (
+    BitsConfig,
+    Budget,
+    LayerPlan,
+    N2UQConfig,
+    Plan,
+    PlanError,
+    VQConfig,
+    validate_plan,
+)
 
 
 def test_json_round_trip_keeps_everything(resnet18_graph, tmp_path):
     plan = Plan(
         layers={
-            "layer1.0.conv1": LayerPlan(k=256, m=9, d_tilde=4, act_bits=4, lr_mult=0.1),
-            "layer1.0.conv2": LayerPlan(weight_bits=2, keep=1.0, lr_mult=0.0),
+            "layer1.0.conv1": LayerPlan(
+                weights=VQConfig(k=256, m=9, d_tilde=4),
+                activations=N2UQConfig(bits=4),
+                lr_mult=0.1,
+            ),
+            "layer1.0.conv2": LayerPlan(weights=BitsConfig(bits=2), keep=1.0, lr_mult=0.0),
         },
         model="zoo:resnet18",
         fingerprint=resnet18_graph.fingerprint,
@@ -29,15 +42,51 @@ def test_json_round_trip_keeps_everything(resnet18_graph, tmp_path):
     assert again["layer1.0.conv1"].method == "vq" and again["layer1.0.conv2"].method == "bits"
     assert again.get("fc") == LayerPlan() and again.get("fc").method == "none"
     data = json.loads(path.read_text())
-    assert data["schema_version"] == 1 and data["format"] == "compplan-plan"
-    assert data["layers"]["layer1.0.conv2"] == {"weight_bits": 2, "lr_mult": 0.0}
+    assert data["schema_version"] == 2 and data["format"] == "compplan-plan"
+    assert data["layers"]["layer1.0.conv2"] == {
+        "weights": {"method": "bits", "bits": 2},
+        "lr_mult": 0.0,
+    }
+    assert data["layers"]["layer1.0.conv1"]["weights"] == {
+        "method": "vq",
+        "k": 256,
+        "m": 9,
+        "d_tilde": 4,
+    }
+    assert data["layers"]["layer1.0.conv1"]["activations"] == {"method": "n2uq", "bits": 4}
     validate_plan(again, resnet18_graph)
 
 
+def test_schema_1_files_are_read_and_saved_as_schema_2(resnet18_graph, tmp_path):
+    old = {
+        "format": "compplan-plan",
+        "schema_version": 1,
+        "layers": {
+            "layer1.0.conv1": {"k": 256, "m": 9, "d_tilde": 9, "act_bits": 4},
+            "layer1.0.conv2": {"weight_bits": 2, "keep": 1.0},
+            "layer1.1.conv1": {"weight_bits": 32, "lr_mult": 0.5},
+        },
+    }
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    plan = Plan.load(path)
+    assert plan["layer1.0.conv1"] == LayerPlan(
+        weights=VQConfig(k=256, m=9), activations=N2UQConfig(bits=4)
+    )
+    assert plan["layer1.0.conv2"].weights == BitsConfig(bits=2)
+    # 32 weight bits was schema 1's spelling of a dense layer
+    assert plan["layer1.1.conv1"] == LayerPlan(lr_mult=0.5)
+    plan.save(path)
+    assert json.loads(path.read_text())["schema_version"] == 2
+    assert Plan.load(path) == plan
+
+
 def test_layer_plans_are_frozen():
-    plan = LayerPlan(k=16, m=4)
+    plan = LayerPlan(weights=VQConfig(k=16, m=4))
     with pytest.raises(AttributeError):
-        plan.k = 32  # type: ignore[misc]
+        plan.keep = 0.5  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        plan.weights.k = 32  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(
@@ -58,7 +107,32 @@ def test_layer_plans_are_frozen():
         ({"weight_bits": True}, "weight_bits", "not one of"),
     ],
 )
-def test_layer_field_errors_name_layer_and_field(knobs, field, message):
+def test_schema_1_field_errors_name_layer_and_field(knobs, field, message):
+    with pytest.raises(PlanError, match=message) as error:
+        LayerPlan.from_dict(knobs, layer="layer1.0.conv1", version=1)
+    assert error.value.layer == "layer1.0.conv1" and error.value.field == field
+    assert str(error.value).startswith(f"layer 'layer1.0.conv1': field '{field}': ")
+
+
+@pytest.mark.parametrize(
+    ("knobs", "field", "message"),
+    [
+        ({"weights": {"method": "vq", "k": 300, "m": 9}}, "weights.k", "not a power of two"),
+        ({"weights": {"method": "vq", "k": 256}}, "weights.m", "needs a value for m"),
+        ({"weights": {"method": "vq", "k": 8, "m": 9, "d_tilde": 10}}, "weights.d_tilde", "1..m=9"),
+        ({"weights": {"method": "bits", "bits": 5}}, "weights.bits", "not one of"),
+        ({"weights": {"method": "bits", "bits": True}}, "weights.bits", "not one of"),
+        ({"weights": {"method": "bits", "bitz": 4}}, "weights.bitz", "did you mean 'bits'"),
+        ({"weights": {"method": "ternary"}}, "weights.method", "not a registered weight method"),
+        ({"weights": {"k": 4}}, "weights", 'with a "method"'),
+        ({"activations": {"method": "n2uq", "bits": 6}}, "activations.bits", "not one of"),
+        ({"activations": {"method": "lsq", "bits": 4}}, "activations.method", "not a registered"),
+        ({"keep": 0.0}, "keep", r"outside \(0, 1\]"),
+        ({"lr_mult": -1}, "lr_mult", "≥ 0"),
+        ({"k": 256, "m": 9}, "k", "unknown knob"),
+    ],
+)
+def test_schema_2_field_errors_name_layer_and_field(knobs, field, message):
     with pytest.raises(PlanError, match=message) as error:
         LayerPlan.from_dict(knobs, layer="layer1.0.conv1")
     assert error.value.layer == "layer1.0.conv1" and error.value.field == field
@@ -68,6 +142,8 @@ def test_layer_field_errors_name_layer_and_field(knobs, field, message):
 def test_unknown_knob_suggests_the_right_one():
     with pytest.raises(PlanError, match="did you mean 'keep'"):
         LayerPlan.from_dict({"kep": 0.5}, layer="x")
+    with pytest.raises(PlanError, match="did you mean 'weights'"):
+        LayerPlan.from_dict({"weight": {"method": "vq", "k": 4, "m": 2}}, layer="x")
 
 
 def _plan_dict(resnet18_graph, **layers):
@@ -113,7 +189,7 @@ def test_malformed_documents(resnet18_graph, mutate, message):
         (
             {"layer1.0.conv1": {"k": 256, "m": 7}},
             "layer1.0.conv1",
-            "m",
+            "weights.m",
             "does not divide the row length D=576",
         ),
         ({"fc": {"keep": 0.5}}, "fc", "keep", "cannot be pruned"),
@@ -198,5 +274,5 @@ def test_presets_compose_in_either_order_on_small_layers():
     two = make_preset(graph, "pqf-small+keep:0.5")
     assert one.layers == two.layers
     # b reads a's 10 channels, pruned to 5: pqf-small's m = 2 (for D = 10) becomes 1
-    assert one["b"].keep == 0.5 and one["b"].m == 1
+    assert one["b"].keep == 0.5 and one["b"].weights.m == 1
     validate_plan(one, graph)

@@ -6,7 +6,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution
 
-from search_spaces import Knobs, PlanError, SearchSpace, validate_plan
+from search_spaces import BitsConfig, Knobs, PlanError, SearchSpace, VQConfig, validate_plan
 from search_spaces.plan import group_keeps
 
 
@@ -60,7 +60,7 @@ def test_decode_of_a_full_parameter_set(resnet18_graph):
     params["layer2.0.conv1/d_tilde_fraction"] = 0.25
     plan = space.decode(params)
     validate_plan(plan, resnet18_graph)
-    assert plan["layer2.0.conv1"].k == 4096 and plan["layer2.0.conv1"].d_tilde == 2
+    assert plan["layer2.0.conv1"].weights == VQConfig(k=4096, m=8, d_tilde=2)
     with pytest.raises(PlanError, match="not among"):
         space.decode({"layer2.0.conv1/m": 7})
 
@@ -86,14 +86,12 @@ def test_overrides_by_name_and_pattern(resnet18_graph):
         },
     )
     assert space.layers["layer4.1.conv2"].methods == ("bits",)
-    assert space.layers["layer4.0.conv1"].k == (256,) and space.layers["layer4.0.conv1"].m == (
-        9,
-        18,
-    )
+    vq = space.layers["layer4.0.conv1"].of("vq")
+    assert vq.k == (256,) and vq.m == (9, 18)
     # 9 and 18 do not divide the 1×1 downsample's D = 256, so VQ is dropped there, with a note
     downsample = space.layers["layer4.0.downsample.0"]
-    assert downsample.methods == ("none",) and downsample.m == ()
-    assert "divides" in downsample.note
+    assert downsample.methods == ("none",) and downsample.method_knobs == ()
+    assert "vq: no m in [9, 18] divides" in downsample.note
     assert space.layers["layer2.0.conv1"].methods == ("none",)
     layers = resnet18_graph.layers
     assert space.group_keep[layers["layer2.0.conv1"].group] == (1.0,)
@@ -101,8 +99,8 @@ def test_overrides_by_name_and_pattern(resnet18_graph):
     assert space.group_keep[layers["layer4.0.conv1"].group] == (1.0, 0.75, 0.5, 0.25)
     plans, _ = _sample(space, 10)
     for plan in plans:
-        assert plan["layer4.1.conv2"].weight_bits == 2
-        assert plan["layer4.0.conv1"].k == 256
+        assert plan["layer4.1.conv2"].weights == BitsConfig(bits=2)
+        assert plan["layer4.0.conv1"].weights.k == 256
         assert plan["layer2.0.conv1"].act_bits == 8
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.quantizers import ActivationQuantizer, WeightQuantizer
+from search_spaces.methods.quantizers import ActivationQuantizer, WeightQuantizer
 
 WEIGHT_BITS = [1, 2, 3, 4, 8, 16]
 ACT_BITS = [2, 3, 4, 8]

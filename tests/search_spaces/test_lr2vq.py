@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.vq import decode, kmeans, lr2vq, subvectors
+from search_spaces.methods.lr2vq import decode, kmeans, lr2vq, subvectors
 from search_spaces.knobs import effective_k
 
 

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from engine.bitpack import _CHUNK, pack_bits, packed_nbytes, unpack_bits
+from search_spaces.methods.bitpack import _CHUNK, pack_bits, packed_nbytes, unpack_bits
 
 BAD_BITS = r"bits must be an integer in 0\.\.16"
 

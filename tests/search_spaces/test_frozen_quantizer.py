@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.frozen_quantizer import FrozenActivationQuantizer
-from engine.quantizers import ActivationQuantizer
+from search_spaces.methods.frozen_quantizer import FrozenActivationQuantizer
+from search_spaces.methods.quantizers import ActivationQuantizer
 
 ACT_BITS = [2, 3, 4, 8]
 

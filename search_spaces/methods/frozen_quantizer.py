@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from engine.quantizers import ActivationQuantizer
+from search_spaces.methods.quantizers import ActivationQuantizer
 
 __all__ = ["FrozenActivationQuantizer"]
 
