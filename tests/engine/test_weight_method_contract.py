@@ -240,9 +240,9 @@ def test_registered_context_removes_the_unit_on_errors():
         config_type = Config
         knobs_type = Knobs_
 
-    with pytest.raises(ValueError, match="knob names"):  # VQ's knob names are taken
-        with registered(Copy):
-            pass
+    # VQ's knob names are taken
+    with pytest.raises(ValueError, match="knob names"), registered(Copy):
+        pass
     assert "vq_copy" not in [u.name for u in weight_methods()]
 
 
