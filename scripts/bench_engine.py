@@ -31,7 +31,7 @@ import torch
 from engine import ApplyConfig, FinetuneConfig, apply_plan_, export, finetune, load
 from engine.datafree import synthesize_batches
 from predictors.size import size_report
-from search_spaces import LayerPlan, Plan, discover
+from search_spaces import BitsConfig, LayerPlan, N2UQConfig, Plan, VQConfig, discover
 from zoo.digits import INPUT_SHAPE, pretrained_digits
 from zoo.tasks import get_task
 
@@ -49,13 +49,16 @@ def vq_plan(graph, k: int, ms: tuple[int, int], fraction: float = 1.0) -> Plan:
     layers = {}
     for name in inner_layers(graph):
         m = ms[0] if graph.layers[name].kernel_elems == 9 else ms[1]
-        d = max(1, round(fraction * m))
-        layers[name] = LayerPlan(k=k, m=m, d_tilde=None if d == m else d)
+        layers[name] = LayerPlan(weights=VQConfig.from_fraction(k, m, fraction))
     return Plan(layers, model="zoo:digits", fingerprint=graph.fingerprint)
 
 
-def uniform_plan(graph, **knobs) -> Plan:
-    layers = {n: LayerPlan(**knobs) for n in inner_layers(graph)}
+def uniform_plan(graph, *, weight_bits: int, act_bits: int = 32) -> Plan:
+    layer = LayerPlan(
+        weights=BitsConfig(bits=weight_bits),
+        activations=N2UQConfig(bits=act_bits) if act_bits < 32 else None,
+    )
+    layers = dict.fromkeys(inner_layers(graph), layer)
     return Plan(layers, model="zoo:digits", fingerprint=graph.fingerprint)
 
 
@@ -70,7 +73,7 @@ def keep_then_pq(graph) -> Plan:
     for name in inner_layers(graph):
         if graph.layers[name].kernel_elems == 9:
             keep = layers.get(name, LayerPlan()).keep
-            layers[name] = LayerPlan(k=64, m=9, keep=keep)
+            layers[name] = LayerPlan(weights=VQConfig(k=64, m=9), keep=keep)
     return Plan(layers, model="zoo:digits", fingerprint=graph.fingerprint)
 
 

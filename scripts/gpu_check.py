@@ -22,7 +22,7 @@ import torch
 
 from engine import ApplyConfig, FinetuneConfig, apply_plan_, export, finetune, load
 from predictors.size import size_report
-from search_spaces import LayerPlan, Plan, discover
+from search_spaces import BitsConfig, LayerPlan, N2UQConfig, Plan, VQConfig, discover
 from zoo.digits import INPUT_SHAPE, pretrained_digits
 from zoo.tasks import get_task
 
@@ -35,13 +35,20 @@ def plans(graph) -> dict[str, Plan]:
 
     keep = {n: 0.5 for g in graph.groups if g.prunable for n in g.layers}
     return {
-        "pq": Plan({n: LayerPlan(k=256, m=m_of(n)) for n in inner}),
-        "lr2vq": Plan({n: LayerPlan(k=512, m=2 * m_of(n), d_tilde=m_of(n)) for n in inner}),
-        "w4a4": Plan({n: LayerPlan(weight_bits=4, act_bits=4) for n in inner}),
+        "pq": Plan({n: LayerPlan(weights=VQConfig(k=256, m=m_of(n))) for n in inner}),
+        "lr2vq": Plan(
+            {n: LayerPlan(weights=VQConfig(k=512, m=2 * m_of(n), d_tilde=m_of(n))) for n in inner}
+        ),
+        "w4a4": Plan(
+            {
+                n: LayerPlan(weights=BitsConfig(bits=4), activations=N2UQConfig(bits=4))
+                for n in inner
+            }
+        ),
         "keep0.5+pq": Plan(
             {
                 n: LayerPlan(
-                    **({"k": 64, "m": 9} if n in inner and m_of(n) == 9 else {}),
+                    weights=VQConfig(k=64, m=9) if n in inner and m_of(n) == 9 else None,
                     keep=keep.get(n, 1.0),
                 )
                 for n in set(inner) | set(keep)
