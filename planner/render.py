@@ -146,8 +146,9 @@ def measurement_text(m: LatencyMeasurement, label: str) -> str:
 def profile_text(s: ProfileSummary, model: str, out: str) -> str:
     """`compplan profile`: what was measured, how long it took, and the next command."""
     lat, device = s.latency_ms, s.device
+    took = "" if s.seconds is None else f" in {s.seconds:.0f} s"
     return (
-        f"measured {s.plans} plans of {model} and {s.layers} single layers in {s.seconds:.0f} s "
+        f"measured {s.plans} plans of {model} and {s.layers} single layers{took} "
         f"on {device['cpu']} ({device['device']}, {device['threads']} thread(s)): "
         f"{lat['min']:.3f}–{lat['max']:.3f} ms, median {lat['median']:.3f} ms, spread within a "
         f"measurement {s.spread_median:.1%}\nwrote {out}; next: compplan fit-latency {out} "
