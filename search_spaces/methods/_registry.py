@@ -107,12 +107,16 @@ def weight_method(name: str, *, layer: str | None = None, field: str = "method")
     Raises:
         PlanError: none is registered under that name (the message lists those that are).
     """
+    return _lookup(_WEIGHT, name, "weight", layer=layer, field=field)
+
+
+def _lookup(registry: dict, name: str, kind: str, *, layer: str | None, field: str):
     try:
-        return _WEIGHT[name]
+        return registry[name]
     except (KeyError, TypeError):
-        known = ", ".join(_WEIGHT) or "none"
+        known = ", ".join(registry) or "none"
         raise PlanError(
-            f"{name!r} is not a registered weight method (registered: {known})",
+            f"{name!r} is not a registered {kind} method (registered: {known})",
             layer=layer,
             field=field,
         ) from None
@@ -134,15 +138,7 @@ def activation_methods() -> tuple[ActivationMethod, ...]:
 
 def activation_method(name: str, *, layer: str | None = None) -> ActivationMethod:
     """The registered activation method `name` (PlanError when there is none)."""
-    try:
-        return _ACTIVATION[name]
-    except (KeyError, TypeError):
-        known = ", ".join(_ACTIVATION) or "none"
-        raise PlanError(
-            f"{name!r} is not a registered activation method (registered: {known})",
-            layer=layer,
-            field="activations.method",
-        ) from None
+    return _lookup(_ACTIVATION, name, "activation", layer=layer, field="activations.method")
 
 
 def activation_method_of(config: ActivationConfig) -> ActivationMethod:
