@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from planner.backends import OptunaBackend, Progress, RayBackend, make_repair
+from planner.backends import OptunaBackend, Progress, RayBackend, check_address, make_repair
 from planner.config import SearchConfig
 from planner.errors import PlannerError
 from planner.objectives import Objective
@@ -71,6 +71,8 @@ class Planner:
         calibration: input batches for the proxy's layer sensitivities (default: the task's
             calibration inputs, else `example_inputs`).
         latency: a fitted latency predictor or the path of a saved one (stored in the config).
+        problem_type: the `Problem` class to build (a subclass stands in for a slower
+            objective in benchmarks).
 
     Raises:
         BudgetError: a budget below what the space can reach, or a latency budget without a
@@ -88,6 +90,7 @@ class Planner:
         task=None,
         calibration=None,
         latency=None,
+        problem_type: type[Problem] = Problem,
         **settings: Any,
     ):
         unknown = sorted(set(settings) - _CONFIG_FIELDS)
@@ -106,20 +109,24 @@ class Planner:
         config = base.with_(**settings) if settings else base
         self.config = config
         self.task = task
+        # What fails fast is checked before the problem's minutes of set-up on a large model.
+        self.storage = None
+        if config.backend == "ray" and config.ray.address is not None:
+            check_address(config.ray.address)
+        elif config.backend == "optuna":
+            self.storage = open_storage(config.storage)
         if calibration is None and task is not None:
             calibration = [task.calibration()]
-        self.problem = Problem(
+        self.problem = problem_type(
             model, example_inputs, config, graph=graph, latency=predictor, calibration=calibration
         )
         self.solver = ExactSolver(self.problem)
         repair = make_repair(config, self.problem)
-        self.storage = None
         if config.backend == "ray":
             self.backend = RayBackend(
                 self.problem, config, repair=repair, solver=self.solver, objective=self._real()
             )
         else:
-            self.storage = open_storage(config.storage)  # a bad URL fails here, before any work
             self.backend = OptunaBackend(
                 self.problem, config, self.storage, repair=repair, solver=self.solver
             )

@@ -35,7 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from planner.search import Planner
+from planner import Planner, RaySettings
+from planner.problem import Problem
 from search_spaces import Budget, discover
 from search_spaces.model_spec import load_model
 
@@ -55,8 +56,8 @@ def _running_postgres():
     return module.running_postgres()
 
 
-class SleepyPlanner(Planner):
-    """The planner with every trial lasting `sleep_seconds` more (a stand-in for fine-tuning)."""
+class SleepyProblem(Problem):
+    """The problem with every trial lasting `sleep_seconds` more (a stand-in for fine-tuning)."""
 
     sleep_seconds = 2.0
 
@@ -65,12 +66,14 @@ class SleepyPlanner(Planner):
         return super().evaluate(plans)
 
 
-def _planner(**options) -> SleepyPlanner:
+def _planner(**options) -> Planner:
     loaded = load_model("zoo:digits")
     graph = discover(loaded.module, loaded.example_inputs, model_name="zoo:digits")
-    return SleepyPlanner(
+    return Planner(
         loaded.module,
         loaded.example_inputs,
+        graph=graph,
+        problem_type=SleepyProblem,
         budget=Budget(size_bytes=graph.baseline_bits / 8 / 25),
         model_spec="zoo:digits",
         seed_exact=False,
@@ -90,15 +93,13 @@ def _ray_driver(port: int, folder: Path, workers: int, args, repeat: int, env: d
     os.environ.update(env)  # before Ray is imported: it reads the token then
     import ray.cloudpickle
 
-    # Ray workers cannot import this script: ship SleepyPlanner's class by value.
-    ray.cloudpickle.register_pickle_by_value(sys.modules[SleepyPlanner.__module__])
-    SleepyPlanner.sleep_seconds = args.trial_seconds
+    # Ray workers cannot import this script: ship SleepyProblem's class by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[SleepyProblem.__module__])
+    SleepyProblem.sleep_seconds = args.trial_seconds
     planner = _planner(
-        storage="memory",
-        study_name=f"bench-{workers}-{repeat}",
+        study=f"bench-{workers}-{repeat}",
         backend="ray",
-        address=f"127.0.0.1:{port}",
-        ray_options={"results": folder / "results", "cpus_per_trial": 1},
+        ray=RaySettings(address=f"127.0.0.1:{port}", results=str(folder / "results")),
     )
     trials = planner.search(n_trials=workers * args.per_worker).trials
     reported = trials["reported_at"]
@@ -129,9 +130,9 @@ def _ray_run(workers: int, args, repeat: int) -> dict:
 
 
 def _postgres_worker(url, study, trials, seed, trial_seconds, ready) -> None:
-    SleepyPlanner.sleep_seconds = trial_seconds
-    planner = _planner(storage=url, study_name=study, seed=seed)
-    planner.proxy()  # the set-up every worker pays once, kept out of the span
+    SleepyProblem.sleep_seconds = trial_seconds
+    # Built before the barrier: the set-up every worker pays once is kept out of the span.
+    planner = _planner(storage=url, study=study, seed=seed)
     ready.wait()
     planner.search(new_trials=trials)
 
@@ -140,7 +141,7 @@ def _postgres_run(url: str, workers: int, args, repeat: int) -> dict:
     import optuna
 
     study = f"bench-{workers}-{repeat}"
-    planner = _planner(storage=url, study_name=study)
+    planner = _planner(storage=url, study=study)
     planner.open_study()
     context = multiprocessing.get_context("spawn")
     ready = context.Barrier(workers)

@@ -23,10 +23,9 @@ import os
 import time
 from pathlib import Path
 
+from planner import Planner, RealSettings
 from planner.compress import CompressionJob
 from planner.presets import uniform_pq_at_size
-from planner.real import RealObjective
-from planner.search import Planner
 from predictors.latency import LatencyNetwork, profile
 from predictors.size import size_report
 from search_spaces import Budget, Plan, discover
@@ -79,36 +78,36 @@ def main() -> None:
         f"(1/{args.ratio:g} of fp32) and {budget.latency_ms:.3f} ms"
     )
 
+    # One config, one call: the proxy search (seeded by the exact solver), then the 4 best
+    # candidates and the balanced plans fine-tuned 2 epochs and scored on validation data.
     planner = Planner(
         loaded.module,
         loaded.example_inputs,
-        budget=budget,
+        graph=graph,
+        task=task,
         latency=latency,
-        storage=args.storage,
-        calibration=[task.calibration()],
         model_spec="zoo:digits",
+        budget=budget,
+        objective="real",
+        real=RealSettings(epochs=2, candidates=4),
+        storage=args.storage,
     )
     start = time.perf_counter()
-    result = planner.search(n_trials=args.trials)
+    outcome = planner.run(args.trials)
+    result, refined = outcome.result, outcome.refined
     best = result.best
-    print(
-        f"\nproxy search: {len(result.trials)} trials in {time.perf_counter() - start:.0f} s "
-        f"(kept in {planner.storage_url}, study '{planner.study_name}'); best proxy "
-        f"{best['value']:.4f} at {best['size_bytes'] / 1024:.1f} KiB, "
-        f"{best['latency_ms']:.3f} ms predicted"
-    )
-    start = time.perf_counter()
-    real = RealObjective(loaded.module, loaded.example_inputs, task, epochs=2)
-    refined = planner.refine(real, candidates=4)
     labels = list(refined["trials"]["user_attrs_candidate"])
     balanced = sum(label.startswith("balanced") for label in labels)
     print(
-        f"real objective: {len(labels)} candidates ({balanced} balanced) fine-tuned 2 epochs in "
-        f"{time.perf_counter() - start:.0f} s; best validation accuracy "
-        f"{refined['accuracy']:.2%} ({refined['candidate']})"
+        f"\nsearch: {len(result.trials)} proxy trials (kept in {result.storage}, study "
+        f"'{result.study_name}'); best proxy {best['value']:.4f} at "
+        f"{best['size_bytes'] / 1024:.1f} KiB, {best['latency_ms']:.3f} ms predicted; then "
+        f"{len(labels)} candidates ({balanced} balanced) fine-tuned 2 epochs, in "
+        f"{time.perf_counter() - start:.0f} s together; best validation accuracy "
+        f"{refined['value']:.2%} ({refined['candidate']})"
     )
 
-    planned = refined["plan"]
+    planned = outcome.plan
     planned_bytes = size_report(planned, graph).size_bytes
     uniform = uniform_pq_at_size(graph, planned_bytes, model="zoo:digits")
     print("\napplying both plans: k-means, 3 epochs of distillation, export")

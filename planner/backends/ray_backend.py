@@ -103,6 +103,15 @@ def _shared(ref):
     return _SHARED[key]
 
 
+def _flat(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's parameters by their study names ("<layer>/option"): `OptunaSearch` hands them
+    over nested at every "/" ({"<layer>": {"option": 3}}), which the study space cannot read (it
+    would decode every layer at its default)."""
+    from ray.tune.utils.util import flatten_dict
+
+    return flatten_dict(config, delimiter="/")
+
+
 def _trial_metrics(proposal) -> dict[str, Any]:
     import ray
 
@@ -124,7 +133,7 @@ def _run_trial(config: dict[str, Any], problem: Problem, repair, objective, cpus
     from ray import tune
 
     torch.set_num_threads(max(1, int(cpus)))
-    proposal = score_proposal(problem, repair, config)
+    proposal = score_proposal(problem, repair, _flat(config))
     metrics = _trial_metrics(proposal)
     if objective is None:
         tune.report(metrics)
@@ -160,8 +169,8 @@ class RayBackend(SearchBackend):
         objective: the real objective (`planner.objectives.RealObjective`) to score trials by
             fine-tuning, or None to score them by the proxy.
 
-    Raises:
-        PlannerError: a wrong cluster address (within seconds).
+    The cluster's address is checked by whoever builds the problem, before building it
+    (`check_address`: a wrong one fails within seconds).
     """
 
     name = "ray"
@@ -181,8 +190,6 @@ class RayBackend(SearchBackend):
         self.repair = repair
         self.solver = solver
         self.objective = objective
-        if self.settings.address is not None:
-            check_address(self.settings.address)
         self.results = Path(self.settings.results).resolve()
         self.path = self.results / problem.study_name
         self._grid = None
@@ -392,7 +399,7 @@ class RayBackend(SearchBackend):
                 **{key: metrics.get(key) for key in ("size_bytes", "latency_ms", "macs")},
                 "feasible": bool(metrics.get("feasible", False)),
                 **{key: metrics.get(key) for key in ("node", "reported_at", "repaired")},
-                **{f"params_{k}": v for k, v in (result.config or {}).items()},
+                **{f"params_{k}": v for k, v in _flat(result.config or {}).items()},
             }
             if self.objective is not None:
                 for key in ("accuracy", "applied_accuracy", "epoch"):

@@ -15,14 +15,14 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from search_spaces.methods.lr2vq import decode, lr2vq
+from planner import Planner, PlannerError
 from planner.budgets import BudgetError, parse_size
 from planner.exact import InfeasibleBudget, solve_choices
 from planner.options import layer_options, options_plan
 from planner.proxy import proxy_table
-from planner import Planner, PlannerError
 from predictors.size import SizePredictor, size_report
 from search_spaces import Budget, SearchSpace, discover
+from search_spaces.methods.lr2vq import decode, lr2vq
 from search_spaces.model_spec import load_model
 
 
@@ -240,9 +240,7 @@ def test_the_same_study_name_resumes(digits, tmp_path):
 
 
 def test_journal_storage_and_multi_objective_pareto(digits, tmp_path):
-    planner = _planner(
-        digits, tmp_path, storage=f"journal:{tmp_path / 'trials.log'}", pareto=True
-    )
+    planner = _planner(digits, tmp_path, storage=f"journal:{tmp_path / 'trials.log'}", pareto=True)
     result = planner.search(n_trials=30)
     assert len(result.trials) == 30
     front = result.pareto[["value", "size_bytes"]].to_numpy()

@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from planner.repair import repair_positions
 from planner import Planner
+from planner.repair import repair_positions
 from planner.results import trial_params
 from predictors.latency.features import LatencyBatch, plan_layer_configs
 from predictors.size import SizePredictor

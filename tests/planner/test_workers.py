@@ -129,11 +129,9 @@ def test_a_worker_rebuilds_the_search_from_the_studys_config_alone(tmp_path, cap
     neither the predictor file nor any of the creator's flags."""
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     predictor = _flops_predictor(tmp_path / "latency.json")
-    created = main(
-        ["search", "--model", "zoo:digits", "--size-budget", "x25", "--latency-model"]
-        + [str(predictor), "--latency-budget", "10", "--protect-ends", "no", "--seed", "3"]
-        + ["--storage", storage, "--study", "alone", "--trials", "0"]
-    )
+    argv = ["search", "--model", "zoo:digits", "--size-budget", "x25", "--latency-model"]
+    argv += [str(predictor), "--latency-budget", "10", "--protect-ends", "no", "--seed", "3"]
+    created = main([*argv, "--storage", storage, "--study", "alone", "--trials", "0"])
     assert created == 0
     predictor.unlink()
     capsys.readouterr()
@@ -155,4 +153,6 @@ def test_a_study_of_an_older_compplan_is_refused_with_how_to_recreate_it(tmp_pat
     assert main(["worker", "--storage", storage, "--study", "old"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
-    assert "created by an older compplan" in err[0] and "recreate it with `compplan search" in err[0]
+    assert (
+        "created by an older compplan" in err[0] and "recreate it with `compplan search" in err[0]
+    )
