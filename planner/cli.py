@@ -485,6 +485,7 @@ def _search_config(args: argparse.Namespace, graph):
     from planner.config import RaySettings, RealSettings, SearchConfig
     from planner.errors import PlannerError
     from planner.storage import DEFAULT_STORAGE
+    from predictors.latency import load_predictor
     from search_spaces import Budget
 
     if args.size_budget is None and args.latency_budget is None and args.macs_budget is None:
@@ -496,20 +497,11 @@ def _search_config(args: argparse.Namespace, graph):
         raise PlannerError(f"--trials must be at least 0, not {args.trials}")
     baseline = graph.baseline_bits / 8
     size = None if args.size_budget is None else parse_size(args.size_budget, baseline)
-    latency = None
-    if args.latency_model is not None:
-        from predictors.latency import load_predictor
-
-        latency = load_predictor(args.latency_model).to_document()
-    ray = RaySettings(
-        address=args.address,
-        cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial,
-        results=args.ray_results,
-    )
+    latency = args.latency_model and load_predictor(args.latency_model).to_document()
+    ray = RaySettings(args.address, args.cpus_per_trial, args.gpus_per_trial, args.ray_results)
     return SearchConfig(
         model_spec=args.model,
-        input_shape=_shape(args.input_shape),
+        input_shape=args.input_shape,
         budget=Budget(size_bytes=size, latency_ms=args.latency_budget, macs=args.macs_budget),
         protect_ends=args.protect_ends == "yes",
         objective=args.objective,
@@ -525,16 +517,10 @@ def _search_config(args: argparse.Namespace, graph):
     )
 
 
-def _shape(text: str | None) -> tuple[int, ...] | None:
-    from search_spaces.model_spec import parse_shape
-
-    return None if text is None else tuple(parse_shape(text))
-
-
 def _search(args: argparse.Namespace) -> int:
     from planner.errors import PlannerError
     from planner.search import Planner
-    from planner.search_report import SearchBar, search_summary, search_text
+    from planner.search_report import SearchBar, created_text, search_summary, search_text
     from zoo.tasks import get_task
 
     if args.out is None and args.trials > 0:
@@ -553,12 +539,7 @@ def _search(args: argparse.Namespace) -> int:
     if args.trials == 0:
         planner.open_study()
         created = {"storage": config.storage, "study": planner.study_name}
-        text = (
-            f"created study '{planner.study_name}' in {config.storage}; run trials in it with:\n"
-            f"  compplan worker --storage '{config.storage}' --study {planner.study_name} "
-            "--trials N"
-        )
-        return _output(args, created, text)
+        return _output(args, created, created_text(**created))
     if args.backend == "ray" and not args.json:
         print(f"running {args.trials} trials on Ray Tune …", file=sys.stderr)
     bar = SearchBar(args.trials, enabled=not args.json)
@@ -587,7 +568,7 @@ def _search(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from planner.errors import PlannerError
     from planner.search import Planner
-    from planner.search_report import SearchBar, best_text
+    from planner.search_report import SearchBar, worker_summary, worker_text
 
     if args.trials < 1:
         raise PlannerError(f"--trials must be at least 1, not {args.trials}")
@@ -602,17 +583,8 @@ def _worker(args: argparse.Namespace) -> int:
         return _fail(f"worker stopped; every finished trial is in {where}", 130)
     finally:
         bar.close()
-    mine = result.trials[result.trials["worker"] == planner.worker_id]
-    summary = {
-        "storage": args.storage,
-        "study": args.study,
-        "worker": planner.worker_id,
-        "trials_here": len(mine),
-        "trials_in_study": len(result.trials),
-        "best": result.best,
-    }
-    text = f"ran {len(mine)} trials as {planner.worker_id}; the study holds {len(result.trials)}"
-    return _output(args, summary, text + best_text(result.best))
+    summary = worker_summary(result, planner.worker_id, args.storage, args.study)
+    return _output(args, summary, worker_text(summary))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Any
 from planner.budgets import BudgetError
 from planner.errors import PlannerError
 from planner.storage import DEFAULT_STORAGE
+from search_spaces.model_spec import parse_shape
 from search_spaces.plan import Budget, PlanError
 
 __all__ = [
@@ -114,7 +115,8 @@ class SearchConfig:
     Attributes:
         model_spec: the model's spec ("zoo:digits", "package.module:callable"); "" for a module
             handed over in Python (such a study cannot be joined by `compplan worker`).
-        input_shape: the example input's shape, batch first (None: the model's own).
+        input_shape: the example input's shape, batch first, as sizes or "1,3,224,224" (None:
+            the model's own).
         task: the task spec the real objective scores on (None: the model's own, e.g. a zoo
             model's task).
         budget: size (bytes), predicted latency (ms), MACs; None fields are unlimited.
@@ -156,11 +158,8 @@ class SearchConfig:
     latency: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if self.input_shape is not None:
-            shape = tuple(int(n) for n in self.input_shape)
-            if not shape or any(n < 1 for n in shape):
-                raise PlannerError(f"input_shape {self.input_shape!r}: positive sizes, batch first")
-            object.__setattr__(self, "input_shape", shape)
+        if self.input_shape is not None:  # "1,3,224,224" or a sequence of sizes
+            object.__setattr__(self, "input_shape", parse_shape(self.input_shape))
         _choose(self.objective, OBJECTIVES, "objective")
         _choose(self.sampler, SAMPLERS, "sampler")
         _choose(self.backend, BACKENDS, "backend")

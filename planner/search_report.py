@@ -14,7 +14,15 @@ from predictors.size import size_report
 from search_spaces.graph import ModelGraph
 from search_spaces.plan import Plan
 
-__all__ = ["SearchBar", "best_text", "plan_table", "search_summary", "search_text"]
+__all__ = [
+    "SearchBar",
+    "created_text",
+    "plan_table",
+    "search_summary",
+    "search_text",
+    "worker_summary",
+    "worker_text",
+]
 
 
 class SearchBar:
@@ -63,11 +71,36 @@ def plan_table(plan: Plan, graph: ModelGraph) -> str:
     return table(rows, ["layer", "weights", "act bits", "keep", "bytes", "ratio"], {2, 3, 4, 5})
 
 
-def best_text(best: dict[str, Any]) -> str:
-    """ "; best proxy … at … (#N)", or "" without a feasible trial."""
-    if not best:
-        return ""
-    return f"; best proxy {best['value']:.4g} at {mib(best['size_bytes'])} (#{best['number']})"
+def created_text(storage: str, study: str) -> str:
+    """What `compplan search --trials 0` prints: the study made, and how to join it."""
+    return (
+        f"created study '{study}' in {storage}; run trials in it with:\n"
+        f"  compplan worker --storage '{storage}' --study {study} --trials N"
+    )
+
+
+def worker_summary(result, worker: str, storage: str, study: str) -> dict[str, Any]:
+    """The `compplan worker --json` document: this worker's trials and the study's best."""
+    return {
+        "storage": storage,
+        "study": study,
+        "worker": worker,
+        "trials_here": int((result.trials["worker"] == worker).sum()),
+        "trials_in_study": len(result.trials),
+        "best": result.best,
+    }
+
+
+def worker_text(summary: dict[str, Any]) -> str:
+    """What `compplan worker` prints."""
+    text = (
+        f"ran {summary['trials_here']} trials as {summary['worker']}; the study holds "
+        f"{summary['trials_in_study']}"
+    )
+    best = summary["best"]
+    if best:
+        text += f"; best proxy {best['value']:.4g} at {mib(best['size_bytes'])} (#{best['number']})"
+    return text
 
 
 def search_summary(

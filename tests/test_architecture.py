@@ -19,6 +19,13 @@ ALLOWED = {
     "planner": {"search_spaces", "predictors", "engine", "zoo"},
     "zoo": set(),
 }
+# Known crossings, each with its reason; a new one fails the test.
+EXCEPTIONS = {
+    # The profiler times the deployed form, which the engine builds, in its measuring
+    # processes; the latency issue (relative, interleaved measurement) moves that protocol to
+    # where both are reachable.
+    ("predictors.latency.profiling", "engine.deploy"),
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -54,7 +61,9 @@ def test_packages_import_only_what_the_design_allows(graph):
         f"{module} imports {target}"
         for module, targets in graph.items()
         for target in targets
-        if (a := module.split(".")[0]) != (b := target.split(".")[0]) and b not in ALLOWED[a]
+        if (a := module.split(".")[0]) != (b := target.split(".")[0])
+        and b not in ALLOWED[a]
+        and (module, target) not in EXCEPTIONS
     )
     assert not wrong, wrong
 
