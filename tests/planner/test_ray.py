@@ -129,7 +129,8 @@ def test_a_worker_node_killed_mid_search_loses_no_finished_trial(cluster):
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and len(list(experiment.glob("trial_*"))) < 2:
         time.sleep(0.2)
-    assert search.poll() is None, "the search ended before the node could be killed"
+    if search.poll() is not None:
+        pytest.fail(f"the search ended before the node could be killed: {search.stderr.read()}")
     os.killpg(int((folder / "worker1.pid").read_text()), signal.SIGKILL)
     stdout, stderr = search.communicate(timeout=600)
     assert search.returncode == 0, stderr
