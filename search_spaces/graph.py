@@ -250,7 +250,8 @@ class ModelGraph:
                         "macs": 0,
                         "group": spec.group,
                         "compressible": False,
-                        "reason": f"folded after '{spec.name}': two 32-bit vectors per kept channel",
+                        "reason": f"folded after '{spec.name}': two 32-bit vectors per kept "
+                        "channel",
                     }
                 )
         for module in self.kept:

@@ -4,12 +4,11 @@ identical outputs, and a tensor payload equal to the predicted size up to byte p
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
-
-from dataclasses import replace
 
 from engine.apply import apply_plan_
 from engine.export import ExportError, export, freeze_, load, read_metadata

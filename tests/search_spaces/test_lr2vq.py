@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from search_spaces.methods.lr2vq import decode, kmeans, lr2vq, subvectors
 from search_spaces.knobs import effective_k
+from search_spaces.methods.lr2vq import decode, kmeans, lr2vq, subvectors
 
 
 def _relative_error(weight, result):
