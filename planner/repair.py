@@ -68,7 +68,8 @@ class SizeRepair:
         `keep` (one per group); padding positions are infinite."""
         rows = self._arrays["method"].shape[0]
         batch = PlanBatch(**self._arrays, keep=np.broadcast_to(keep, (rows, len(keep))).copy())
-        sizes = layer_bits(self.graph, batch, table=self._table)["total"].T.astype(float)
+        sizes = layer_bits(self.graph, batch, table=self._table, parts=False)["total"]
+        sizes = sizes.T.astype(float)
         sizes[~np.isfinite(self.errors)] = np.inf
         return sizes
 

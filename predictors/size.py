@@ -16,7 +16,7 @@ batch of one, so the per-layer breakdown and the search's numbers cannot drift a
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,27 +63,44 @@ def weight_arrays(rows: Sequence[Sequence[WeightConfig | None]]) -> dict[str, np
     "method" holds `weight_method_code` (0: dense) and "<method>.<column>" each method's
     `to_columns`, for the methods that occur (0 elsewhere).
     """
-    shape = (len(rows), len(rows[0]) if rows else 0)
-    method = np.zeros(shape, dtype=np.int64)
-    arrays: dict[str, np.ndarray] = {"method": method}
-    encoded: dict[WeightConfig, tuple[int, tuple[np.ndarray, ...], tuple[int, ...]]] = {}
+    cells = _Cells((len(rows), len(rows[0]) if rows else 0))
     for i, row in enumerate(rows):
         for j, config in enumerate(row):
-            if config is None:
-                continue
-            entry = encoded.get(config)
-            if entry is None:
-                unit = weight_method(config.method)
-                for column in unit.columns:
-                    arrays.setdefault(f"{unit.name}.{column}", np.zeros(shape, dtype=np.int64))
-                targets = tuple(arrays[f"{unit.name}.{c}"] for c in unit.columns)
-                entry = (weight_method_code(unit.name), targets, unit.to_columns(config))
-                encoded[config] = entry
-            code, targets, values = entry
-            method[i, j] = code
-            for target, value in zip(targets, values, strict=True):
-                target[i, j] = value
-    return arrays
+            if config is not None:
+                cells.add(i, j, config)
+    return cells.arrays()
+
+
+class _Cells:
+    """Configs collected cell by cell, then written as `weight_arrays` columns. A search turns
+    thousands of plans into arrays per second, so a cell costs one `to_columns` call and two
+    appends (its method is looked up once per config type), and each column is written with
+    one assignment."""
+
+    def __init__(self, shape: tuple[int, int]):
+        self.shape = shape
+        # config type → (method name, its to_columns, flat cell indices, their column values)
+        self.by_type: dict[type, tuple[str, Callable, list[int], list[tuple[int, ...]]]] = {}
+
+    def add(self, i: int, j: int, config: WeightConfig) -> None:
+        kind = self.by_type.get(type(config))
+        if kind is None:
+            unit = weight_method(config.method)
+            kind = self.by_type[type(config)] = (unit.name, unit.to_columns, [], [])
+        kind[2].append(i * self.shape[1] + j)
+        kind[3].append(kind[1](config))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        method = np.zeros(self.shape, dtype=np.int64)
+        arrays: dict[str, np.ndarray] = {"method": method}
+        for name, _, flat, values in self.by_type.values():
+            unit = weight_method(name)
+            method.reshape(-1)[flat] = weight_method_code(name)
+            table = np.asarray(values, dtype=np.int64).reshape(len(flat), len(unit.columns))
+            for c, column in enumerate(unit.columns):
+                target = arrays.setdefault(f"{name}.{column}", np.zeros(self.shape, np.int64))
+                target.reshape(-1)[flat] = table[:, c]
+        return arrays
 
 
 @dataclass(frozen=True, eq=False, init=False)
@@ -121,19 +138,16 @@ class PlanBatch:
     @classmethod
     def from_plans(cls, graph: ModelGraph, plans: Sequence[Plan]) -> PlanBatch:
         """Arrays for `plans`; layers a plan does not name are left as they are."""
-        names = list(graph.layers)
-        column = {name: j for j, name in enumerate(names)}
-        configs: list[list[WeightConfig | None]] = []
+        column = {name: j for j, name in enumerate(graph.layers)}
         keep = np.ones((len(plans), len(graph.groups)), dtype=np.float64)
+        cells = _Cells((len(plans), len(column)))
         for i, plan in enumerate(plans):
-            row: list[WeightConfig | None] = [None] * len(names)
             for name, layer_plan in plan.layers.items():
-                row[column[name]] = layer_plan.weights
-            configs.append(row)
+                if layer_plan.weights is not None:
+                    cells.add(i, column[name], layer_plan.weights)
             for gid, ratio in group_keeps(plan, graph).items():
                 keep[i, gid] = ratio
-        arrays = weight_arrays(configs) if configs else {"method": np.zeros((0, len(names)))}
-        return cls(**arrays, keep=keep)
+        return cls(**cells.arrays(), keep=keep)
 
 
 @dataclass(frozen=True)
@@ -177,7 +191,11 @@ class _LayerTable:
 
 
 def layer_bits(
-    graph: ModelGraph, batch: PlanBatch, *, table: _LayerTable | None = None
+    graph: ModelGraph,
+    batch: PlanBatch,
+    *,
+    table: _LayerTable | None = None,
+    parts: bool = True,
 ) -> dict[str, np.ndarray]:
     """Every size component for every plan and layer, in bits (arrays of plans × layers).
 
@@ -187,6 +205,7 @@ def layer_bits(
     "codebook", ...) and facts (`WeightMethod.facts`: "k_eff"), zero where a layer takes another
     method.
     `table` is the graph's facts as arrays; pass it when scoring many batches of one graph.
+    `parts=False` leaves the methods' parts and facts out (the search only needs "total").
     """
     table = table or _LayerTable.of(graph)
     group_kept = kept_channels_array(table.group_channels[None, :], batch.keep)
@@ -200,10 +219,11 @@ def layer_bits(
     extra: dict[str, np.ndarray] = {}
     for unit, mask, columns in batch.by_method():
         shapes = WeightShapes(out_channels=c_out[mask], row_length=row[mask])
-        parts = unit.bits(columns, shapes)
-        weights[mask] = sum(parts.values())
-        for key, values in (parts | unit.facts(columns, shapes)).items():
-            extra.setdefault(key, np.zeros(weights.shape, dtype=np.int64))[mask] = values
+        own = unit.bits(columns, shapes)
+        weights[mask] = sum(own.values())
+        if parts:
+            for key, values in (own | unit.facts(columns, shapes)).items():
+                extra.setdefault(key, np.zeros(weights.shape, dtype=np.int64))[mask] = values
     bias = 32 * c_out * table.has_bias
     batchnorm = 64 * c_out * table.has_bn
     return {
@@ -234,7 +254,7 @@ class SizePredictor:
     def predict_bits(self, plans: Sequence[Plan] | PlanBatch) -> np.ndarray:
         """Total bits for each plan (kept modules included)."""
         batch = plans if isinstance(plans, PlanBatch) else PlanBatch.from_plans(self.graph, plans)
-        total = layer_bits(self.graph, batch, table=self._table)["total"]
+        total = layer_bits(self.graph, batch, table=self._table, parts=False)["total"]
         return total.sum(axis=1) + self.kept_bits
 
     def predict(self, plans: Sequence[Plan] | PlanBatch) -> np.ndarray:
@@ -335,25 +355,24 @@ def size_report(plan: Plan, graph: ModelGraph) -> SizeReport:
     batch = PlanBatch.from_plans(graph, [plan])
     parts = layer_bits(graph, batch, table=table)
     unchanged = layer_bits(graph, PlanBatch.from_plans(graph, [Plan({})]), table=table)["total"][0]
+    # Each method's parts and facts by its own names, for its layers at once: the same arrays
+    # the batch's total is made of.
+    own: dict[int, dict[str, int]] = {}
+    facts: dict[int, dict[str, int]] = {}
+    for unit, mask, columns in batch.by_method():
+        shapes = WeightShapes(
+            out_channels=parts["c_out"][mask], row_length=parts["row_length"][mask]
+        )
+        bits, known = unit.bits(columns, shapes), unit.facts(columns, shapes)
+        for at, j in enumerate(np.flatnonzero(mask[0])):
+            own[j] = {k: int(v[at]) for k, v in bits.items()}
+            facts[j] = {k: int(v[at]) for k, v in known.items()}
     layers = []
     for j, name in enumerate(graph.layers):
-        layer_plan = plan.get(name)
-        own: dict[str, int] = {}
-        facts: dict[str, int] = {}
-        if layer_plan.weights is not None:
-            # The layer's own parts, by the method's names: the same arrays as the batch's.
-            unit = weight_method(layer_plan.method)
-            columns = {c: batch.columns[f"{unit.name}.{c}"][0, j : j + 1] for c in unit.columns}
-            shapes = WeightShapes(
-                out_channels=parts["c_out"][0, j : j + 1],
-                row_length=parts["row_length"][0, j : j + 1],
-            )
-            own = {k: int(v[0]) for k, v in unit.bits(columns, shapes).items()}
-            facts = {k: int(v[0]) for k, v in unit.facts(columns, shapes).items()}
         layers.append(
             LayerSize(
                 name=name,
-                method=layer_plan.method,
+                method=plan.get(name).method,
                 bits=int(parts["total"][0, j]),
                 baseline_bits=int(unchanged[j]),
                 weights=int(parts["weights"][0, j]),
@@ -361,8 +380,8 @@ def size_report(plan: Plan, graph: ModelGraph) -> SizeReport:
                 batchnorm=int(parts["batchnorm"][0, j]),
                 out_channels=int(parts["c_out"][0, j]),
                 in_channels=int(parts["c_in"][0, j]),
-                parts=own,
-                facts=facts,
+                parts=own.get(j, {}),
+                facts=facts.get(j, {}),
             )
         )
     kept_bits = graph.kept_bits
