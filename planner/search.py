@@ -110,6 +110,7 @@ class Planner:
         self.config = config
         self.task = task
         # What fails fast is checked before the problem's minutes of set-up on a large model.
+        self.real = self._real(model, example_inputs)  # the real objective needs data
         self.storage = None
         if config.backend == "ray" and config.ray.address is not None:
             check_address(config.ray.address)
@@ -124,7 +125,7 @@ class Planner:
         repair = make_repair(config, self.problem)
         if config.backend == "ray":
             self.backend = RayBackend(
-                self.problem, config, repair=repair, solver=self.solver, objective=self._real()
+                self.problem, config, repair=repair, solver=self.solver, objective=self.real
             )
         else:
             self.backend = OptunaBackend(
@@ -248,7 +249,7 @@ class Planner:
                 f"study '{result.study_name}'); run more trials (--trials) or loosen the budgets"
             )
         outcome = SearchOutcome(result=result, plan=result.best_plan)
-        real = self._real()
+        real = self.real
         if real is None or self.config.backend == "ray":
             return outcome
         outcome.refined = self.refine(real)
@@ -276,7 +277,7 @@ class Planner:
             pareto=self.config.pareto,
         )
 
-    def _real(self):
+    def _real(self, model: nn.Module, example_inputs):
         """The real objective the config asks for (None for the proxy)."""
         if self.config.objective != "real":
             return None
@@ -289,8 +290,8 @@ class Planner:
 
         real = self.config.real
         return RealObjective(
-            self.problem.model,
-            self.problem.inputs,
+            model,
+            example_inputs,
             self.task,
             epochs=real.epochs,
             lr=real.lr,

@@ -105,3 +105,20 @@ def test_the_real_objective_needs_task_data(tmp_path, capsys):
     argv[argv.index("zoo:digits")] = "zoo:resnet18"
     assert main(argv) == 2
     assert "needs task data" in capsys.readouterr().err
+
+
+def test_a_real_objective_without_data_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """A user's own model without a task: one line, exit 2, no trial run and no database made."""
+    (tmp_path / "mine.py").write_text(
+        "from torch import nn\n\n"
+        "def build():\n"
+        "    return nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Flatten(),"
+        " nn.Linear(16 * 30 * 30, 10))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    argv = ["search", "--model", "mine.py:build", "--input-shape", "1,3,32,32"]
+    code = main([*argv, "--size-budget", "x10", "--objective", "real", "--out", "plan.json"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the real objective needs task data" in err[0]
+    assert not list(tmp_path.glob("*.db")) and not (tmp_path / "plan.json").exists()
