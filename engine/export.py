@@ -228,6 +228,13 @@ def read_metadata(path: str | Path) -> dict:
         raise ExportError(f"{path}: not a compplan model file (format {meta.get('format')!r})")
     if meta["version"] > FORMAT_VERSION:
         raise ExportError(f"{path}: format version {meta['version']} is newer; upgrade compplan")
+    if meta["version"] < FORMAT_VERSION:
+        # Format 1 stored every weight kind in one layout; its plan still reads (schema 1).
+        raise ExportError(
+            f"{path} was written by an older compplan (model file format {meta['version']}; this "
+            f"one reads {FORMAT_VERSION}): apply its plan again with `compplan apply --plan "
+            "PLAN` (plan files of the old schema still load)"
+        )
     missing = _REQUIRED_KEYS - set(meta)
     if missing:
         raise ExportError(f"{path}: its compplan metadata is damaged (missing {sorted(missing)})")

@@ -224,3 +224,24 @@ def test_deployed_form_computes_the_same_with_plain_layers(base, graph, kind):
     x = torch.rand(16, *INPUT_SHAPE[1:])
     with torch.no_grad():
         assert torch.allclose(plain(x), freeze_(model)(x), atol=1e-5)
+
+
+def test_a_model_file_of_an_older_format_is_refused_with_what_to_do(base, graph, tmp_path):
+    """Format 1 (before the registry) is not read; the message says how to get a file again."""
+    import json as json_
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from engine.export import _META_KEY
+
+    model = copy.deepcopy(base)
+    apply_plan_(model, _plan(graph, "bits4"), calibration=torch.rand(8, *INPUT_SHAPE[1:]))
+    path = tmp_path / "model.cpz"
+    export(model, path, model_spec=SPEC)
+    with safe_open(str(path), framework="pt") as handle:
+        meta = json_.loads(handle.metadata()[_META_KEY])
+    meta["version"] = 1
+    save_file(load_file(str(path)), str(path), metadata={_META_KEY: json_.dumps(meta)})
+    with pytest.raises(ExportError, match=r"written by an older compplan .* apply its plan again"):
+        load(path)
