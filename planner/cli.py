@@ -546,8 +546,9 @@ def _search(args: argparse.Namespace) -> int:
     try:
         outcome = planner.run(args.trials, args.timeout, progress=bar.update)
     except KeyboardInterrupt:
+        where = getattr(planner.backend, "path", config.storage)  # a Tune experiment on Ray
         return _fail(
-            f"search stopped; every finished trial is kept in {config.storage} (study "
+            f"search stopped; every finished trial is kept in {where} (study "
             f"'{planner.study_name}'): run the same command again to resume",
             130,
         )

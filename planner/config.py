@@ -43,6 +43,14 @@ DEFAULT_CANDIDATES = 5
 BALANCED_CAPS = (4.0, 2.0)
 
 
+def _plain(fields_: Mapping[str, Any]) -> dict[str, Any]:
+    """Knob fields as a plain dict, sequences as tuples."""
+    return {
+        key: tuple(value) if isinstance(value, list | tuple) else value
+        for key, value in dict(fields_).items()
+    }
+
+
 def _choose(value: str, allowed: tuple[str, ...], what: str) -> None:
     if value not in allowed:
         raise PlannerError(f"unknown {what} '{value}'; choose one of {', '.join(allowed)}")
@@ -158,6 +166,12 @@ class SearchConfig:
     latency: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        # Plain dicts with tuples, as they read back from JSON, so that a config equals its
+        # round trip (and mapping proxies can be written at all).
+        object.__setattr__(self, "knobs", _plain(self.knobs))
+        object.__setattr__(
+            self, "overrides", {key: _plain(value) for key, value in dict(self.overrides).items()}
+        )
         if self.input_shape is not None:  # "1,3,224,224" or a sequence of sizes
             object.__setattr__(self, "input_shape", parse_shape(self.input_shape))
         _choose(self.objective, OBJECTIVES, "objective")
@@ -198,11 +212,15 @@ class SearchConfig:
         return "nsga2" if self.pareto and self.sampler == "tpe" else self.sampler
 
     def study_name(self, model_name: str = "model") -> str:
-        """The study's name: `study`, or one derived from the model, objective and budgets (so
-        that searches that differ in any of them never share a study or a Tune experiment)."""
+        """The study's name: `study`, or one derived from the model, what its trials score and
+        the budgets, so that searches whose trials differ never share a study or a Tune
+        experiment. With Optuna the study's trials are proxy trials whatever the objective (the
+        real one refines them in "<study>-real"), so a proxy and a real search share them; on
+        Ray, real-objective trials fine-tune, and their experiment is named for it."""
         if self.study is not None:
             return self.study
-        parts = [(self.model_spec or model_name).replace(":", "-"), self.objective]
+        scored = "real" if self.objective == "real" and self.backend == "ray" else "proxy"
+        parts = [(self.model_spec or model_name).replace(":", "-"), scored]
         if self.budget.size_bytes is not None:
             parts.append(f"size{int(self.budget.size_bytes)}")
         if self.budget.latency_ms is not None:
@@ -255,8 +273,7 @@ class SearchConfig:
         if unknown:
             raise PlannerError(f"search config: unknown fields {', '.join(unknown)}")
         try:
-            if values.get("budget") is not None:
-                values["budget"] = Budget(**values["budget"])
+            values["budget"] = Budget(**(values.get("budget") or {}))
             if values.get("real") is not None:
                 values["real"] = RealSettings(**values["real"])
             if values.get("ray") is not None:

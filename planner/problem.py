@@ -192,7 +192,11 @@ class Problem:
             model=self.model_spec or self.graph.model_name,
             fingerprint=self.graph.fingerprint,
             budget=self.budget,
-            provenance={"storage": self.config.storage, **provenance},
+            provenance={
+                "storage": self.config.storage,
+                **provenance,
+                "config": self.config.summary(),
+            },
         )
 
 

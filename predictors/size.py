@@ -337,9 +337,10 @@ class SizeReport:
                     "out_channels": layer.out_channels,
                     "in_channels": layer.in_channels,
                     **layer.facts,
+                    # Parts that add up to "bytes" × 8: the method's own parts, or the dense
+                    # weights when the layer has no method.
                     "bits": {
-                        "weights": layer.weights,
-                        **layer.parts,
+                        **(layer.parts or {"weights": layer.weights}),
                         "bias": layer.bias,
                         "batchnorm": layer.batchnorm,
                     },

@@ -245,8 +245,8 @@ def read_study_config(storage_url: str, study: str) -> SearchConfig:
     if CONFIG_ATTR not in attrs:
         made_by = "an older compplan" if "compplan" in attrs else "something other than compplan"
         raise PlannerError(
-            f"study '{study}' was created by {made_by} and records no search config; recreate "
-            "it with `compplan search --storage URL --study NEW_NAME --trials 0 --model … "
-            "--size-budget …`"
+            f"study '{study}' was created by {made_by} and records no search config; run its "
+            f"`compplan search … --storage URL --study {study} --trials 0` once to store one "
+            "(its trials are kept), or recreate it under a new name"
         )
     return SearchConfig.from_dict(attrs[CONFIG_ATTR])

@@ -88,6 +88,12 @@ def check_address(address: str, timeout: float = 3.0) -> tuple[str, int]:
     return host, int(port)
 
 
+def _same_search(config: SearchConfig) -> dict[str, Any]:
+    """The fields that make two searches one experiment, as they read back from JSON (tuples as
+    lists), so that a config and the marker it wrote compare equal."""
+    return json.loads(json.dumps({k: v for k, v in config.to_dict().items() if k in _SAME_SEARCH}))
+
+
 # Objects a worker process has fetched from the object store, by reference: a reused actor's
 # next trial finds its problem here instead of unpickling it again.
 _SHARED: dict[str, Any] = {}
@@ -283,7 +289,7 @@ class RayBackend(SearchBackend):
     def _check_same_search(self) -> None:
         """Refuse to resume an experiment another search made (another objective, budget, ...)."""
         marker = self.path / CONFIG_FILE
-        mine = {k: v for k, v in self.config.to_dict().items() if k in _SAME_SEARCH}
+        mine = _same_search(self.config)
         try:
             theirs = json.loads(marker.read_text())
         except (OSError, ValueError):
@@ -378,8 +384,7 @@ class RayBackend(SearchBackend):
             else:
                 tuner = self._new_tuner(trainable)
                 self.path.mkdir(parents=True, exist_ok=True)
-                mine = {k: v for k, v in self.config.to_dict().items() if k in _SAME_SEARCH}
-                (self.path / CONFIG_FILE).write_text(json.dumps(mine))
+                (self.path / CONFIG_FILE).write_text(json.dumps(_same_search(self.config)))
             # Tune prints its tables and hints on stdout; stdout is the caller's (--json).
             with contextlib.redirect_stdout(sys.stderr):
                 self._grid = tuner.fit()

@@ -153,6 +153,4 @@ def test_a_study_of_an_older_compplan_is_refused_with_how_to_recreate_it(tmp_pat
     assert main(["worker", "--storage", storage, "--study", "old"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
-    assert (
-        "created by an older compplan" in err[0] and "recreate it with `compplan search" in err[0]
-    )
+    assert "created by an older compplan" in err[0] and "--study old --trials 0` once" in err[0]

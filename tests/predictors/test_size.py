@@ -103,3 +103,15 @@ def test_batch_prediction_equals_one_by_one(fixture, request):
     assert batch.tolist() == single
     assert len(set(single)) > 50  # the plans really differ
     assert PlanBatch.from_plans(graph, plans).keep.min() < 1.0  # and some prune
+
+
+def test_the_json_parts_of_every_layer_add_up_to_its_bytes(resnet18_graph):
+    """`compplan size --json` lists each layer's bits by part; they must sum to its size (the
+    method's aggregate beside its parts would count them twice)."""
+    methods = set()
+    for preset in ("pqf-small", "bits:4+keep:0.5", "bits:1"):
+        plan = make_preset(resnet18_graph, preset)
+        for layer in size_report(plan, resnet18_graph).to_dict()["layers"]:
+            assert sum(layer["bits"].values()) == layer["bytes"] * 8, (preset, layer["name"])
+            methods.add(layer["method"])
+    assert {"vq", "bits", "none"} <= methods
