@@ -215,6 +215,11 @@ def test_another_searchs_experiment_is_refused_not_restored(cluster, capsys):
     first = _search(env, work, *common, "--out", str(work / "a.json"), trials=2)
     _, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr
+    # The same search again resumes its experiment (Tuner.restore), trials kept.
+    same = _search(env, work, *common, "--out", str(work / "a.json"), trials=2)
+    stdout, stderr = same.communicate(timeout=600)
+    assert same.returncode == 0, stderr
+    assert json.loads(stdout)["trials"] == 2
     again = _search(
         env, work, *common, "--objective", "real", "--out", str(work / "b.json"), trials=2
     )
