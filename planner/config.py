@@ -203,10 +203,6 @@ class SearchConfig:
             )
 
     @property
-    def multi_objective(self) -> bool:
-        return self.pareto
-
-    @property
     def sampler_name(self) -> str:
         """The sampler that runs: a Pareto search needs a multi-objective one (NSGA-II)."""
         return "nsga2" if self.pareto and self.sampler == "tpe" else self.sampler

@@ -184,10 +184,6 @@ class Planner:
     def worker_id(self) -> str | None:
         return getattr(self.backend, "worker_id", None)
 
-    def evaluate(self, plans):
-        """Size, predicted latency, MACs, proxy and budget constraints of each plan."""
-        return self.problem.evaluate(plans)
-
     def exact(self, *, max_layer_ratio: float | None = None) -> dict[str, Any]:
         """The proxy's optimum under the budgets (`ExactSolver.solve`)."""
         return self.solver.solve(max_layer_ratio=max_layer_ratio)
