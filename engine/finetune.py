@@ -2,11 +2,21 @@
 
 Contract:
     * :func:`finetune` trains ``student`` in place with Adam and a cosine schedule from
-      ``config.lr`` to ``config.lr_min`` over all steps (PQF's recipe, 1e-3 → 1e-6). The loss is
-      the KL divergence from the teacher's softmax at temperature T to the student's, times T²
-      (T = 1 and no label smoothing, as in AdamBNN / N2UQ), plus ``config.ce_weight`` times the
-      cross-entropy on labels when the batches carry labels. Without a teacher the loss is the
-      weighted cross-entropy alone, which needs labels and ``ce_weight > 0``.
+      ``config.lr`` to ``config.lr_min`` over all steps (PQF's recipe, 1e-3 → 1e-6; for
+      transformer-like models :func:`default_lr` says 1e-4). The loss is ``config.distill``
+      between the student's and the teacher's main output (:func:`output_of`), plus
+      ``config.ce_weight`` times the cross-entropy on labels when the batches carry labels.
+      Without a teacher the loss is the weighted cross-entropy alone, which needs labels and
+      ``ce_weight > 0``.
+    * Distillation losses (:data:`DISTILL_LOSSES`, :func:`distill_loss`): "kl", the KL divergence
+      from the teacher's softmax at temperature T to the student's over the last dimension, times
+      T² (T = 1 and no label smoothing, as in AdamBNN / N2UQ): for class logits, (B, C) or per
+      position (B, T, C); "mse", the mean squared error over all elements: for regression outputs;
+      "cosine", the mean over positions (every dimension but the last) of 1 − the cosine
+      similarity along the last dimension: for embeddings and hidden states, whose direction is
+      what matters and which have no softmax. "kl" is the default; :func:`infer_distill` picks
+      one from a teacher output, and ``finetune`` logs a warning when "kl" is used on an output
+      that does not look like class logits (KL on hidden states makes a good encoder worse).
     * ``data`` is re-iterated every epoch and yields tensors ``x``, or ``(x,)`` / ``(x, y)``
       tuples or lists (what a ``DataLoader`` over a ``TensorDataset`` yields).
     * A plan's ``lr_mult`` sets each layer's learning rate (P-Transfer): the parameters under
@@ -17,12 +27,20 @@ Contract:
       beforehand are never trained (VQ codes, say, or anything the caller froze).
     * The teacher runs in eval mode under ``no_grad``; the training flag of each of its modules
       is restored afterwards. The student trains in train mode (BatchNorm running statistics
-      update as usual), is in eval mode while ``on_epoch_end`` runs, and is left in eval mode.
+      update as usual), is in eval mode while ``score`` and ``on_epoch_end`` run, and is left in
+      eval mode.
+    * Keeping the best: given ``score(student) -> float`` (higher is better), the student is
+      scored before training and after every epoch (before ``on_epoch_end``). A copy of the
+      state_dict of the best scored state (parameters and buffers: BatchNorm statistics,
+      quantizer state; kept on the model's device), the earliest among equals, is loaded back at
+      the end, also when ``on_epoch_end`` raises :class:`StopFinetune`. So fine-tuning never
+      returns a student scored worse than the one it was given. On any other exception the
+      student is left as training left it.
     * ``on_epoch_end(epoch, student)`` (epochs count from 0) may return a dict of metrics, which
       is recorded, or raise :class:`StopFinetune` to end training early (Optuna pruning).
     * Given ``config.seed`` the result is deterministic for a fixed torch build and thread
       count: the global torch RNG is seeded (dropout, and a ``DataLoader`` without its own
-      generator draw from it).
+      generator draw from it), after the score before training.
 """
 
 from __future__ import annotations
@@ -43,14 +61,22 @@ if TYPE_CHECKING:
     from search_spaces.plan import Plan
 
 __all__ = [
+    "DISTILL_LOSSES",
     "FinetuneConfig",
     "FinetuneResult",
     "StopFinetune",
     "build_param_groups",
+    "default_lr",
+    "distill_loss",
     "finetune",
+    "infer_distill",
+    "output_of",
 ]
 
 _log = logging.getLogger("compplan")
+
+DISTILL_LOSSES = ("kl", "mse", "cosine")
+"""The distillation losses :class:`FinetuneConfig` takes (see the module docstring)."""
 
 
 class StopFinetune(Exception):
@@ -72,13 +98,19 @@ class FinetuneConfig:
 
     Attributes:
         epochs: Passes over ``data``; 0 trains nothing.
-        lr: Adam's learning rate at the start, before any per-layer ``lr_mult``.
+        lr: Adam's learning rate at the start, before any per-layer ``lr_mult``. The default
+            suits conv nets trained from scratch or compressed; :func:`default_lr` gives one
+            that suits a given model (1e-4 for transformer-like ones).
         lr_min: Learning rate the cosine schedule ends at; every layer's rate follows the same
             curve scaled by its ``lr_mult``, so their ratios hold throughout.
         weight_decay: Adam's (L2) weight decay; PQF and N2UQ fine-tune without it.
-        temperature: Softmax temperature T of the distillation loss.
+        temperature: Softmax temperature T of the "kl" distillation loss (unused by the others).
         ce_weight: Weight of the cross-entropy on labels, added to the distillation loss when the
-            batches carry labels; the whole loss when there is no teacher.
+            batches carry labels; the whole loss when there is no teacher. Only meaningful with
+            class logits.
+        distill: The distillation loss, one of :data:`DISTILL_LOSSES`: "kl" for class logits,
+            "mse" for regression outputs, "cosine" for embeddings and hidden states.
+            :func:`infer_distill` chooses one from a teacher output.
         seed: Seed of the global torch RNG at the start.
         progress: Show a tqdm bar over epochs × batches on stderr with the running loss.
     """
@@ -89,6 +121,7 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     temperature: float = 1.0
     ce_weight: float = 0.0
+    distill: str = "kl"
     seed: int = 0
     progress: bool = True
 
@@ -107,6 +140,12 @@ class FinetuneConfig:
             )
         if not 0 <= self.ce_weight < math.inf:
             raise ValueError(f"FinetuneConfig.ce_weight={self.ce_weight!r} must be ≥ 0")
+        if self.distill not in DISTILL_LOSSES:
+            raise ValueError(
+                f"FinetuneConfig.distill={self.distill!r} must be one of "
+                f"{', '.join(map(repr, DISTILL_LOSSES))} (kl: class logits; mse: regression "
+                "outputs; cosine: embeddings and hidden states)"
+            )
 
 
 @dataclass(frozen=True)
@@ -118,11 +157,41 @@ class FinetuneResult:
         metrics: What ``on_epoch_end`` returned for each epoch; empty dicts where it returned
             None or was not given. One entry per entry of ``losses``.
         stopped_early: Whether ``on_epoch_end`` raised :class:`StopFinetune`.
+        scores: What ``score`` said before training, then after each epoch run (one more entry
+            than ``losses``); empty without ``score``.
+        best_epoch: Which scored state the student was left in: 0 for the state before
+            training, e for the state after epoch e (counting from 1); None without ``score``.
     """
 
     losses: tuple[float, ...]
     metrics: tuple[dict, ...]
     stopped_early: bool
+    scores: tuple[float, ...] = ()
+    best_epoch: int | None = None
+
+
+def default_lr(model: nn.Module) -> float:
+    """A starting learning rate for fine-tuning ``model`` with Adam.
+
+    1e-4 for transformer-like models, those holding an ``nn.LayerNorm``, ``nn.RMSNorm``,
+    ``nn.MultiheadAttention``, ``nn.Embedding``, ``nn.TransformerEncoderLayer`` or
+    ``nn.TransformerDecoderLayer`` (Hugging Face models are built of these): they usually come
+    pretrained and close to the optimum, and Adam at 1e-3 moves their weights far out of it in a
+    few steps (BERT-style models are fine-tuned at 1e-5 to 1e-4). Else 1e-3, PQF's rate for conv
+    nets, whose BatchNorm keeps them stable at that rate.
+    """
+    kinds = [
+        nn.LayerNorm,
+        nn.MultiheadAttention,
+        nn.Embedding,
+        nn.TransformerEncoderLayer,
+        nn.TransformerDecoderLayer,
+    ]
+    if hasattr(nn, "RMSNorm"):
+        kinds.append(nn.RMSNorm)
+    if any(isinstance(module, tuple(kinds)) for module in model.modules()):
+        return 1e-4
+    return 1e-3
 
 
 # N2UQ trains its quantizers' own parameters (clip ranges, interval lengths) at a tenth of the
@@ -233,41 +302,199 @@ def _device_of(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def logits_of(output: object) -> Tensor:
-    """The logits in a model's output: the tensor itself, the first of a tuple or list, or a
-    dict's "logits" entry (else its first tensor)."""
+def _main_key(output: dict) -> object | None:
+    """Which entry of a dict output :func:`output_of` takes, or None if none is a tensor."""
+    for key in ("logits", "last_hidden_state"):
+        if isinstance(output.get(key), Tensor):
+            return key
+    return next((key for key, value in output.items() if isinstance(value, Tensor)), None)
+
+
+def output_of(output: object) -> Tensor:
+    """A model's main output tensor: the tensor itself; a dict's "logits" entry, else its
+    "last_hidden_state", else its first tensor value (Hugging Face ``ModelOutput`` objects are
+    dicts); the first tensor of a tuple or list.
+
+    Raises:
+        ValueError: If there is no tensor where one is looked for.
+    """
     if isinstance(output, Tensor):
         return output
     if isinstance(output, dict):
-        output = [output["logits"]] if "logits" in output else list(output.values())
-    if isinstance(output, list | tuple):
+        key = _main_key(output)
+        if key is not None:
+            return output[key]
+    elif isinstance(output, list | tuple):
         for item in output:
             if isinstance(item, Tensor):
                 return item
-    raise ValueError(f"cannot find logits in a model output of type {type(output).__name__}")
+    raise ValueError(
+        f"cannot find an output tensor in a model output of type {type(output).__name__}: "
+        'expected a tensor, a dict with a tensor ("logits", "last_hidden_state", ...) or a '
+        "tuple or list starting with one"
+    )
 
 
-def _loss(
-    student_logits: Tensor,
-    teacher_logits: Tensor | None,
-    labels: Tensor | None,
-    config: FinetuneConfig,
+_HIDDEN_KEYS = ("last_hidden_state", "pooler_output", "embeddings")
+
+
+def infer_distill(output: object) -> tuple[str, str]:
+    """The distillation loss that fits a teacher's output, and why, in a few words.
+
+    A dict with "logits": "kl". A dict whose main tensor (:func:`output_of`) is hidden states or
+    embeddings ("last_hidden_state", "pooler_output", "embeddings", a key containing "hidden" or
+    "embed"): "cosine". Otherwise by the main tensor's shape: (batch, classes) with at least two
+    classes: "kl", unless its rows have norm 1 and negative entries (normalized embeddings:
+    "cosine"); (batch, 1), (batch,) or a scalar: "mse", a regression output; three dimensions or
+    more: "cosine", hidden states with features on the last dimension.
+
+    The choice is a guess from one output and can be overridden: ``FinetuneConfig.distill`` is
+    what :func:`finetune` uses (a task's ``distill``, where it has one, is what callers pass).
+
+    Args:
+        output: What the teacher returned for a batch (a tensor, a dict, a tuple or list).
+
+    Returns:
+        ``(loss, reason)``: one of :data:`DISTILL_LOSSES`, and e.g. "class logits (batch,
+        classes)".
+
+    Raises:
+        ValueError: If the output holds no tensor, its main tensor is not floating point
+            (class indices, token ids: nothing to distill) or has no features.
+    """
+    tensor = output_of(output)
+    if not tensor.is_floating_point():
+        raise ValueError(
+            f"the model's output is a tensor of {tensor.dtype}: integer outputs (class indices, "
+            "token ids) cannot be distilled; return the logits or features they come from"
+        )
+    if isinstance(output, dict):
+        key = _main_key(output)
+        if key == "logits":
+            return "kl", "class logits (a dict with 'logits')"
+        name = str(key).lower()
+        if key in _HIDDEN_KEYS or "hidden" in name or "embed" in name:
+            return "cosine", f"hidden states or embeddings ({key!r})"
+    if tensor.dim() <= 1:
+        return "mse", "a regression output"
+    if tensor.shape[-1] == 0:
+        raise ValueError(f"the model's output has shape {tuple(tensor.shape)}: no features")
+    if tensor.dim() == 2:
+        if tensor.shape[-1] == 1:
+            return "mse", "a regression output (batch, 1)"
+        with torch.no_grad():
+            norms = tensor.detach().float().norm(dim=-1)
+            unit = bool(torch.allclose(norms, torch.ones_like(norms), atol=1e-3))
+            if unit and bool((tensor < 0).any()):
+                return "cosine", "normalized embeddings (batch, features) of norm 1"
+        return "kl", "class logits (batch, classes)"
+    if tensor.dim() == 3:
+        return "cosine", "hidden states (batch, tokens, features)"
+    return "cosine", f"features on the last dimension of a {tensor.dim()}-D output"
+
+
+def distill_loss(
+    student: Tensor, teacher: Tensor, kind: str = "kl", *, temperature: float = 1.0
 ) -> Tensor:
-    loss = student_logits.new_zeros(())
-    if teacher_logits is not None:
-        t = config.temperature
-        # Classes are the last dimension: (B, C) and (B, T, C) both distil per position.
-        classes = student_logits.shape[-1]
-        # T² keeps the gradient scale independent of T (Hinton et al.).
-        loss = loss + t * t * F.kl_div(
-            F.log_softmax(student_logits.reshape(-1, classes) / t, dim=-1),
-            F.log_softmax(teacher_logits.reshape(-1, classes) / t, dim=-1),
+    """The distillation loss ``kind`` (one of :data:`DISTILL_LOSSES`) of the student's output
+    against the teacher's, both of the same shape; 0 when they are equal.
+
+    "kl": the KL divergence from the teacher's softmax at ``temperature`` T to the student's over
+    the last dimension (classes), averaged over positions (every other dimension), times T².
+    "mse": the mean squared error over all elements. "cosine": the mean over positions of
+    1 − the cosine similarity along the last dimension (blind to each vector's length).
+
+    Raises:
+        ValueError: If the shapes differ, ``kind`` is unknown, or "kl" is asked of an output
+            with fewer than two entries on a last dimension after the batch (where it is
+            always 0, or a softmax over the batch).
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"the student's output has shape {tuple(student.shape)} but the teacher's "
+            f"{tuple(teacher.shape)}; distillation compares them entry by entry"
+        )
+    teacher = teacher.to(student.dtype)
+    if kind == "kl":
+        if student.dim() < 2 or student.shape[-1] < 2:
+            raise ValueError(
+                f"distill='kl' takes class logits on the last dimension, but the output has "
+                f"shape {tuple(student.shape)}, over which a softmax is "
+                + ("always 1" if student.dim() >= 2 else "across the batch")
+                + "; use distill='mse' for a regression output"
+            )
+        t = temperature
+        classes = student.shape[-1]
+        divergence = F.kl_div(
+            F.log_softmax(student.reshape(-1, classes) / t, dim=-1),
+            F.log_softmax(teacher.reshape(-1, classes) / t, dim=-1),
             log_target=True,
             reduction="batchmean",
         )
+        # T² keeps the gradient scale independent of T (Hinton et al.).
+        return t * t * divergence
+    if kind == "mse":
+        return F.mse_loss(student, teacher)
+    if kind == "cosine":
+        if student.dim() == 0:
+            raise ValueError("distill='cosine' needs vectors, but the output is a scalar")
+        features = student.shape[-1]
+        similarity = F.cosine_similarity(
+            student.reshape(-1, features), teacher.reshape(-1, features), dim=-1
+        )
+        return (1 - similarity).mean()
+    raise ValueError(
+        f"unknown distillation loss {kind!r}; choose one of {', '.join(map(repr, DISTILL_LOSSES))}"
+    )
+
+
+def _loss(
+    student_out: Tensor,
+    teacher_out: Tensor | None,
+    labels: Tensor | None,
+    config: FinetuneConfig,
+) -> Tensor:
+    loss = student_out.new_zeros(())
+    if teacher_out is not None:
+        loss = loss + distill_loss(
+            student_out, teacher_out, config.distill, temperature=config.temperature
+        )
     if labels is not None and config.ce_weight > 0:
-        loss = loss + config.ce_weight * F.cross_entropy(student_logits, labels)
+        loss = loss + config.ce_weight * F.cross_entropy(student_out, labels)
     return loss
+
+
+def _warn_if_distill_misfits(teacher_output: object, distill: str) -> None:
+    # Only "kl" on something else: a softmax over 384 hidden features trains an encoder towards
+    # a distribution it never had (cosine similarity 0.9997 → 0.861 in one epoch), and nothing
+    # else would say so. MSE or cosine on logits is logit matching, a fine choice.
+    if distill != "kl":
+        return
+    try:
+        inferred, why = infer_distill(teacher_output)
+    except ValueError:
+        return  # the loss itself raises with the reason
+    if inferred != "kl":
+        _log.warning(
+            "finetune: distilling with 'kl' (a softmax over the output's last dimension), but "
+            "the teacher's output looks like %s, for which %r fits; set FinetuneConfig.distill "
+            "(or the task's distill)",
+            why,
+            inferred,
+        )
+
+
+def _better(value: float, best: float) -> bool:
+    """Whether ``value`` beats ``best``; NaN is worse than any number, and ties do not beat."""
+    if math.isnan(value):
+        return False
+    return math.isnan(best) or value > best
+
+
+def _snapshot(module: nn.Module) -> dict[str, Tensor]:
+    # state_dict holds the persistent buffers too (BatchNorm statistics, quantizer state), and
+    # load_state_dict copies into the tensors in place, frozen ones included.
+    return {key: value.detach().clone() for key, value in module.state_dict().items()}
 
 
 def finetune(
@@ -278,6 +505,7 @@ def finetune(
     *,
     config: FinetuneConfig = FinetuneConfig(),
     on_epoch_end: Callable[[int, nn.Module], dict | None] | None = None,
+    score: Callable[[nn.Module], float] | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``student`` in place by distillation from ``teacher`` and/or labels.
 
@@ -290,18 +518,25 @@ def finetune(
             without ``len()`` is counted with one extra pass, for the schedule.
         plan: Per-layer learning-rate multipliers (``LayerPlan.lr_mult``); None trains every
             trainable parameter at ``config.lr``.
-        config: Epochs, learning rates, loss weights, seed and progress bar.
+        config: Epochs, learning rates, the distillation loss, loss weights, seed and progress
+            bar.
         on_epoch_end: Called as ``on_epoch_end(epoch, student)`` after each epoch (from 0) with
             the student in eval mode; may return a dict of metrics to record, or raise
             :class:`StopFinetune` to stop.
+        score: ``score(student) -> float``, higher is better, called with the student in eval
+            mode before training and after each epoch (before ``on_epoch_end``). Given, the
+            student ends in the best scored state (the earliest of equals; the one it came in
+            if training never beat it), also after :class:`StopFinetune`.
 
     Returns:
-        The mean loss and the callback's metrics per epoch, and whether training stopped early.
+        The mean loss and the callback's metrics per epoch, whether training stopped early, and
+        the scores and which of them the student was left at.
 
     Raises:
         ValueError: Without a teacher, if ``config.ce_weight`` is 0 or a batch has no labels; if
             ``data`` is a one-shot iterator or yields no batches or malformed ones; if the plan
-            names a layer the student does not have.
+            names a layer the student does not have; if the student's and the teacher's outputs
+            differ in shape or do not fit ``config.distill``.
         FloatingPointError: If the loss becomes NaN or infinite (lower ``config.lr``).
     """
     if teacher is None and config.ce_weight <= 0:
@@ -321,13 +556,35 @@ def finetune(
         )
 
     groups = build_param_groups(student, plan, config.lr)
+    scores: list[float] = []
+    best: dict[str, Any] = {"epoch": None, "state": None}
+
+    def record_score(epoch: int) -> None:
+        # epoch: 0 before training, e after epoch e (from 1).
+        student.eval()
+        value = float(score(student))  # type: ignore[misc]
+        scores.append(value)
+        _log.debug("finetune: score %.5f %s", value, f"after epoch {epoch}" if epoch else "before")
+        if best["epoch"] is None or _better(value, scores[best["epoch"]]):
+            best["epoch"] = epoch
+            # After the last epoch the student already is that state: no copy needed.
+            best["state"] = _snapshot(student) if epoch < config.epochs else None
+
+    if score is not None:
+        record_score(0)
     torch.manual_seed(config.seed)
     losses: list[float] = []
     metrics: list[dict] = []
     stopped_early = False
     if config.epochs == 0:
         student.eval()
-        return FinetuneResult(losses=(), metrics=(), stopped_early=False)
+        return FinetuneResult(
+            losses=(),
+            metrics=(),
+            stopped_early=False,
+            scores=tuple(scores),
+            best_epoch=best["epoch"],
+        )
 
     steps_per_epoch = _count_batches(data)
     if steps_per_epoch == 0:
@@ -367,6 +624,7 @@ def finetune(
         if teacher is not None:
             teacher.eval()
 
+        checked_distill = False
         for epoch in range(config.epochs):
             student.train()
             loss_sum, seen = 0.0, 0
@@ -379,12 +637,16 @@ def finetune(
                     )
                 x = x.to(device)
                 y = y.to(device) if y is not None else None
-                teacher_logits = None
+                teacher_out = None
                 if teacher is not None:
                     with torch.no_grad():
-                        teacher_logits = logits_of(teacher(x)).to(device)
+                        teacher_output = teacher(x)
+                    if not checked_distill:
+                        checked_distill = True
+                        _warn_if_distill_misfits(teacher_output, config.distill)
+                    teacher_out = output_of(teacher_output).to(device)
                 with torch.set_grad_enabled(optimizer is not None):
-                    loss = _loss(logits_of(student(x)), teacher_logits, y, config)
+                    loss = _loss(output_of(student(x)), teacher_out, y, config)
                 value = loss.item()
                 if not math.isfinite(value):
                     raise FloatingPointError(
@@ -403,6 +665,8 @@ def finetune(
             losses.append(loss_sum / max(seen, 1))
             _log.debug("finetune: epoch %d mean loss %.5f", epoch, losses[-1])
 
+            if score is not None:
+                record_score(epoch + 1)
             if on_epoch_end is None:
                 metrics.append({})
                 continue
@@ -422,4 +686,27 @@ def finetune(
         for module, training in teacher_modes:
             module.training = training
         student.eval()
-    return FinetuneResult(losses=tuple(losses), metrics=tuple(metrics), stopped_early=stopped_early)
+
+    # Reached only without an exception (StopFinetune included): on errors the student stays as
+    # training left it, for the caller to inspect.
+    if score is not None and best["epoch"] != len(scores) - 1:
+        student.load_state_dict(best["state"])
+        if best["epoch"] == 0:
+            _log.info(
+                "finetune: no epoch beat the score before training (%.5f); the student is left "
+                "as it came",
+                scores[0],
+            )
+        else:
+            _log.debug(
+                "finetune: kept the state after epoch %d (score %.5f)",
+                best["epoch"],
+                scores[best["epoch"]],
+            )
+    return FinetuneResult(
+        losses=tuple(losses),
+        metrics=tuple(metrics),
+        stopped_early=stopped_early,
+        scores=tuple(scores),
+        best_epoch=best["epoch"],
+    )

@@ -375,7 +375,7 @@ def test_sequence_and_tuple_outputs_distil_per_position():
     import torch
     from torch import nn
 
-    from engine.finetune import FinetuneConfig, finetune, logits_of
+    from engine.finetune import FinetuneConfig, finetune, output_of
 
     class Tagger(nn.Module):
         def __init__(self):
@@ -392,9 +392,171 @@ def test_sequence_and_tuple_outputs_distil_per_position():
 
     def gap() -> float:
         with torch.no_grad():
-            return (logits_of(student(x)) - logits_of(teacher(x))).abs().mean().item()
+            return (output_of(student(x)) - output_of(teacher(x))).abs().mean().item()
 
     before = gap()
     finetune(student, teacher, data, config=FinetuneConfig(epochs=30, lr=1e-2, progress=False))
     assert gap() < 0.5 * before
-    assert logits_of({"logits": x}) is x and logits_of((x, 1)) is x
+    assert output_of({"logits": x}) is x and output_of((x, 1)) is x
+
+
+# --- keeping the best scored state -----------------------------------------------------------
+
+
+class _Scripted:
+    """A score that says the given values in turn, checking that the student is in eval mode."""
+
+    def __init__(self, *values: float) -> None:
+        self.values = list(values)
+        self.calls = 0
+
+    def __call__(self, model: nn.Module) -> float:
+        assert not model.training and not any(m.training for m in model.modules())
+        self.calls += 1
+        return self.values.pop(0)
+
+
+def _capture(states: list[dict[str, torch.Tensor]], stop_at: int | None = None, error=None):
+    """An on_epoch_end recording the state after each epoch; raising at epoch ``stop_at``."""
+
+    def on_epoch_end(epoch: int, model: nn.Module) -> None:
+        states.append(_state(model))
+        if epoch == stop_at:
+            raise (error or StopFinetune("pruned"))
+
+    return on_epoch_end
+
+
+def _assert_state(model: nn.Module, expected: dict[str, torch.Tensor]) -> None:
+    got = model.state_dict()
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(got[key], value), key
+
+
+def test_without_score_nothing_is_scored_or_restored(splits, teacher):
+    student = _small_cnn(1)
+    states: list[dict[str, torch.Tensor]] = []
+    config = FinetuneConfig(epochs=2, progress=False)
+    result = finetune(student, teacher, _batches(splits, labels=False)[:2], config=config,
+                      on_epoch_end=_capture(states))  # fmt: skip
+    assert result.scores == () and result.best_epoch is None
+    _assert_state(student, states[-1])
+
+
+def test_keep_best_returns_the_initial_state_when_training_only_makes_it_worse(splits, teacher):
+    student = _small_cnn(1)
+    student.conv1.weight.requires_grad_(False)  # frozen beforehand
+    initial = _state(student)
+
+    def closeness(model: nn.Module) -> float:
+        # Minus the distance to the weights it started with: every step of training is worse.
+        assert not model.training
+        return -sum(
+            (value.float() - initial[key].float()).pow(2).sum().item()
+            for key, value in model.state_dict().items()
+        )
+
+    config = FinetuneConfig(epochs=3, lr=1e-2, progress=False)
+    plan = _plan(conv2=0.0)  # frozen for the duration
+    result = finetune(student, teacher, _batches(splits, labels=False)[:3], plan, config=config,
+                      score=closeness)  # fmt: skip
+    assert result.best_epoch == 0
+    assert len(result.scores) == config.epochs + 1 and result.scores[0] == 0.0
+    assert all(s < 0 for s in result.scores[1:]), result.scores
+    # Parameters and buffers (BatchNorm statistics, num_batches_tracked) are those it came with.
+    _assert_state(student, initial)
+    assert not student.conv1.weight.requires_grad
+    assert student.conv2.weight.requires_grad and student.fc.weight.requires_grad
+    assert not student.training
+
+
+def test_keep_best_keeps_the_improved_state(splits, teacher):
+    student = _small_cnn(1)
+    states: list[dict[str, torch.Tensor]] = []
+
+    def agreement(model: nn.Module) -> float:
+        return -_kl(model, teacher, splits.val_x)
+
+    config = FinetuneConfig(epochs=3, lr=1e-2, progress=False)
+    result = finetune(student, teacher, _batches(splits, labels=False), config=config,
+                      on_epoch_end=_capture(states), score=agreement)  # fmt: skip
+    assert len(result.scores) == 4 and result.best_epoch is not None and result.best_epoch >= 1
+    assert result.scores[result.best_epoch] == max(result.scores) > result.scores[0]
+    _assert_state(student, states[result.best_epoch - 1])
+    assert agreement(student) == pytest.approx(result.scores[result.best_epoch])
+
+
+def test_keep_best_restores_the_earliest_best_epoch(splits, teacher):
+    student = _small_cnn(1)
+    states: list[dict[str, torch.Tensor]] = []
+    score = _Scripted(0.1, 0.5, 0.9, 0.3, 0.9)  # epochs 2 and 4 tie: the earlier one wins
+    config = FinetuneConfig(epochs=4, progress=False)
+    result = finetune(student, teacher, _batches(splits, labels=False)[:2], config=config,
+                      on_epoch_end=_capture(states), score=score)  # fmt: skip
+    assert result.scores == (0.1, 0.5, 0.9, 0.3, 0.9) and result.best_epoch == 2
+    assert score.calls == 5
+    _assert_state(student, states[1])
+    assert not torch.equal(states[1]["fc.weight"], states[3]["fc.weight"]), "it did change"
+
+
+def test_a_nan_score_is_never_the_best(splits, teacher):
+    student = _small_cnn(1)
+    states: list[dict[str, torch.Tensor]] = []
+    config = FinetuneConfig(epochs=3, progress=False)
+    result = finetune(student, teacher, _batches(splits, labels=False)[:2], config=config,
+                      on_epoch_end=_capture(states),
+                      score=_Scripted(float("nan"), 0.2, float("nan"), 0.1))  # fmt: skip
+    assert result.best_epoch == 1
+    _assert_state(student, states[0])
+    # Nothing but NaN: nothing beats the state it came in.
+    initial = _state(student)
+    result = finetune(student, teacher, _batches(splits, labels=False)[:2], config=config,
+                      score=_Scripted(*[float("nan")] * 4))  # fmt: skip
+    assert result.best_epoch == 0
+    _assert_state(student, initial)
+
+
+def test_stop_finetune_restores_the_best_so_far(splits, teacher):
+    student = _small_cnn(1)
+    states: list[dict[str, torch.Tensor]] = []
+    config = FinetuneConfig(epochs=5, progress=False)
+    result = finetune(student, teacher, _batches(splits, labels=False)[:2], config=config,
+                      on_epoch_end=_capture(states, stop_at=1),
+                      score=_Scripted(0.2, 0.7, 0.4, 1.0, 1.0, 1.0))  # fmt: skip
+    assert result.stopped_early and len(result.losses) == 2
+    assert result.scores == (0.2, 0.7, 0.4) and result.best_epoch == 1
+    _assert_state(student, states[0])
+
+
+def test_an_error_leaves_the_student_as_training_left_it(splits, teacher):
+    student = _small_cnn(1)
+    initial = _state(student)
+    states: list[dict[str, torch.Tensor]] = []
+    config = FinetuneConfig(epochs=3, progress=False)
+    with pytest.raises(RuntimeError, match="boom"):
+        finetune(student, teacher, _batches(splits, labels=False)[:2], config=config,
+                 on_epoch_end=_capture(states, stop_at=1, error=RuntimeError("boom")),
+                 score=_Scripted(0.9, 0.1, 0.1))  # fmt: skip
+    _assert_state(student, states[1])
+    assert not torch.equal(student.fc.weight, initial["fc.weight"])
+
+
+def test_score_with_zero_epochs_scores_once(splits, teacher):
+    student = _small_cnn(1)
+    config = FinetuneConfig(epochs=0, progress=False)
+    result = finetune(student, teacher, [splits.train_x[:8]], config=config, score=_Scripted(0.3))
+    assert result.scores == (0.3,) and result.best_epoch == 0 and result.losses == ()
+
+
+def test_scoring_does_not_change_what_training_does(splits, teacher):
+    def run(score) -> dict[str, torch.Tensor]:
+        student = _small_cnn(1, dropout=0.3)
+        config = FinetuneConfig(epochs=2, seed=3, progress=False)
+        finetune(student, teacher, _batches(splits, labels=False)[:3], config=config, score=score)
+        return student.state_dict()
+
+    # Rising scores: the last state is the best, and it is the one training without score gives.
+    plain, scored = run(None), run(_Scripted(0.1, 0.2, 0.3))
+    for key in plain:
+        assert torch.equal(plain[key], scored[key]), key
