@@ -2,9 +2,11 @@
 
 Contract:
     * :func:`names` lists the registered names in sorted order:
-      ``["digits", "mobilenet_v2", "resnet18", "resnet50"]``.
+      ``["digits", "mnist1d", "mobilenet_v2", "resnet18", "resnet50"]``.
     * :func:`get` returns a :class:`ZooEntry` whose ``build()`` gives a model ready to use, in
-      eval mode: ``digits`` is trained (and cached on disk, see :mod:`zoo.digits`); the ImageNet
+      eval mode: ``digits`` and ``mnist1d`` are trained (and cached on disk, see :mod:`zoo.digits`
+      and :mod:`zoo.mnist1d`; ``mnist1d`` takes a ``(1, 1, 40)`` example input) and their
+      ``architecture`` builds the untrained structure without training; the ImageNet
       architectures are randomly initialized (no weights are downloaded, ever) and use a
       ``(1, 3, 224, 224)`` example input.
     * Unknown names raise ``ValueError`` naming every valid choice.
@@ -20,6 +22,8 @@ from torch import nn
 
 from zoo.digits import INPUT_SHAPE as DIGITS_INPUT_SHAPE
 from zoo.digits import DigitsNet, pretrained_digits
+from zoo.mnist1d import INPUT_SHAPE as MNIST1D_INPUT_SHAPE
+from zoo.mnist1d import Mnist1dNet, pretrained_mnist1d
 from zoo.mobilenet import mobilenet_v2
 from zoo.resnet import resnet18, resnet50
 
@@ -34,13 +38,15 @@ class ZooEntry:
 
     Attributes:
         name: Registry name, e.g. ``"resnet18"``.
-        build: Zero-argument factory returning a fresh model in eval mode (``digits``: trained).
+        build: Zero-argument factory returning a fresh model in eval mode (``digits`` and
+            ``mnist1d``: trained).
         input_shape: Default example input shape, batch size 1.
         description: One-line human-readable description.
-        task: Name of the evaluation task the model is trained for (``"digits"``), or ``None``
-            when it has no task (randomly initialized architectures).
+        task: Name of the evaluation task the model is trained for (``"digits"``,
+            ``"mnist1d"``), or ``None`` when it has no task (randomly initialized architectures).
         architecture: Zero-argument factory for the untrained structure, where ``build`` does
-            more than construct (``digits`` trains); ``None`` means ``build`` is cheap.
+            more than construct (``digits`` and ``mnist1d`` train); ``None`` means ``build`` is
+            cheap.
     """
 
     name: str
@@ -60,6 +66,10 @@ class ZooEntry:
 
 def _build_digits() -> nn.Module:
     return pretrained_digits()
+
+
+def _build_mnist1d() -> nn.Module:
+    return pretrained_mnist1d()
 
 
 def _build_resnet18() -> nn.Module:
@@ -84,6 +94,14 @@ _REGISTRY: dict[str, ZooEntry] = {
             description="Residual CNN trained on scikit-learn's 8x8 digits (~600k params)",
             task="digits",
             architecture=DigitsNet,
+        ),
+        ZooEntry(
+            name="mnist1d",
+            build=_build_mnist1d,
+            input_shape=MNIST1D_INPUT_SHAPE,
+            description="Residual Conv1d net trained on MNIST-1D, generated offline (~111k params)",
+            task="mnist1d",
+            architecture=Mnist1dNet,
         ),
         ZooEntry(
             name="mobilenet_v2",

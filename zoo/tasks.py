@@ -1,8 +1,9 @@
 """Tasks: the data a zoo model is trained on and how it is scored.
 
 The engine and the planner need three things from a task: batches to fine-tune on, a batch of
-inputs to calibrate quantizers with, and an accuracy. Only `digits` exists today (scikit-learn's
-8×8 digits, shipped with the package; nothing is downloaded).
+inputs to calibrate quantizers with, and an accuracy. The zoo has `digits` (scikit-learn's 8×8
+digits, shipped with the package) and `mnist1d` (generated on the spot by the `mnist1d` package,
+never its download); nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from zoo.digits import DigitsSplits, evaluate, load_digits_splits
+from zoo.mnist1d import Mnist1dSplits, load_mnist1d_splits
 
-__all__ = ["DigitsTask", "get_task"]
+__all__ = ["DigitsTask", "Mnist1dTask", "get_task"]
 
 
 @dataclass(frozen=True)
@@ -44,12 +46,46 @@ class DigitsTask:
         return evaluate(model, x, y)
 
 
-def get_task(name: str, *, seed: int = 0) -> DigitsTask:
-    """The task called `name` ("digits").
+@dataclass(frozen=True)
+class Mnist1dTask:
+    """MNIST-1D (the published dataset, generated offline) with the zoo's split (3500 train /
+    500 val / 1000 test: the dataset's own test split)."""
+
+    splits: Mnist1dSplits
+    name: str = "mnist1d"
+    metric: str = "accuracy"
+    distill: str = "kl"  # class logits
+
+    def train_batches(self, seed: int = 0, *, batch_size: int = 64) -> DataLoader:
+        """Shuffled (x, y) batches of the training split, the same order for the same seed."""
+        data = TensorDataset(self.splits.train_x, self.splits.train_y)
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator)
+
+    def calibration(self, n: int = 256) -> Tensor:
+        """The first `n` training inputs (a fixed batch, for quantizer calibration)."""
+        return self.splits.train_x[:n]
+
+    def score(self, model: nn.Module, split: str = "test") -> float:
+        """Accuracy on "val", "test" (or "train")."""
+        x, y = {
+            "train": (self.splits.train_x, self.splits.train_y),
+            "val": (self.splits.val_x, self.splits.val_y),
+            "test": (self.splits.test_x, self.splits.test_y),
+        }[split]
+        return evaluate(model, x, y)
+
+
+_TASKS = {"digits": (DigitsTask, load_digits_splits), "mnist1d": (Mnist1dTask, load_mnist1d_splits)}
+
+
+def get_task(name: str, *, seed: int = 0) -> DigitsTask | Mnist1dTask:
+    """The task called `name` ("digits" or "mnist1d").
 
     Raises:
         ValueError: no task has that name.
     """
-    if name != "digits":
-        raise ValueError(f"unknown task {name!r}; the zoo has: digits")
-    return DigitsTask(load_digits_splits(seed))
+    if name not in _TASKS:
+        raise ValueError(f"unknown task {name!r}; the zoo has: {', '.join(sorted(_TASKS))}")
+    task_type, load_splits = _TASKS[name]
+    return task_type(load_splits(seed))

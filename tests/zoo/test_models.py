@@ -123,11 +123,11 @@ def test_make_divisible(value: float, expected: int) -> None:
 
 
 def test_registry_names_and_errors() -> None:
-    assert zoo.names() == ["digits", "mobilenet_v2", "resnet18", "resnet50"]
+    assert zoo.names() == ["digits", "mnist1d", "mobilenet_v2", "resnet18", "resnet50"]
     with pytest.raises(ValueError) as excinfo:
         zoo.get("x")
     assert str(excinfo.value) == (
-        "unknown zoo model 'x'; choose one of: digits, mobilenet_v2, resnet18, resnet50"
+        "unknown zoo model 'x'; choose one of: digits, mnist1d, mobilenet_v2, resnet18, resnet50"
     )
 
 
