@@ -77,12 +77,14 @@ class AppliedPlan:
         graph: the model's graph before compression.
         keeps: keep ratio per coupling group.
         input_shape: shape of the example inputs (needed to rebuild the pruned architecture).
+        input_dtype: their dtype ("float32"; "int64" for token ids), to trace it again.
     """
 
     plan: Plan
     graph: ModelGraph
     keeps: dict[int, float] = field(default_factory=dict)
     input_shape: tuple[int, ...] = ()
+    input_dtype: str = "float32"
 
 
 def applied_plan_of(model: nn.Module) -> AppliedPlan | None:
@@ -169,7 +171,13 @@ def apply_plan_(
         model.set_submodule(name, planned.to(module.weight.device))
     if calibration is not None and config.reestimate_batchnorm:
         reestimate_batchnorm_(model, calibration)
-    applied = AppliedPlan(plan=plan, graph=graph, keeps=keeps, input_shape=tuple(inputs[0].shape))
+    applied = AppliedPlan(
+        plan=plan,
+        graph=graph,
+        keeps=keeps,
+        input_shape=tuple(inputs[0].shape),
+        input_dtype=str(inputs[0].dtype).removeprefix("torch."),
+    )
     model._compplan_applied = applied
     logger.info("applied %d layer plans (%d groups pruned)", len(plan), len(keeps))
     return applied

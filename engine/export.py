@@ -127,6 +127,7 @@ def export(
     *,
     model_spec: str | None = None,
     task: str | None = None,
+    distill: str | None = None,
     applied: AppliedPlan | None = None,
 ) -> ExportReport:
     """Freeze `model` in place and write it to `path`.
@@ -136,7 +137,10 @@ def export(
         path: the file to write (safetensors).
         model_spec: how `load` rebuilds the uncompressed structure ("zoo:digits",
             "package.module:callable"); without one, `load` needs the model passed in.
-        task: the task the model is evaluated on ("digits"), if any.
+        task: the spec of the task the model is evaluated on (`engine.task_spec`: "zoo:digits",
+            "data:/abs/train.npz"), if any.
+        distill: the distillation loss it was fine-tuned with (an inputs: task's metric
+            follows it), if any.
         applied: what `apply_plan_` returned (found on the model when not given).
 
     Returns:
@@ -177,7 +181,9 @@ def export(
         "version": FORMAT_VERSION,
         "model_spec": model_spec,
         "task": task,
+        "distill": distill,
         "input_shape": list(applied.input_shape),
+        "input_dtype": applied.input_dtype,
         "plan": applied.plan.to_dict(),
         "keeps": {str(g): k for g, k in applied.keeps.items()},
         "layers": layers,
@@ -267,7 +273,10 @@ def _rebuild_(
     model: nn.Module, meta: dict, shape: tuple[int, ...], tensors: dict[str, Tensor]
 ) -> None:
     """Give the uncompressed `model` the exported structure: pruned, planned layers, folded."""
-    inputs = (torch.zeros(shape),)
+    dtype = getattr(torch, str(meta.get("input_dtype", "float32")), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ExportError(f"its input dtype {meta.get('input_dtype')!r} is not a torch dtype")
+    inputs = (torch.zeros(shape, dtype=dtype),)  # zeros are valid token ids too
     plan = Plan.from_dict(meta["plan"])
     graph = discover(model, inputs, model_name=meta.get("model_spec") or "the model")
     if plan.fingerprint and plan.fingerprint != graph.fingerprint:
@@ -317,8 +326,9 @@ def load(
         if not str(spec).startswith("zoo:") and not trust_model_spec:
             # A file must not make us import and run arbitrary code by naming it.
             raise ExportError(
-                f"{path} names the model spec {spec!r}; pass model= (the structure), or "
-                "trust_model_spec=True if you trust the file"
+                f"{path} names the model spec {spec!r}, which imports and runs code: pass the "
+                "structure (--model SPEC; model= in Python), or --trust-specs "
+                "(trust_model_spec=True) if you trust the file"
             )
     try:
         shape = tuple(int(v) for v in meta["input_shape"])

@@ -11,6 +11,7 @@ worker on another machine needs no predictor file.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -38,6 +39,7 @@ CONFIG_VERSION = 1
 OBJECTIVES = ("proxy", "real")
 SAMPLERS = ("tpe", "nsga2", "random")
 BACKENDS = ("optuna", "ray")
+DISTILL_LOSSES = ("kl", "mse", "cosine")  # engine.finetune.DISTILL_LOSSES
 DEFAULT_CANDIDATES = 5
 # The caps of the balanced candidates refinement fine-tunes beside the proxy's best plans.
 BALANCED_CAPS = (4.0, 2.0)
@@ -62,7 +64,10 @@ class RealSettings:
 
     Attributes:
         epochs: fine-tune epochs per plan (0: score right after applying).
-        lr: the base fine-tune learning rate.
+        lr: the base fine-tune learning rate (None: `engine.finetune.default_lr` of the model,
+            lower for transformers).
+        distill: the distillation loss, "kl", "mse" or "cosine" (None: the task's, else chosen
+            from the model's output, `engine.finetune.infer_distill`).
         candidates: with the Optuna backend, how many of the proxy search's best plans are
             fine-tuned (None: 5). On Ray every trial is fine-tuned, so it must stay None.
         tune_lr: trials of the per-layer learning-rate search (P-Transfer) for the winner; 0 off.
@@ -71,7 +76,8 @@ class RealSettings:
     """
 
     epochs: int = 2
-    lr: float = 1e-3
+    lr: float | None = None
+    distill: str | None = None
     candidates: int | None = None
     tune_lr: int = 0
     balanced: tuple[float, ...] = BALANCED_CAPS
@@ -82,8 +88,10 @@ class RealSettings:
             raise PlannerError("--epochs and --tune-lr must be at least 0")
         if self.candidates is not None and self.candidates < 1:
             raise PlannerError("--candidates must be at least 1")
-        if not (math.isfinite(self.lr) and self.lr > 0):
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise PlannerError(f"--lr must be a positive number, not {self.lr!r}")
+        if self.distill is not None:
+            _choose(self.distill, DISTILL_LOSSES, "distillation loss")
         if any(c < 1 for c in self.balanced):
             raise PlannerError("balanced caps are ratios of at least 1")
 
@@ -125,8 +133,9 @@ class SearchConfig:
             handed over in Python (such a study cannot be joined by `compplan worker`).
         input_shape: the example input's shape, batch first, as sizes or "1,3,224,224" (None:
             the model's own).
-        task: the task spec the real objective scores on (None: the model's own, e.g. a zoo
-            model's task).
+        task: the task's spec (`engine.task_spec`: "zoo:digits", "data:PATH", "inputs:PATH",
+            "file.py:callable"): its calibration inputs weigh the proxy's layers and the real
+            objective fine-tunes and scores on it (None: the model's own zoo task, if any).
         budget: size (bytes), predicted latency (ms), MACs; None fields are unlimited.
         protect_ends: keep the first conv and the classifier at 32 bits.
         knobs: `search_spaces.Knobs` fields changed from the defaults for every layer.
@@ -217,6 +226,9 @@ class SearchConfig:
             return self.study
         scored = "real" if self.objective == "real" and self.backend == "ray" else "proxy"
         parts = [(self.model_spec or model_name).replace(":", "-"), scored]
+        if self.task and not self.task.startswith("zoo:"):
+            # The task's inputs weigh the proxy: other data, other trials.
+            parts.append("task" + hashlib.sha256(self.task.encode()).hexdigest()[:8])
         if self.budget.size_bytes is not None:
             parts.append(f"size{int(self.budget.size_bytes)}")
         if self.budget.latency_ms is not None:

@@ -41,7 +41,8 @@ def measure_plan_latency(
 ) -> LatencyMeasurement:
     """The latency of `plan`'s deployed form of `model` (pruned channels removed, weights
     decoded, activation quantizers in place), timed interleaved with the uncompressed model in
-    three repeats on random inputs of the example's shape at `batch` (`measure_interleaved`).
+    three repeats on random inputs of the example's shape at `batch` (`measure_interleaved`);
+    integer inputs (token ids) are the example's own, repeated to `batch`.
 
     `model` is not changed. Pass `graph` (the model's, from `discover`) to skip discovering it.
 
@@ -52,7 +53,10 @@ def measure_plan_latency(
     if batch < 1:
         raise MeasurementError(f"batch must be at least 1 (got {batch})")
     first = example_inputs if isinstance(example_inputs, torch.Tensor) else example_inputs[0]
-    inputs = torch.randn(batch, *first.shape[1:])
+    if first.dtype.is_floating_point:
+        inputs = torch.randn(batch, *first.shape[1:])
+    else:  # random ids could fall outside the vocabulary; the example's are valid
+        inputs = first[:1].repeat(batch, *[1] * (first.ndim - 1))
     compressed = deployed_structure(model, plan, example_inputs, graph=graph)
     original = freeze_(copy.deepcopy(model))
     return measure_interleaved(compressed, original, inputs, runs=runs, threads=threads)

@@ -151,6 +151,7 @@ class Refiner:
         return {
             "plan": plan,
             "value": best.value,
+            "metric": objective.metric,
             objective.metric: best.value,
             "proxy": best.user_attrs["proxy"],
             "size_bytes": best.user_attrs["size_bytes"],

@@ -24,6 +24,7 @@ __all__ = [
     "mib",
     "print_json",
     "profile_text",
+    "score_text",
     "size_text",
     "table",
 ]
@@ -54,6 +55,14 @@ def table(
         return "  ".join(cells).rstrip()
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def score_text(metric: str, value: float | None) -> str:
+    """A task's score as people read it: shares ("accuracy", "agreement") as percentages, other
+    metrics (cosine similarity) to four decimals."""
+    if value is None:
+        return "-"
+    return f"{value:.2%}" if metric in ("accuracy", "agreement") else f"{value:.4f}"
 
 
 def mib(n_bytes: float) -> str:
@@ -121,17 +130,33 @@ def size_text(report: SizeReport) -> str:
 
 
 def applied_text(result: dict, out: str) -> str:
-    """`compplan apply`: accuracy before and after (with a task), bytes against the prediction."""
+    """`compplan apply`: the task's score before and after (with a task), how it fine-tuned,
+    bytes against the prediction."""
     lines = []
-    before, after = result["accuracy_before"], result["accuracy_after"]
+    before, after, metric = result["score_before"], result["score_after"], result["metric"]
+    if result.get("distill"):
+        lines.append(
+            f"fine-tuned {result['epochs']} epoch{'s' * (result['epochs'] != 1)} at lr {result['lr']:g} on {result['data']} "
+            f"data, distilling with {result['distill']} ({result['distill_why']}); kept the "
+            f"state after {_epoch_text(result['best_epoch'])}, by validation {metric or 'score'}"
+        )
     if before is not None:
-        lines.append(f"accuracy {before:.2%} before, {after:.2%} after compression and fine-tuning")
+        lines.append(
+            f"test {metric} {score_text(metric, before)} uncompressed, "
+            f"{score_text(metric, after)} compressed and fine-tuned ({result['task']})"
+        )
     lines.append(
         f"wrote {out}: {result['file_bytes']:,} bytes on disk; weights "
         f"{result['payload_bytes']:,} bytes (predicted {result['predicted_bytes']:,.0f}), "
         f"{result['compression_ratio']:.1f}× smaller than {mib(result['baseline_bytes'])}"
     )
     return "\n".join(lines)
+
+
+def _epoch_text(epoch: int | None) -> str:
+    if epoch is None:
+        return "the last epoch (no validation data to choose by)"
+    return "no epoch: fine-tuning did not improve on applying" if epoch == 0 else f"epoch {epoch}"
 
 
 def measurement_text(m: LatencyMeasurement, label: str) -> str:

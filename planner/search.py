@@ -23,6 +23,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from engine.task_spec import resolve_task
 from planner.backends import OptunaBackend, Progress, RayBackend, check_address, make_repair
 from planner.config import SearchConfig
 from planner.errors import PlannerError
@@ -66,8 +67,10 @@ class Planner:
         config: the search's settings; or give its fields as keyword arguments
             (`Planner(model, x, budget=Budget(size_bytes=...), storage="memory")`).
         graph: the model's graph, when discovered already (saves a trace).
-        task: the task the real objective fine-tunes and scores on (zoo tasks: `zoo.tasks`);
-            its calibration inputs also weigh the proxy's layers.
+        task: the task the real objective fine-tunes and scores on: an `engine.task.Task`, or a
+            task spec ("data:train.npz", "inputs:ids.npz", "file.py:make_task"; resolved here,
+            trusted, and stored in the config for workers); its calibration inputs also weigh
+            the proxy's layers. None: the config's task spec, if any.
         calibration: input batches for the proxy's layer sensitivities (default: the task's
             calibration inputs, else `example_inputs`).
         latency: a fitted latency predictor or the path of a saved one (stored in the config).
@@ -106,8 +109,14 @@ class Planner:
                 if hasattr(predictor, "to_document")
                 else {"kind": f"python:{type(predictor).__qualname__}"}
             )
+        if isinstance(task, str):
+            settings.setdefault("task", task)
+        elif task is not None and base.task is None and getattr(task, "spec", None):
+            settings.setdefault("task", task.spec)  # a task that knows its spec is recorded
         config = base.with_(**settings) if settings else base
         self.config = config
+        if (task is None or isinstance(task, str)) and config.task:
+            task = resolve_task(config.task, model, distill=config.real.distill)
         self.task = task
         # What fails fast is checked before the problem's minutes of set-up on a large model.
         self.real = self._real(model, example_inputs)  # the real objective needs data
@@ -133,19 +142,28 @@ class Planner:
             )
 
     @classmethod
-    def from_study(cls, storage: str, study: str, **settings: Any) -> Planner:
+    def from_study(
+        cls, storage: str, study: str, *, trust_specs: bool = False, **settings: Any
+    ) -> Planner:
         """The planner a study's stored `SearchConfig` describes, to join it as a worker.
 
-        The model comes from the config's spec (it must resolve here too; zoo models always do)
-        and the latency predictor from the document embedded in it. `settings` change config
-        fields (a worker's own seed; `seed_exact=False`: the study's creator seeds it, once).
+        The model and the task come from the config's specs (they must resolve here too; zoo
+        models and tasks always do, data files where the same path holds them) and the latency
+        predictor from the document embedded in it. `settings` change config fields (a worker's
+        own seed; `seed_exact=False`: the study's creator seeds it, once; `task`: the task's
+        data where this worker finds it).
+
+        Args:
+            trust_specs: import and run the code a model or task spec of the study names (a
+                file.py:callable, a package's callable); without it only zoo specs and data
+                files are used, since anyone who can write to the storage chose them.
 
         Raises:
-            PlannerError: no such study, or one that holds no config of this compplan.
+            PlannerError: no such study, one that holds no config of this compplan, or specs of
+                code without `trust_specs`.
         """
+        from engine.task_spec import load_with_task
         from planner.backends import read_study_config
-        from search_spaces.model_spec import load_model
-        from zoo.tasks import get_task
 
         config = read_study_config(storage, study).with_(storage=storage, study=study, **settings)
         if not config.model_spec:
@@ -153,14 +171,20 @@ class Planner:
                 f"study '{study}' was created from a model handed over in Python (no model spec): "
                 "a worker cannot rebuild it; create it with `compplan search --model SPEC`"
             )
-        loaded = load_model(config.model_spec, input_shape=config.input_shape)
-        task_name = config.task or loaded.task
-        return cls(
-            loaded.module,
-            loaded.example_inputs,
-            config,
-            task=get_task(task_name) if task_name else None,
+        if not trust_specs and not config.model_spec.startswith("zoo:"):
+            raise PlannerError(
+                f"study '{study}' names the model spec '{config.model_spec}', which imports and "
+                "runs code: pass --trust-specs (trust_specs=True) if you trust the study"
+            )
+        loaded, spec, task = load_with_task(
+            config.model_spec,
+            config.task,
+            input_shape=config.input_shape,
+            distill=config.real.distill,
+            trusted=trust_specs or "task" in settings,  # a task handed over here is the caller's
+            source=f"study '{study}'",
         )
+        return cls(loaded.module, loaded.example_inputs, config.with_(task=spec), task=task)
 
     # -- the stages' answers --------------------------------------------------------------------
 
@@ -279,8 +303,9 @@ class Planner:
             return None
         if self.task is None:
             raise PlannerError(
-                f"the real objective needs task data, and {self.config.model_spec or 'the model'} "
-                "has none; use --objective proxy (or a zoo model with a task, such as zoo:digits)"
+                f"the real objective needs data, and {self.config.model_spec or 'the model'} "
+                "has no task of its own: give --task SPEC, --data FILE (inputs and labels) or "
+                "--inputs FILE (inputs only), or use --objective proxy"
             )
         from planner.real import RealObjective
 
@@ -291,6 +316,7 @@ class Planner:
             self.task,
             epochs=real.epochs,
             lr=real.lr,
+            distill=real.distill,
             seed=self.config.seed,
         )
 

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from planner.config import SearchConfig
-from planner.render import mib, table
+from planner.render import mib, score_text, table
 from planner.search import SearchOutcome
 from planner.study_space import option_label
 from predictors.size import size_report
@@ -124,13 +124,13 @@ def search_summary(
     if refined is not None:
         lr = outcome.learning_rates
         summary["real"] = {
-            "validation_accuracy": refined["value"],
+            "metric": refined["metric"],
+            "validation_score": refined["value"],
             "proxy": refined["proxy"],
             "size_bytes": refined["size_bytes"],
             "candidates": list(refined["trials"]["user_attrs_candidate"]),
             "winner": refined["candidate"],
-            "learning_rates": lr
-            and {"accuracy": lr["value"], "baseline_accuracy": lr["baseline_value"]},
+            "learning_rates": lr and {"score": lr["value"], "baseline_score": lr["baseline_value"]},
         }
     if config.backend == "ray":
         summary["failed_trials"] = int((trials["state"] == "FAIL").sum()) if len(trials) else 0
@@ -159,16 +159,17 @@ def search_text(
             f"exact solver (keep 1): proxy {exact['proxy']:.4g} in {exact['seconds']:.2f} s"
         )
     if refined is not None:
+        metric = refined["metric"]
         lines.append(
             f"real objective: {len(refined['trials'])} candidates fine-tuned {config.real.epochs} "
-            f"epochs; best validation accuracy {refined['value']:.2%} at "
+            f"epochs; best validation {metric} {score_text(metric, refined['value'])} at "
             f"{mib(refined['size_bytes'])} (proxy {refined['proxy']:.4g}, {refined['candidate']})"
         )
     if outcome.learning_rates is not None:
         lr = outcome.learning_rates
         lines.append(
-            f"per-layer learning rates: validation accuracy {lr['baseline_value']:.2%} → "
-            f"{lr['value']:.2%}"
+            f"per-layer learning rates: validation {metric} "
+            f"{score_text(metric, lr['baseline_value'])} → {score_text(metric, lr['value'])}"
         )
     lines.append(
         f"wrote {plan_path}; trials kept in {result.storage} (study '{result.study_name}')"

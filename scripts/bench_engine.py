@@ -109,9 +109,9 @@ def compress(teacher, plan, *, seed, epochs, task, data=None, calibration=None, 
         student, plan, calibration=calibration, config=ApplyConfig(seed=seed, progress=False)
     )
     if before is not None:
-        before.append(task.accuracy(student))
+        before.append(task.score(student))
     if data is None:
-        data = task.train_loader(seed=seed)
+        data = task.train_batches(seed=seed)
     finetune(
         student,
         teacher,
@@ -176,7 +176,7 @@ def main() -> None:
     task = get_task("digits")
     teacher = pretrained_digits(progress=False).eval()
     graph = discover(teacher, torch.zeros(INPUT_SHAPE), model_name="zoo:digits")
-    baseline = task.accuracy(teacher)
+    baseline = task.score(teacher)
     print(f"zoo:digits uncompressed: test accuracy {baseline:.4f}, {graph.baseline_bits // 8:,} B")
     result: dict = {
         "model": "zoo:digits",
@@ -197,7 +197,7 @@ def main() -> None:
             report = size_report(plan, graph)
             untuned: list[float] = []
             accuracies = [
-                task.accuracy(
+                task.score(
                     compress(teacher, plan, seed=seed, epochs=epochs, task=task, before=untuned)
                 )
                 for seed in seeds
@@ -227,7 +227,7 @@ def main() -> None:
         report = size_report(plan, graph)
         untuned = []
         accuracies = [
-            task.accuracy(
+            task.score(
                 compress(teacher, plan, seed=seed, epochs=epochs, task=task, before=untuned)
             )
             for seed in seeds
@@ -256,7 +256,7 @@ def main() -> None:
         "macs_after": pruned_graph.total_macs,
         "macs_ratio": pruned_graph.total_macs / graph.total_macs,
         "params_ratio": pruned_graph.total_params / graph.total_params,
-        "accuracy_after_finetune": task.accuracy(tuned),
+        "accuracy_after_finetune": task.score(tuned),
         "latency": [latency_ratio(teacher, tuned.eval(), batch) for batch in (1, 64)],
     }
     k = result["keep_0.5"]
@@ -287,7 +287,7 @@ def main() -> None:
             data=batches,
             calibration=synthetic[:256],
         )
-        free.append(task.accuracy(student))
+        free.append(task.score(student))
     result["data_free_20x"] = {
         "setting": s,
         "data_free_accuracy": summary(free),

@@ -174,7 +174,7 @@ def _digits(args) -> dict:
     loaded = load_model("zoo:digits")
     graph = discover(loaded.module, loaded.example_inputs, model_name="zoo:digits")
     task = get_task("digits")
-    result: dict = {"uncompressed_test_accuracy": task.accuracy(loaded.module), "runs": []}
+    result: dict = {"uncompressed_test_accuracy": task.score(loaded.module), "runs": []}
     with tempfile.TemporaryDirectory() as folder:
         for ratio in (30.0, 45.0):
             for seed in range(args.seeds):

@@ -63,7 +63,7 @@ def main() -> None:
     print(
         f"zoo:digits ready in {time.perf_counter() - start:.1f} s: {len(graph.layers)} layers, "
         f"{graph.baseline_bits / 8 / 1024:,.1f} KiB at fp32, test accuracy "
-        f"{task.accuracy(loaded.module):.2%}"
+        f"{task.score(loaded.module):.2%}"
     )
 
     print("\nprofiling 40 random plans on this CPU for the latency predictor …", flush=True)

@@ -81,13 +81,13 @@ def main() -> None:
             finetune(
                 student,
                 teacher,
-                task.train_loader(),
+                task.train_batches(),
                 plan,
                 config=FinetuneConfig(epochs=args.epochs, progress=False),
             )
             torch.cuda.synchronize()
             seconds = (time.perf_counter() - start) / max(args.epochs, 1)
-            accuracy = task.accuracy(student)
+            accuracy = task.score(student)
             report = export(
                 student, Path(folder) / f"{name}.cpz", model_spec="zoo:digits", task="digits"
             )
@@ -97,7 +97,7 @@ def main() -> None:
             predicted = size_report(plan, graph).total_bits / 8
             results["runs"][name] = {
                 "accuracy_gpu": accuracy,
-                "accuracy_loaded_cpu": task.accuracy(loaded),
+                "accuracy_loaded_cpu": task.score(loaded),
                 "seconds_per_epoch": seconds,
                 "payload_bytes": report.payload_bytes,
                 "predicted_bytes": predicted,

@@ -2,7 +2,8 @@
 
 - `zoo:NAME`: a reference model from `zoo` (it knows its own input shape);
 - `package.module:callable` or `path/to/file.py:callable`: anything that, called with no
-  arguments, returns an `nn.Module`; it needs an input shape.
+  arguments, returns an `nn.Module`; it needs an input shape, or example inputs (an inputs file:
+  any dtype, token ids included).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["LoadedModel", "ModelSpecError", "load_model", "parse_shape"]
+__all__ = ["LoadedModel", "ModelSpecError", "import_callable", "load_model", "parse_shape"]
 
 
 class ModelSpecError(ValueError):
@@ -57,7 +58,11 @@ def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
 
 
 def load_model(
-    spec: str, *, input_shape: str | Sequence[int] | None = None, pretrained: bool = True
+    spec: str,
+    *,
+    input_shape: str | Sequence[int] | None = None,
+    pretrained: bool = True,
+    inputs: str | Path | torch.Tensor | None = None,
 ) -> LoadedModel:
     """Build the model a spec names, with example inputs.
 
@@ -66,11 +71,20 @@ def load_model(
         input_shape: the example input's shape, batch first; zoo models have a default.
         pretrained: False builds only the structure of a zoo model (no training, no cache),
             enough to load a compressed file into.
+        inputs: inputs of the user's, or a data file holding them as `x`
+            (`search_spaces.data_file`): their first example becomes the example input, of
+            their dtype (token ids, say); `input_shape`, if also given, must agree beyond the
+            batch.
 
     Raises:
         ModelSpecError: the spec names nothing loadable, does not return an nn.Module, or no input
             shape is known.
+        DataFileError: `inputs` names a file that cannot be read.
     """
+    if inputs is not None and not isinstance(inputs, torch.Tensor):
+        from search_spaces.data_file import read_arrays
+
+        inputs = read_arrays(inputs, flag="--inputs")["x"]
     if spec.startswith("zoo:"):
         import zoo
 
@@ -81,7 +95,7 @@ def load_model(
         module = entry.build() if pretrained else entry.build_architecture()
         default_shape, task = entry.input_shape, entry.task
     else:
-        factory = _import_callable(spec)
+        factory = import_callable(spec)
         try:
             module = factory()
         except Exception as error:
@@ -92,26 +106,41 @@ def load_model(
         if not isinstance(module, nn.Module):
             raise ModelSpecError(f"'{spec}' returned a {type(module).__name__}, not an nn.Module")
     shape = parse_shape(input_shape) if input_shape is not None else default_shape
+    module.eval()
+    if inputs is not None:
+        if input_shape is not None and tuple(shape[1:]) != tuple(inputs.shape[1:]):
+            raise ModelSpecError(
+                f"--input-shape {','.join(map(str, shape))} disagrees with the inputs' shape "
+                f"{tuple(inputs.shape)}; leave --input-shape out"
+            )
+        return LoadedModel(spec=spec, module=module, example_inputs=(inputs[:1],), task=task)
     if shape is None:
         raise ModelSpecError(
-            f"'{spec}' needs --input-shape (for example --input-shape 1,3,224,224)"
+            f"'{spec}' needs --input-shape (for example --input-shape 1,3,224,224), or "
+            "--inputs FILE with example inputs (token ids, say)"
         )
-    module.eval()
     return LoadedModel(spec=spec, module=module, example_inputs=(torch.randn(*shape),), task=task)
 
 
-def _import_callable(spec: str):
+def import_callable(spec: str, *, what: str = "model"):
+    """The callable a `package.module:callable` or `file.py:callable` spec names (imported,
+    not called): this runs the module's code, so only for specs the user gave or trusts.
+
+    Raises:
+        ModelSpecError: the spec is malformed or names nothing callable; `what` ("model",
+            "task") says in messages what the spec was for.
+    """
     if ":" not in spec:
         raise ModelSpecError(
-            f"model spec '{spec}' is not zoo:NAME, package.module:callable or file.py:callable"
+            f"{what} spec '{spec}' is not zoo:NAME, package.module:callable or file.py:callable"
         )
     where, attr = spec.rsplit(":", 1)
     if not attr:
-        raise ModelSpecError(f"model spec '{spec}' names no callable after ':'")
+        raise ModelSpecError(f"{what} spec '{spec}' names no callable after ':'")
     if where.endswith(".py"):
         path = Path(where)
         if not path.is_file():
-            raise ModelSpecError(f"model file '{where}' does not exist")
+            raise ModelSpecError(f"{what} file '{where}' does not exist")
         module_spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(module_spec)
         try:
@@ -126,7 +155,7 @@ def _import_callable(spec: str):
             sys.path.insert(0, str(Path.cwd()))
         if not where:
             raise ModelSpecError(
-                f"model spec '{spec}' has no module before ':'; write package.module:callable"
+                f"{what} spec '{spec}' has no module before ':'; write package.module:callable"
             )
         try:
             module = importlib.import_module(where)

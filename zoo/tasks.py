@@ -1,9 +1,9 @@
 """Tasks: the data a zoo model is trained on and how it is scored.
 
-The engine and the planner need three things from a task: batches to fine-tune on, a batch of
-inputs to calibrate quantizers with, and an accuracy. The zoo has `digits` (scikit-learn's 8×8
-digits, shipped with the package) and `mnist1d` (generated on the spot by the `mnist1d` package,
-never its download); nothing is downloaded.
+Each implements `engine.task.Task` (structurally: the zoo imports nothing of compplan's): batches
+to fine-tune on for a seed, a batch of inputs to calibrate quantizers with, and `score(model,
+split)`, here test or validation accuracy. Nothing is downloaded: digits ship with scikit-learn.
+MNIST-1D is generated on the spot by the `mnist1d` package (never its download).
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ class DigitsTask:
 
     splits: DigitsSplits
     name: str = "digits"
+    metric: str = "accuracy"
+    distill: str = "kl"  # class logits
 
-    def train_loader(self, *, batch_size: int = 64, seed: int = 0) -> DataLoader:
+    def train_batches(self, seed: int = 0, *, batch_size: int = 64) -> DataLoader:
         """Shuffled (x, y) batches of the training split, the same order for the same seed."""
         data = TensorDataset(self.splits.train_x, self.splits.train_y)
         generator = torch.Generator().manual_seed(seed)
@@ -37,7 +39,8 @@ class DigitsTask:
         """The first `n` training inputs (a fixed batch, for quantizer calibration)."""
         return self.splits.train_x[:n]
 
-    def accuracy(self, model: nn.Module, split: str = "test") -> float:
+    def score(self, model: nn.Module, split: str = "test") -> float:
+        """Accuracy on "val", "test" (or "train")."""
         x, y = {
             "train": (self.splits.train_x, self.splits.train_y),
             "val": (self.splits.val_x, self.splits.val_y),

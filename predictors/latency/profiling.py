@@ -201,7 +201,10 @@ def _measure_jobs(
             return module, (inputs_by_shape[shape],)
         if not model:
             loaded = load_model(
-                settings["model"], input_shape=settings["input_shape"], pretrained=False
+                settings["model"],
+                input_shape=settings["input_shape"],
+                pretrained=False,
+                inputs=settings.get("inputs"),
             )
             model.extend(
                 [
@@ -404,6 +407,7 @@ def profile(
     model: str,
     *,
     input_shape: str | Sequence[int] | None = None,
+    inputs: str | None = None,
     plans: Sequence[Plan] | None = None,
     samples: int = 100,
     seed: int = 0,
@@ -425,6 +429,8 @@ def profile(
         model: a model spec ("zoo:resnet18", "pkg.module:factory", "file.py:factory"); it is
             rebuilt in each measuring process, untrained (latency depends on shapes only).
         input_shape: the input, batch first (the user's batch size); zoo models have a default.
+        inputs: a data file whose `x` gives the example input instead, of its dtype (token ids;
+            `search_spaces.data_file`), read again in each measuring process.
         plans: the plans to measure; None draws `samples` random plans of `space` (default: the
             full `SearchSpace` of the model) with `random_plans`.
         device: "cpu" or "cuda[:N]".
@@ -464,9 +470,12 @@ def profile(
             f"(got samples={samples}, repeats={repeats}, processes={processes}, "
             f"synthetic_layers={synthetic_layers})"
         )
-    loaded = load_model(model, input_shape=input_shape, pretrained=False)
+    if inputs is not None:
+        inputs = str(Path(inputs).resolve())  # the measuring processes may start elsewhere
+    loaded = load_model(model, input_shape=input_shape, pretrained=False, inputs=inputs)
     shape = tuple(loaded.example_inputs[0].shape)
     settings = _settings(model, list(shape), device, threads, runs, warmup, rounds)
+    settings["inputs"] = inputs
     graph = discover(loaded.module, loaded.example_inputs, model_name=model)
     if plans is None:
         plans = random_plans(space or SearchSpace(graph), samples, seed=seed)

@@ -41,14 +41,15 @@ def test_apply_then_eval(capsys, tmp_path, plan_file):
     )
     assert code == 0, err
     result = json.loads(out)
-    assert {"predicted_bytes", "file_bytes", "accuracy_before", "accuracy_after"} <= set(result)
+    assert {"predicted_bytes", "file_bytes", "score_before", "score_after", "metric"} <= set(result)
     assert 0 <= result["payload_bytes"] - result["predicted_bytes"] < 16
     assert result["file_bytes"] == out_file.stat().st_size > result["payload_bytes"]
-    assert result["accuracy_before"] >= 0.97 and result["accuracy_after"] >= 0.95
+    assert result["metric"] == "accuracy" and result["task"] == "zoo:digits"
+    assert result["score_before"] >= 0.97 and result["score_after"] >= 0.95
     assert round(result["compression_ratio"], 1) == 22.5
     code, out, _ = run(capsys, f"eval {out_file} --json")
     assert code == 0
-    assert json.loads(out)["accuracy"] == result["accuracy_after"]  # the file is the model
+    assert json.loads(out)["score"] == result["score_after"]  # the file is the model
 
 
 def test_apply_data_free(capsys, tmp_path):
@@ -61,7 +62,7 @@ def test_apply_data_free(capsys, tmp_path):
     )
     assert code == 0, err
     result = json.loads(out)
-    assert result["data"] == "synthetic" and result["accuracy_after"] >= 0.9
+    assert result["data"] == "synthetic" and result["score_after"] >= 0.9
 
 
 def test_apply_text_output(capsys, tmp_path, plan_file):
@@ -109,6 +110,6 @@ def test_bad_inputs_are_one_line_errors(capsys, tmp_path, plan_file):
         capsys, f"apply {user_model} --plan {no_bn_plan} --out {out_file} --epochs 0 --json"
     )
     assert code == 0, err
-    assert json.loads(out)["accuracy_after"] is None
+    assert json.loads(out)["score_after"] is None
     code, _, err = run(capsys, f"eval {out_file}")
     assert code == 2 and "no task" in err

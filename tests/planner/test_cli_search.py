@@ -91,11 +91,11 @@ def test_the_real_objective_fine_tunes_the_best_candidates(tmp_path, capsys):
     assert "balanced ×2" in candidates
     assert summary["real"]["winner"] in candidates
     lr = summary["real"]["learning_rates"]
-    assert lr["accuracy"] >= lr["baseline_accuracy"]
-    assert 0.5 < summary["real"]["validation_accuracy"] <= 1.0
+    assert lr["score"] >= lr["baseline_score"]
+    assert 0.5 < summary["real"]["validation_score"] <= 1.0
     plan = Plan.load(tmp_path / "plan.json")
-    assert plan.provenance["validation_accuracy"] == summary["real"]["validation_accuracy"]
-    assert plan.provenance["lr_validation_accuracy"] == lr["accuracy"]
+    assert plan.provenance["validation_accuracy"] == summary["real"]["validation_score"]
+    assert plan.provenance["lr_validation_accuracy"] == lr["score"]
     assert {lp.lr_mult for lp in plan.layers.values()} <= {0.0, 0.01, 0.1, 1.0}
     assert summary["real"]["size_bytes"] <= summary["budget"]["size_bytes"]
 
@@ -104,7 +104,7 @@ def test_the_real_objective_needs_task_data(tmp_path, capsys):
     argv = _search(tmp_path, "--size-budget", "x25", "--objective", "real")
     argv[argv.index("zoo:digits")] = "zoo:resnet18"
     assert main(argv) == 2
-    assert "needs task data" in capsys.readouterr().err
+    assert "needs data" in capsys.readouterr().err
 
 
 def test_a_real_objective_without_data_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
@@ -120,5 +120,5 @@ def test_a_real_objective_without_data_is_refused_before_any_work(tmp_path, caps
     code = main([*argv, "--size-budget", "x10", "--objective", "real", "--out", "plan.json"])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "the real objective needs task data" in err[0]
+    assert len(err) == 1 and "the real objective needs data" in err[0] and "--data FILE" in err[0]
     assert not list(tmp_path.glob("*.db")) and not (tmp_path / "plan.json").exists()

@@ -53,7 +53,7 @@ def cluster():
         subprocess.run(["bash", ROOT / "scripts" / "cluster_down.sh", folder], timeout=120)
 
 
-def _search(env, folder, *args, trials=8):
+def _search(env, folder, *args, trials=8, model="zoo:digits"):
     return subprocess.Popen(
         [
             sys.executable,
@@ -63,9 +63,8 @@ def _search(env, folder, *args, trials=8):
             "--backend",
             "ray",
             "--model",
-            "zoo:digits",
-            "--size-budget",
-            "x25",
+            model,
+            *(["--size-budget", "x25"] if "--size-budget" not in args else []),
             "--trials",
             str(trials),
             "--ray-results",
@@ -150,9 +149,8 @@ def test_a_wrong_ray_address_fails_within_seconds(tmp_path, capsys):
             "--address",
             "127.0.0.1:1",
             "--model",
-            "zoo:digits",
-            "--size-budget",
-            "x25",
+            model,
+            *(["--size-budget", "x25"] if "--size-budget" not in args else []),
             "--out",
             str(tmp_path / "plan.json"),
         ]
@@ -204,6 +202,48 @@ def test_real_trials_fine_tune_every_epoch_asked_and_leave_no_sqlite_file(cluste
         done["accuracy"].max()
     )
     assert not list(work.glob("*.db")), "the Ray backend wrote an Optuna database"
+
+
+@pytest.mark.slow
+def test_real_trials_on_the_users_model_and_data(cluster):
+    """A model and labelled data in the user's files: each Ray trial fine-tunes and scores on
+    that data (the task travels with the trial), and the experiment records the task's spec."""
+    from support.user_project import write_project
+
+    address, env, folder = cluster
+    work = folder / "users"
+    project = write_project(work)
+    csv = work / "trials.csv"
+    search = _search(
+        env,
+        work,
+        "--address",
+        address,
+        "--objective",
+        "real",
+        "--epochs",
+        "1",
+        "--data",
+        str(project["data"]),
+        "--size-budget",
+        "x6",
+        "--out",
+        str(work / "plan.json"),
+        "--trials-csv",
+        str(csv),
+        trials=2,
+        model=f"{project['net']}:build",
+    )
+    stdout, stderr = search.communicate(timeout=600)
+    assert search.returncode == 0, stderr
+    done = pd.read_csv(csv)
+    done = done[(done["state"] == "COMPLETE") & done["feasible"]]
+    assert len(done) == 2 and (done["epoch"] == 1).all()
+    # Scored on the blobs' validation split: a 4-class accuracy, far above chance for 4 bits.
+    assert ((done["accuracy"] > 0.5) & (done["accuracy"] <= 1)).all(), done
+    study = json.loads(stdout)["study"]
+    marker = json.loads((work / "results" / study / "compplan-config.json").read_text())
+    assert marker["task"] == f"data:{project['data']}"
 
 
 @pytest.mark.slow

@@ -1,0 +1,306 @@
+"""The `compplan` command line: every command, its options and the help that teaches them.
+
+`planner.cli` runs what this parses; here is only what a user types and reads in `--help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["USAGE_ERROR", "build_parser"]
+
+USAGE_ERROR = 2
+
+_EPILOG = """\
+examples:
+  compplan inspect --model zoo:resnet18
+  compplan preset --model zoo:resnet18 --preset pqf-small --out plan.json
+  compplan size --model zoo:resnet18 --plan plan.json --json
+  compplan validate --model zoo:resnet18 --plan plan.json
+  compplan apply --model zoo:digits --plan plan.json --out digits.cpz --epochs 3
+  compplan eval digits.cpz
+  compplan inspect --model mypackage.models:build_net --input-shape 1,3,64,64
+  compplan profile --model zoo:resnet18 --samples 300 --out resnet18.parquet
+  compplan fit-latency resnet18.parquet --out resnet18-latency.json
+  compplan predict-latency --predictor resnet18-latency.json --model zoo:resnet18 --plan plan.json
+  compplan measure-latency --model zoo:resnet18 --plan plan.json
+  compplan search --model zoo:digits --size-budget x25 --out plan.json
+
+  compplan apply --model mynet.py:build --data train.npz --plan plan.json --out my.cpz
+  compplan search --model mynet.py:build --data train.npz --size-budget x8 --objective real \
+      --out plan.json
+  compplan inspect --model encoder.py:build --inputs token_ids.npz
+
+model specs: zoo:NAME (digits, mnist1d, mobilenet_v2, resnet18, resnet50), package.module:callable
+or path/to/file.py:callable (a function returning an nn.Module; give --input-shape, or --inputs).
+
+your data, on every command that runs data (apply, eval, search, worker):
+  --data FILE     .npz or .pt with arrays x and y (optionally x_val, y_val, x_test, y_test, else
+                  a seeded 70/15/15 split): fine-tune on them, score classification accuracy
+  --inputs FILE   inputs only (x, any dtype: token ids too): fine-tune by distillation on them,
+                  score agreement with the original (class outputs) or cosine similarity
+                  (embeddings, hidden states); on every other command it gives example inputs
+  --task SPEC     package.module:callable or file.py:callable returning a Task of your own:
+                  name, metric, train_batches(seed), calibration(), score(model, split)
+  The task is recorded in the study and in the exported file; a worker or `eval` runs the code a
+  recorded spec names only with --trust-specs.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line, like every other compplan error."""
+
+    def error(self, message: str) -> None:
+        self.exit(USAGE_ERROR, f"compplan: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every `compplan` command, its options and their help."""
+    from planner.presets import PRESET_HELP
+
+    parser = _Parser(
+        prog="compplan",
+        description="Plan and apply per-layer compression of PyTorch models under size and "
+        "latency budgets.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what compplan does")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    def command(
+        name: str, help_text: str, *, json: str = "", model: bool = True, data=False, **kwargs
+    ):
+        """A subcommand; with `model`, --model, --input-shape and --inputs; with `data`, the
+        task options (--task, --data, --inputs, --distill); with `json`, --json."""
+        sub = commands.add_parser(name, help=help_text, description=help_text, **kwargs)
+        if model:
+            spec = "zoo:NAME, package.module:callable or file.py:callable"
+            sub.add_argument("--model", required=True, metavar="SPEC", help=spec)
+            shape = "example input shape, batch first, e.g. 1,3,224,224 (zoo models know theirs)"
+            sub.add_argument("--input-shape", metavar="SHAPE", help=shape)
+            if not data:
+                what = "a .npz/.pt file whose array x holds the model's inputs: the example input, "
+                what += "of its dtype (token ids)"
+                sub.add_argument("--inputs", metavar="FILE", help=what)
+        if data:
+            task_options(sub, trust=not model)
+        if json:
+            sub.add_argument("--json", action="store_true", help=json)
+        return sub
+
+    def task_options(sub: argparse.ArgumentParser, *, trust: bool) -> None:
+        group = sub.add_argument_group("your data (see the end of `compplan --help`)")
+        source = group.add_mutually_exclusive_group()
+        what = "package.module:callable or file.py:callable returning a Task, or zoo:NAME"
+        source.add_argument("--task", metavar="SPEC", help=what)
+        what = ".npz/.pt with x and y (and x_val, y_val, x_test, y_test): accuracy"
+        source.add_argument("--data", metavar="FILE", help=what)
+        what = "inputs only (x, any dtype): distill on them, score fidelity to the original"
+        source.add_argument("--inputs", metavar="FILE", help=what)
+        what = "distillation loss: kl (logits), mse or cosine (embeddings, hidden states, "
+        what += "regression); default: the task's, else chosen from the model's output"
+        group.add_argument("--distill", choices=("kl", "mse", "cosine"), help=what)
+        if trust:
+            what = "run the code a model or task spec recorded in the study or file names "
+            what += "(file.py:callable); only for studies and files you trust"
+            group.add_argument("--trust-specs", action="store_true", help=what)
+
+    def plan_or_preset(sub: argparse.ArgumentParser) -> None:
+        source = sub.add_mutually_exclusive_group(required=True)
+        source.add_argument("--plan", metavar="FILE", help="a plan file")
+        source.add_argument("--preset", metavar="NAME", help=PRESET_HELP)
+
+    def number(sub: argparse.ArgumentParser, flag: str, default: float, help_text: str, **kw):
+        """An int (metavar N) or float (X) option whose help ends with its default."""
+        kw.setdefault("metavar", "N" if isinstance(default, int) else "X")
+        help_text = f"{help_text} (default {default})"
+        sub.add_argument(flag, type=type(default), default=default, help=help_text, **kw)
+
+    text = "print JSON instead of text"
+    inspect = command(
+        "inspect", "List a model's layers: what can be compressed, what is kept and why.", json=text
+    )
+    inspect.add_argument("--groups", action="store_true", help="also list the coupling groups")
+
+    preset = command("preset", "Write a plan file from a named preset.")
+    preset.add_argument("--preset", required=True, metavar="NAME", help=PRESET_HELP)
+    preset.add_argument("--out", required=True, metavar="FILE", help="the plan file to write")
+
+    plan_or_preset(command("size", "Exact compressed size of a plan, layer by layer.", json=text))
+    validate = command("validate", "Check a plan file against a model.")
+    validate.add_argument("--plan", required=True, metavar="FILE", help="the plan file to check")
+
+    apply = command(
+        "apply",
+        "Compress a model as a plan says, fine-tune it by distillation from the original, and "
+        "export it. It keeps the fine-tuned state that scores best on the task's validation "
+        "data, so it never ends worse than right after applying.",
+        json=text,
+        data=True,
+    )
+    apply.add_argument("--plan", required=True, metavar="FILE", help="the plan file to apply")
+    apply.add_argument("--out", required=True, metavar="FILE", help="the compressed model file")
+    number(apply, "--epochs", 3, "fine-tune epochs, 0 for none")
+    what = "base learning rate (default 1e-3; 1e-4 for transformers, which a higher one wrecks)"
+    apply.add_argument("--lr", type=float, metavar="X", help=what)
+    what = "data-free: distill on inputs made from the BatchNorm statistics (default without data)"
+    apply.add_argument("--no-data", action="store_true", help=what)
+    what = "inputs to synthesize in data-free mode (about 0.1 s each on 2 cores for digits)"
+    number(apply, "--synthetic", 512, what)
+    number(apply, "--seed", 0, "seeds k-means and fine-tuning")
+
+    latency = command(
+        "measure-latency",
+        "Measure the deployed form of a plan on this machine (pruned channels removed, weights "
+        "decoded, activation quantizers in place), interleaved with the uncompressed model.",
+        json=text,
+    )
+    latency.add_argument("--plan", required=True, metavar="FILE", help="the plan file")
+    number(latency, "--batch", 1, "batch size")
+    number(latency, "--threads", 1, "torch threads")
+    number(latency, "--runs", 50, "timed calls per repeat, at least 30")
+
+    search = command(
+        "search",
+        "Search the best per-layer plan under size, latency and MACs budgets (the exact "
+        "solver's answer seeds it; Optuna here, or Ray Tune on a cluster) and write it as a plan "
+        "file. The same --study resumes; every finished trial is kept whatever stops it.",
+        json="print a JSON summary",
+        data=True,
+    )
+    budgets = search.add_argument_group("budgets (at least one)")
+    budgets.add_argument(
+        "--size-budget",
+        metavar="SIZE",
+        help="bytes (1258291), a unit (300KiB, 1.2MiB, 2MB) or a ratio of the fp32 size (x25)",
+    )
+    budgets.add_argument("--latency-budget", type=float, metavar="MS", help="predicted ms")
+    budgets.add_argument(
+        "--latency-model", metavar="FILE", help="a predictor from `compplan fit-latency`"
+    )
+    budgets.add_argument("--macs-budget", type=int, metavar="N", help="MACs per example")
+    search.add_argument(
+        "--objective",
+        choices=["proxy", "real"],
+        default="proxy",
+        help="proxy: predicted output distortion (seconds per thousand trials); real: also apply, "
+        "fine-tune and score plans on the task's validation data (--data, --inputs, --task, or a "
+        "zoo model's own): with optuna the proxy's best candidates, on ray every trial",
+    )
+    real = search.add_argument_group("the real objective")
+    what = "how many of the proxy's best plans to fine-tune, with optuna (default 5)"
+    real.add_argument("--candidates", type=int, metavar="N", help=what)
+    what = "then search per-layer learning rates (P-Transfer) for the winner in N trials; 0 off"
+    number(real, "--tune-lr", 0, what, metavar="N")
+    number(real, "--epochs", 2, "fine-tune epochs per plan", metavar="E")
+    what = "base fine-tune learning rate (default 1e-3; 1e-4 for transformers)"
+    real.add_argument("--lr", type=float, metavar="X", help=what)
+    what = "trials in the study, workers' and earlier runs' counted; 0 only creates it for workers"
+    number(search, "--trials", 300, what, metavar="N")
+    search.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
+    search.add_argument("--sampler", choices=["tpe", "nsga2", "random"], default="tpe")
+    what = "multi-objective: proxy, size (and latency) together with NSGA-II"
+    search.add_argument("--pareto", action="store_true", help=what)
+    what = "keep the first conv and the classifier at 32 bits (default yes)"
+    search.add_argument("--protect-ends", choices=["yes", "no"], default="yes", help=what)
+    number(search, "--seed", 0, "seeds the sampler, k-means and fine-tuning")
+    search.add_argument("--study", metavar="NAME", help="default: from model, objective, budgets")
+    search.add_argument(
+        "--storage",
+        metavar="URL",
+        help="with optuna: sqlite:///file.db (default sqlite:///compplan-studies.db), "
+        "journal:FILE, or postgresql+psycopg2://user@host/db (shared by `compplan worker`s)",
+    )
+    ray = search.add_argument_group("where trials run")
+    what = "optuna: trials here, kept in --storage (default); ray: on a Ray cluster by Ray Tune"
+    ray.add_argument("--backend", choices=["optuna", "ray"], default="optuna", help=what)
+    ray.add_argument("--address", metavar="HOST:PORT", help="ray: the head (default: a local Ray)")
+    number(ray, "--cpus-per-trial", 1.0, "ray: CPUs (and torch threads) per trial", metavar="N")
+    number(ray, "--gpus-per-trial", 0.0, "ray: GPUs per trial", metavar="N")
+    what = "ray: where Tune keeps experiments (default compplan-ray)"
+    ray.add_argument("--ray-results", default="compplan-ray", metavar="DIR", help=what)
+    outputs = search.add_argument_group("outputs")
+    outputs.add_argument("--out", metavar="FILE", help="the best plan (needed unless --trials 0)")
+    outputs.add_argument("--trials-csv", metavar="FILE", help="every trial as CSV")
+    what = "proxy against size with the Pareto front: .html (interactive) or .png"
+    outputs.add_argument("--plot", metavar="FILE", help=what)
+
+    worker = command(
+        "worker",
+        "Join a study that `compplan search --trials 0` created in a shared storage (PostgreSQL, "
+        "say) and run trials in it, each proposed from every worker's trials so far. Model, "
+        "budgets, task and space come from the study's config (its specs must resolve here too; "
+        "--task, --data or --inputs name the task's data here instead). "
+        "Stop it at any time: every finished trial is kept.",
+        json="print a JSON summary",
+        model=False,
+        data=True,
+    )
+    worker.add_argument("--storage", required=True, metavar="URL", help="the study's storage URL")
+    worker.add_argument("--study", required=True, metavar="NAME", help="the study to join")
+    number(worker, "--trials", 100, "trials this worker runs", metavar="N")
+    worker.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
+    what = "the sampler's seed (default: a different one per worker)"
+    worker.add_argument("--seed", type=int, help=what)
+
+    profile = command(
+        "profile",
+        "Measure random plans of a model (and each of their layers alone) on this machine and "
+        "save the records for `compplan fit-latency`.",
+        json="print a JSON summary",
+    )
+    profile.add_argument("--out", required=True, metavar="FILE", help="records (.parquet, .csv)")
+    number(profile, "--samples", 100, "random plans to measure")
+    what = "measure this plan file instead of random plans (repeatable)"
+    profile.add_argument("--plan", action="append", metavar="FILE", help=what)
+    profile.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    number(profile, "--threads", 1, "torch threads while timing")
+    number(profile, "--runs", 30, "timed calls per measurement, at least 30")
+    what = "timed calls in this many rounds over all plans, so a median spans the whole run"
+    number(profile, "--rounds", 3, what)
+    what = "split the measuring across this many fresh processes, run one at a time; 0: here"
+    number(profile, "--processes", 1, what)
+    what = "measure everything this many times in different processes, keep the median"
+    number(profile, "--repeats", 1, what)
+    what = "skip timing each layer alone (the lookup table needs them)"
+    profile.add_argument("--no-layers", action="store_true", help=what)
+    what = "also time N random single layers: they teach the network layer kinds it lacks"
+    number(profile, "--synthetic-layers", 0, what)
+    number(profile, "--seed", 0, "seeds the random plans and layers")
+
+    fit = command(
+        "fit-latency",
+        "Fit a latency predictor on records from `compplan profile`: report its accuracy on "
+        "held-out plans (their single layers held out too), then fit it on every record and "
+        "save it as JSON.",
+        json=text,
+        model=False,
+    )
+    fit.add_argument("records", nargs="+", metavar="FILE", help="records files (.parquet/.csv)")
+    fit.add_argument("--out", required=True, metavar="FILE", help="the predictor file (JSON)")
+    fit.add_argument(
+        "--kind",
+        default="network",
+        choices=("network", "lookup", "flops"),
+        help="network (default): an MLP over layer features, summed; lookup: per-layer measured "
+        "times, summed; flops: linear in MACs",
+    )
+    number(fit, "--holdout", 0.2, "share of the plans held out to report accuracy on, 0 skips it")
+    number(fit, "--seed", 0, "seeds the split and the network")
+
+    what = "Predict a plan's latency with a predictor from `compplan fit-latency`."
+    predict = command("predict-latency", what, json=text)
+    predict.add_argument("--predictor", required=True, metavar="FILE", help="predictor file")
+    plan_or_preset(predict)
+
+    what = (
+        "Load a model written by `compplan apply` and score it on its task's test data: the "
+        "task the file records, or the one given."
+    )
+    evaluate = command("eval", what, json=text, model=False, data=True)
+    evaluate.add_argument("file", metavar="FILE", help="a file written by `compplan apply`")
+    what = "the uncompressed model's spec (default: the one the file records)"
+    evaluate.add_argument("--model", metavar="SPEC", help=what)
+    return parser
