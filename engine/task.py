@@ -11,7 +11,8 @@ A task gives three things, and nothing in compplan assumes more (nor digits):
 
 Optional: `distill`, the distillation loss that fits the model's output ("kl" for logits, "mse"
 or "cosine" for embeddings, hidden states and regression outputs); absent or None, it is chosen
-from the output (`engine.finetune.infer_distill`).
+from the output (`engine.finetune.infer_distill`). `spec`: the task spec that names it again
+(`engine.task_spec`), which a `Planner` given the task records for its workers.
 
 Zoo tasks (`zoo.tasks`), tasks on the user's arrays (`engine.task_data`) and any object of the
 user's own with these members are tasks; `check_task` says what one lacks. How a task is named on

@@ -173,6 +173,12 @@ class LabelledTask:
                 f"classes; labels must be 0..{classes - 1}"
             )
 
+    @property
+    def spec(self) -> str:
+        """Its task spec, which studies and exported files record (its name, when it came from
+        a file: "data:/abs/train.npz")."""
+        return self.name
+
     def train_batches(self, seed: int = 0, *, batch_size: int = _BATCH) -> DataLoader:
         """Shuffled `(x, y)` batches of the training split, the same order for the same seed."""
         generator = torch.Generator().manual_seed(seed)
@@ -239,6 +245,11 @@ class FidelityTask:
         arrays = read_arrays(path, flag="--inputs")
         splits = {s: xs[0] for s, xs in _splits(arrays, ("x",), seed).items()}
         return cls(model, splits, name or f"inputs:{Path(path)}", distill)
+
+    @property
+    def spec(self) -> str:
+        """Its task spec ("inputs:/abs/ids.npz" when it came from a file)."""
+        return self.name
 
     def train_batches(self, seed: int = 0, *, batch_size: int = _BATCH) -> DataLoader:
         """Shuffled `(x,)` batches of the training inputs, the same order for the same seed."""

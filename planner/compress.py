@@ -91,8 +91,9 @@ class CompressionJob:
         """Do the job; returns the figures `compplan apply --json` prints.
 
         Keys: predicted_bytes, payload_bytes, file_bytes, extra_bytes, baseline_bytes,
-        compression_ratio, task (its spec, or None), metric, score_before and score_after (the
-        task's test score uncompressed and compressed; None without a task), data ("task",
+        compression_ratio, task (its spec, or None), metric, score_before, score_applied and
+        score_after (the task's test score uncompressed, compressed before fine-tuning, and
+        compressed and fine-tuned; None without a task), data ("task",
         "synthetic" or "none"), epochs, lr, distill and distill_why (the loss and why; None when
         not fine-tuned), best_epoch (the epoch whose state was kept, 0: none improved on
         applying; None without validation data).
@@ -123,6 +124,7 @@ class CompressionJob:
             config=ApplyConfig(seed=self.seed, progress=self.progress),
             model_name=self.model_spec,
         )
+        score_applied = task.score(student, "test") if task else None
         tuned = self._finetune(student, teacher, task, data, plan, loaded.example_inputs[0])
         report = export(
             student,
@@ -144,6 +146,7 @@ class CompressionJob:
             "task": spec,
             "metric": getattr(task, "metric", None),
             "score_before": score_before,
+            "score_applied": score_applied,
             "score_after": task.score(student, "test") if task else None,
             "data": source,
             "epochs": self.epochs,

@@ -135,15 +135,17 @@ def applied_text(result: dict, out: str) -> str:
     lines = []
     before, after, metric = result["score_before"], result["score_after"], result["metric"]
     if result.get("distill"):
+        epochs = f"{result['epochs']} epoch{'s' * (result['epochs'] != 1)}"
         lines.append(
-            f"fine-tuned {result['epochs']} epoch{'s' * (result['epochs'] != 1)} at lr {result['lr']:g} on {result['data']} "
-            f"data, distilling with {result['distill']} ({result['distill_why']}); kept the "
-            f"state after {_epoch_text(result['best_epoch'])}, by validation {metric or 'score'}"
+            f"fine-tuned {epochs} at lr {result['lr']:g} on {result['data']} data, distilling "
+            f"with {result['distill']} ({result['distill_why']}); kept the state after "
+            f"{_epoch_text(result['best_epoch'])}, by validation {metric or 'score'}"
         )
     if before is not None:
         lines.append(
             f"test {metric} {score_text(metric, before)} uncompressed, "
-            f"{score_text(metric, after)} compressed and fine-tuned ({result['task']})"
+            f"{score_text(metric, result['score_applied'])} compressed, "
+            f"{score_text(metric, after)} fine-tuned ({result['task']})"
         )
     lines.append(
         f"wrote {out}: {result['file_bytes']:,} bytes on disk; weights "
@@ -155,7 +157,7 @@ def applied_text(result: dict, out: str) -> str:
 
 def _epoch_text(epoch: int | None) -> str:
     if epoch is None:
-        return "the last epoch (no validation data to choose by)"
+        return "the last epoch, having no validation data to choose by"
     return "no epoch: fine-tuning did not improve on applying" if epoch == 0 else f"epoch {epoch}"
 
 

@@ -26,6 +26,7 @@ class DigitsTask:
 
     splits: DigitsSplits
     name: str = "digits"
+    spec: str = "zoo:digits"  # how studies and exported files record it
     metric: str = "accuracy"
     distill: str = "kl"  # class logits
 
@@ -56,6 +57,7 @@ class Mnist1dTask:
 
     splits: Mnist1dSplits
     name: str = "mnist1d"
+    spec: str = "zoo:mnist1d"
     metric: str = "accuracy"
     distill: str = "kl"  # class logits
 
