@@ -163,8 +163,8 @@ def load_with_task(
     task, inputs = None, inputs_file_of(task_spec)
     if task_spec and inputs is None:
         task = resolve_task(task_spec, trusted=trusted, source=source)
-        if input_shape is None and not model_spec.startswith("zoo:"):
-            inputs = task.calibration()
+        if not model_spec.startswith("zoo:"):
+            inputs = task.calibration()  # of the task's dtype; --input-shape must agree
     loaded = load_model(model_spec, input_shape=input_shape, pretrained=pretrained, inputs=inputs)
     if task_spec is None and loaded.task:
         task_spec = f"zoo:{loaded.task}"

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from engine.finetune import DISTILL_LOSSES
 from planner.budgets import BudgetError
 from planner.errors import PlannerError
 from planner.storage import DEFAULT_STORAGE
@@ -39,7 +40,6 @@ CONFIG_VERSION = 1
 OBJECTIVES = ("proxy", "real")
 SAMPLERS = ("tpe", "nsga2", "random")
 BACKENDS = ("optuna", "ray")
-DISTILL_LOSSES = ("kl", "mse", "cosine")  # engine.finetune.DISTILL_LOSSES
 DEFAULT_CANDIDATES = 5
 # The caps of the balanced candidates refinement fine-tunes beside the proxy's best plans.
 BALANCED_CAPS = (4.0, 2.0)

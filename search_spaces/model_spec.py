@@ -113,7 +113,9 @@ def load_model(
                 f"--input-shape {','.join(map(str, shape))} disagrees with the inputs' shape "
                 f"{tuple(inputs.shape)}; leave --input-shape out"
             )
-        return LoadedModel(spec=spec, module=module, example_inputs=(inputs[:1],), task=task)
+        # The batch is --input-shape's where both are given (latency at the user's batch).
+        batch = shape[0] if input_shape is not None else 1
+        return LoadedModel(spec=spec, module=module, example_inputs=(inputs[:batch],), task=task)
     if shape is None:
         raise ModelSpecError(
             f"'{spec}' needs --input-shape (for example --input-shape 1,3,224,224), or "
