@@ -212,6 +212,7 @@ def _classify(
             output_shape=call.output_shape,
             macs=_macs(module, call, batch),
             params=params,
+            quantizable_inputs=not _inside_fast_path_layer(model, name, parent_of),
         )
     order = {name: i for i, name in enumerate(calls)}  # hooks fire in execution order
     layers = dict(sorted(candidates.items(), key=lambda item: order[item[0]]))
@@ -236,6 +237,16 @@ def _kind_of(module: nn.Module) -> str:
         if isinstance(module, cls):
             return kind
     raise TypeError(type(module).__name__)
+
+
+def _inside_fast_path_layer(model: nn.Module, name: str, parent_of: dict[str, str]) -> bool:
+    """Whether `name` sits in a Transformer layer whose inference fast path bypasses it."""
+    fast = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+    while name in parent_of:
+        name = parent_of[name]
+        if isinstance(model.get_submodule(name), fast):
+            return True
+    return False
 
 
 def _parents(model: nn.Module) -> dict[str, str]:

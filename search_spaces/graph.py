@@ -51,6 +51,9 @@ class LayerSpec:
         batchnorm_params: that BatchNorm's weight and bias elements (0 without one).
         group: id of the coupling group holding this layer's output channels, or None.
         inputs: the coupling groups that shrink this layer's input channels when pruned.
+        quantizable_inputs: whether an activation quantizer in front of it would run: False
+            inside a `TransformerEncoderLayer`/`DecoderLayer`, whose inference fast path reads
+            the weights and never calls the module (so the space offers only 32-bit inputs).
     """
 
     name: str
@@ -66,6 +69,7 @@ class LayerSpec:
     batchnorm_params: int = 0
     group: int | None = None
     inputs: tuple[InputTie, ...] = ()
+    quantizable_inputs: bool = True
 
     @property
     def out_channels(self) -> int:

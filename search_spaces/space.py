@@ -287,12 +287,16 @@ class SearchSpace:
                 continue
             methods.append(method)
             method_knobs.append((method, narrowed))
+        act_bits = knobs.act_bits
+        if not spec.quantizable_inputs and act_bits != (32,):
+            act_bits = (32,)
+            notes.append("32-bit inputs only: a Transformer layer's fast path skips quantizers")
         return LayerChoices(
             name=spec.name,
             methods=tuple(methods) or ("none",),
             method_knobs=tuple(method_knobs),
             act_method=knobs.act_method,
-            act_bits=knobs.act_bits,
+            act_bits=act_bits,
             lr_mult=knobs.lr_mult,
             note="; ".join(notes),
         )

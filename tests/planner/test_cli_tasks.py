@@ -116,6 +116,16 @@ def test_a_token_id_transformer_through_every_command(capsys, project, tmp_path)
     assert code == 0, err
     code, stdout, err = run(capsys, "size", "--model", model, "--inputs", ids, "--plan", plan)
     assert code == 0 and "compression 1.4×" in stdout, (stdout, err)
+    # Latency: timed on the user's token ids (random floats would not even run).
+    code, stdout, err = run(
+        capsys, "measure-latency", "--model", model, "--inputs", ids, "--plan", plan, "--json"
+    )
+    assert code == 0 and json.loads(stdout)["latency_ms"] > 0, err
+    code, stdout, err = run(
+        capsys, "profile", "--model", model, "--inputs", ids, "--samples", "3", "--no-layers",
+        "--runs", "30", "--rounds", "1", "--out", tmp_path / "r.parquet", "--json",
+    )  # fmt: skip
+    assert code == 0 and json.loads(stdout)["plans"] == 3, err
 
     out = tmp_path / "enc.cpz"
     code, stdout, err = run(

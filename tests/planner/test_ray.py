@@ -149,8 +149,9 @@ def test_a_wrong_ray_address_fails_within_seconds(tmp_path, capsys):
             "--address",
             "127.0.0.1:1",
             "--model",
-            model,
-            *(["--size-budget", "x25"] if "--size-budget" not in args else []),
+            "zoo:digits",
+            "--size-budget",
+            "x25",
             "--out",
             str(tmp_path / "plan.json"),
         ]

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import optuna
 import pytest
+import torch
 from optuna.distributions import CategoricalDistribution
 
-from search_spaces import BitsConfig, Knobs, PlanError, SearchSpace, VQConfig, validate_plan
+from search_spaces import (
+    BitsConfig,
+    Knobs,
+    PlanError,
+    SearchSpace,
+    VQConfig,
+    discover,
+    validate_plan,
+)
 from search_spaces.plan import group_keeps
 
 
@@ -129,3 +138,16 @@ def test_optuna_study_resumes_with_the_same_space(resnet18_graph, tmp_path):
     assert len(again.trials) == 15
     for trial in again.trials:
         validate_plan(space.decode(trial.params), resnet18_graph)
+
+
+def test_layers_inside_a_transformer_layer_offer_only_32_bit_inputs():
+    # PyTorch's inference fast path reads linear1/linear2's weights and never calls them, so an
+    # activation quantizer there would be skipped: the space must not offer one.
+    layer = torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    model = torch.nn.Sequential(torch.nn.TransformerEncoder(layer, 1), torch.nn.Linear(16, 4))
+    graph = discover(model.eval(), torch.randn(1, 5, 16))
+    space = SearchSpace(graph, protect_ends=False)
+    inner = [n for n in graph.layers if n.startswith("0.layers.0.")]
+    assert inner and all(space.layers[n].act_bits == (32,) for n in inner)
+    assert "fast path" in space.layers[inner[0]].note
+    assert len(space.layers["1"].act_bits) > 1  # outside it, quantized inputs are offered
