@@ -146,7 +146,7 @@ class LabelledTask:
                 raise TaskError(
                     f"--data {path}: x{split} has {len(x)} examples but y{split} {len(y)}"
                 )
-        return cls(_splits(arrays, ("x", "y"), seed), name or f"data:{Path(path)}")
+        return cls(_splits(arrays, ("x", "y"), seed), name or f"data:{Path(path).resolve()}")
 
     def check_fits(self, model: nn.Module) -> None:
         """Check that the model runs on the inputs and that its outputs fit the labels.
@@ -244,7 +244,7 @@ class FidelityTask:
         """
         arrays = read_arrays(path, flag="--inputs")
         splits = {s: xs[0] for s, xs in _splits(arrays, ("x",), seed).items()}
-        return cls(model, splits, name or f"inputs:{Path(path)}", distill)
+        return cls(model, splits, name or f"inputs:{Path(path).resolve()}", distill)
 
     @property
     def spec(self) -> str:
