@@ -161,39 +161,45 @@ def test_a_wrong_ray_address_fails_within_seconds(tmp_path, capsys):
     assert time.monotonic() - started < 15
 
 
-@pytest.mark.slow
-def test_real_trials_fine_tune_every_epoch_asked_and_leave_no_sqlite_file(cluster):
-    """ASHA's clock is the epoch: the report made right after applying must not use one up
-    (it did: with --epochs 1, trials were scored with no fine-tuning at all)."""
+def _real_search(cluster, name: str, *args, model: str = "zoo:digits"):
+    """Two real-objective trials of 1 epoch on the cluster; (stdout, the finished feasible
+    trials, the work folder)."""
     address, env, folder = cluster
-    work = folder / "epochs"
-    work.mkdir()
+    work = folder / name
+    work.mkdir(exist_ok=True)
     csv = work / "trials.csv"
     search = _search(
         env,
         work,
         "--address",
         address,
-        "--study",
-        "epochs",
         "--objective",
         "real",
         "--epochs",
         "1",
-        "--size-budget",
-        "x40",
         "--out",
         str(work / "plan.json"),
         "--trials-csv",
         str(csv),
+        *args,
         trials=2,
+        model=model,
     )
     stdout, stderr = search.communicate(timeout=600)
     assert search.returncode == 0, stderr
     trials = pd.read_csv(csv)
     done = trials[(trials["state"] == "COMPLETE") & trials["feasible"]]
-    assert len(done) == 2
-    assert (done["epoch"] == 1).all()
+    assert len(done) == 2 and (done["epoch"] == 1).all()
+    return stdout, done, work
+
+
+@pytest.mark.slow
+def test_real_trials_fine_tune_every_epoch_asked_and_leave_no_sqlite_file(cluster):
+    """ASHA's clock is the epoch: the report made right after applying must not use one up
+    (it did: with --epochs 1, trials were scored with no fine-tuning at all)."""
+    stdout, done, work = _real_search(
+        cluster, "epochs", "--study", "epochs", "--size-budget", "x40"
+    )
     # Each trial scored its own proposal (OptunaSearch nests the "<layer>/option" names; read
     # flat they were lost, and every trial decoded the same default plan).
     params = done.filter(like="params_")
@@ -211,40 +217,16 @@ def test_real_trials_on_the_users_model_and_data(cluster):
     that data (the task travels with the trial), and the experiment records the task's spec."""
     from support.user_project import write_project
 
-    address, env, folder = cluster
-    work = folder / "users"
-    project = write_project(work)
-    csv = work / "trials.csv"
-    search = _search(
-        env,
-        work,
-        "--address",
-        address,
-        "--objective",
-        "real",
-        "--epochs",
-        "1",
-        "--data",
-        str(project["data"]),
-        "--size-budget",
-        "x6",
-        "--out",
-        str(work / "plan.json"),
-        "--trials-csv",
-        str(csv),
-        trials=2,
-        model=f"{project['net']}:build",
+    project = write_project(cluster[2] / "users")
+    data, model = str(project["data"]), f"{project['net']}:build"
+    stdout, done, work = _real_search(
+        cluster, "users", "--data", data, "--size-budget", "x6", model=model
     )
-    stdout, stderr = search.communicate(timeout=600)
-    assert search.returncode == 0, stderr
-    done = pd.read_csv(csv)
-    done = done[(done["state"] == "COMPLETE") & done["feasible"]]
-    assert len(done) == 2 and (done["epoch"] == 1).all()
     # Scored on the blobs' validation split: a 4-class accuracy, far above chance for 4 bits.
     assert ((done["accuracy"] > 0.5) & (done["accuracy"] <= 1)).all(), done
     study = json.loads(stdout)["study"]
     marker = json.loads((work / "results" / study / "compplan-config.json").read_text())
-    assert marker["task"] == f"data:{project['data']}"
+    assert marker["task"] == f"data:{data}"
 
 
 @pytest.mark.slow
