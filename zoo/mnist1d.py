@@ -26,20 +26,18 @@ Contract:
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import random
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from tqdm import tqdm
 
-from zoo.digits import _exclusive_lock, _save_atomic, default_cache_dir, evaluate
+from zoo._cache import cached_pretrained
+from zoo._nets import ResidualBlockNd, SmallResNet
+from zoo._training import ClassifierRecipe, ClassifierSplits, split_accuracy
 
 __all__ = [
     "CACHE_FILENAME",
@@ -61,11 +59,9 @@ NUM_CLASSES = 10
 VAL_SIZE = 500
 """Validation examples carved out of the dataset's 4000 training examples."""
 
-_log = logging.getLogger("compplan")
-
 
 @dataclass(frozen=True)
-class Mnist1dSplits:
+class Mnist1dSplits(ClassifierSplits):
     """Train/validation/test tensors for the MNIST-1D task.
 
     Attributes:
@@ -76,13 +72,6 @@ class Mnist1dSplits:
         test_x: Test signals (the dataset's own test split).
         test_y: Test labels.
     """
-
-    train_x: Tensor
-    train_y: Tensor
-    val_x: Tensor
-    val_y: Tensor
-    test_x: Tensor
-    test_y: Tensor
 
 
 @functools.cache
@@ -125,58 +114,21 @@ def load_mnist1d_splits(seed: int = 0) -> Mnist1dSplits:
         np.arange(len(y)), test_size=VAL_SIZE, stratify=y, random_state=seed
     )
 
-    def _x(a: np.ndarray) -> Tensor:
-        return torch.tensor(a).unsqueeze(1).contiguous()
-
-    def _y(a: np.ndarray) -> Tensor:
-        return torch.tensor(a).contiguous()
-
     train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
-    return Mnist1dSplits(
-        train_x=_x(x[train_idx]),
-        train_y=_y(y[train_idx]),
-        val_x=_x(x[val_idx]),
-        val_y=_y(y[val_idx]),
-        test_x=_x(x_test),
-        test_y=_y(y_test),
+    return Mnist1dSplits.from_arrays(
+        (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx]), (x_test, y_test)
     )
 
 
-class ResidualBlock1d(nn.Module):
-    """Two conv/BN layers (kernel 3) plus a shortcut; a 1x1 projection when the shape changes.
+class ResidualBlock1d(ResidualBlockNd):
+    """Two Conv1d/BN layers (kernel 3) plus a shortcut; a 1x1 projection when the shape changes
+    (arguments: :class:`zoo._nets.ResidualBlockNd`'s)."""
 
-    Args:
-        in_channels: Input channels.
-        out_channels: Output channels.
-        stride: Stride of ``conv1`` (and of the projection).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv1d(in_channels, out_channels, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm1d(out_channels)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv1d(out_channels, out_channels, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm1d(out_channels)
-        # One module per activation keeps every call site addressable for hooks (as in digits).
-        self.relu2 = nn.ReLU()
-        self.downsample: nn.Module | None = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv1d(in_channels, out_channels, 1, stride, bias=False),
-                nn.BatchNorm1d(out_channels),
-            )
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Apply the block."""
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu2(out + identity)
+    dims = 1
 
 
-class Mnist1dNet(nn.Module):
-    """Residual Conv1d network for ``1 x 40`` MNIST-1D signals.
+class Mnist1dNet(SmallResNet):
+    """Residual Conv1d network for ``1 x 40`` MNIST-1D signals (``N x 1 x 40`` in, logits out).
 
     Layout (module names in brackets): stem conv (kernel 5)/BN/ReLU [``stem.0/1/2``] at length
     40, ``blocks.0`` (width, 40), ``blocks.1`` (width -> 2*width, stride 2 to 20, with a 1x1
@@ -191,31 +143,8 @@ class Mnist1dNet(nn.Module):
     """
 
     def __init__(self, width: int = 32, num_classes: int = NUM_CLASSES) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv1d(1, width, 5, 1, 2, bias=False),
-            nn.BatchNorm1d(width),
-            nn.ReLU(),
-        )
-        self.blocks = nn.Sequential(
-            ResidualBlock1d(width, width),
-            ResidualBlock1d(width, 2 * width, stride=2),
-            ResidualBlock1d(2 * width, 4 * width, stride=2),
-        )
-        self.pool = nn.AdaptiveAvgPool1d(1)
-        self.fc = nn.Linear(4 * width, num_classes)
-
-        for m in self.modules():
-            if isinstance(m, nn.Conv1d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm1d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Map ``N x 1 x 40`` signals to ``N x num_classes`` logits."""
-        x = self.blocks(self.stem(x))
-        return self.fc(self.pool(x).flatten(1))
+        stages = [(width, width, 1), (width, 2 * width, 2), (2 * width, 4 * width, 2)]
+        super().__init__(ResidualBlock1d, stem_kernel=5, stages=stages, num_classes=num_classes)
 
 
 def _random_shift(x: Tensor, generator: torch.Generator, max_shift: int = 3) -> Tensor:
@@ -229,6 +158,11 @@ def _random_shift(x: Tensor, generator: torch.Generator, max_shift: int = 3) -> 
     offset = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
     cols = offset[:, None] + torch.arange(length)  # n x length
     return padded[torch.arange(n)[:, None], 0, cols].unsqueeze(1)
+
+
+_RECIPE = ClassifierRecipe(
+    name="mnist1d", architecture=Mnist1dNet, load_splits=load_mnist1d_splits, augment=_random_shift
+)
 
 
 def train_mnist1d(
@@ -256,43 +190,9 @@ def train_mnist1d(
     Returns:
         The trained model, in eval mode.
     """
-    torch.manual_seed(seed)
-    if splits is None:
-        splits = load_mnist1d_splits(seed)
-    if model is None:
-        model = Mnist1dNet()
-    gen = torch.Generator().manual_seed(seed)
-    x_all, y_all = splits.train_x, splits.train_y
-    n = len(y_all)
-    steps_per_epoch = (n + batch_size - 1) // batch_size
-
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch
+    return _RECIPE.train(
+        model, splits, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress
     )
-    model.train()
-    bar = tqdm(
-        range(epochs),
-        desc="training zoo:mnist1d",
-        unit="epoch",
-        disable=not progress,
-        file=sys.stderr,
-    )
-    for _ in bar:
-        perm = torch.randperm(n, generator=gen)
-        total_loss = 0.0
-        for start in range(0, n, batch_size):
-            idx = perm[start : start + batch_size]
-            xb = _random_shift(x_all[idx], gen)
-            loss = F.cross_entropy(model(xb), y_all[idx], label_smoothing=0.05)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.item() * len(idx)
-        bar.set_postfix(loss=f"{total_loss / n:.4f}")
-    bar.close()
-    return model.eval()
 
 
 def accuracy_on(
@@ -311,27 +211,7 @@ def accuracy_on(
     Raises:
         ValueError: If ``split`` is not one of the three names.
     """
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"unknown split {split!r}; choose one of: train, val, test")
-    if splits is None:
-        splits = load_mnist1d_splits()
-    return evaluate(model, getattr(splits, f"{split}_x"), getattr(splits, f"{split}_y"))
-
-
-def _load_cached(path: Path, *, warn: bool) -> nn.Module | None:
-    """Load a cached model, or return ``None`` if ``path`` is missing or unusable."""
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model = Mnist1dNet()
-        model.load_state_dict(state)
-    # Any failure means the file is unusable; rebuilding it is always safe.
-    except Exception as exc:
-        if warn:
-            _log.warning("cached mnist1d model %s is unreadable (%s); retraining", path, exc)
-        return None
-    return model.eval()
+    return split_accuracy(model, split, splits, load_mnist1d_splits)
 
 
 def pretrained_mnist1d(
@@ -351,17 +231,6 @@ def pretrained_mnist1d(
     Returns:
         The trained model, in eval mode.
     """
-    directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    path = directory / CACHE_FILENAME
-    model = _load_cached(path, warn=False)
-    if model is not None:
-        return model
-
-    directory.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(directory / f"{CACHE_FILENAME}.lock"):
-        model = _load_cached(path, warn=True)
-        if model is not None:
-            return model
-        model = train_mnist1d(progress=progress)
-        _save_atomic(model.state_dict(), path)
-    return model.eval()
+    return cached_pretrained(
+        CACHE_FILENAME, Mnist1dNet, lambda: train_mnist1d(progress=progress), cache_dir
+    )

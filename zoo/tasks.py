@@ -14,21 +14,26 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from zoo.digits import DigitsSplits, evaluate, load_digits_splits
-from zoo.mnist1d import Mnist1dSplits, load_mnist1d_splits
+from zoo._training import ClassifierSplits, evaluate
+from zoo.digits import load_digits_splits
+from zoo.mnist1d import load_mnist1d_splits
 
-__all__ = ["DigitsTask", "Mnist1dTask", "get_task"]
+__all__ = ["DigitsTask", "Mnist1dTask", "SplitsTask", "get_task"]
 
 
 @dataclass(frozen=True)
-class DigitsTask:
-    """scikit-learn's digits with the zoo's fixed split (1257 train / 270 val / 270 test)."""
+class SplitsTask:
+    """A classification task on fixed train/val/test splits, scored by accuracy."""
 
-    splits: DigitsSplits
-    name: str = "digits"
-    spec: str = "zoo:digits"  # how studies and exported files record it
+    splits: ClassifierSplits
+    name: str
     metric: str = "accuracy"
     distill: str = "kl"  # class logits
+
+    @property
+    def spec(self) -> str:
+        """How studies and exported files record the task: "zoo:NAME"."""
+        return f"zoo:{self.name}"
 
     def train_batches(self, seed: int = 0, *, batch_size: int = 64) -> DataLoader:
         """Shuffled (x, y) batches of the training split, the same order for the same seed."""
@@ -51,34 +56,18 @@ class DigitsTask:
 
 
 @dataclass(frozen=True)
-class Mnist1dTask:
+class DigitsTask(SplitsTask):
+    """scikit-learn's digits with the zoo's fixed split (1257 train / 270 val / 270 test)."""
+
+    name: str = "digits"
+
+
+@dataclass(frozen=True)
+class Mnist1dTask(SplitsTask):
     """MNIST-1D (the published dataset, generated offline) with the zoo's split (3500 train /
     500 val / 1000 test: the dataset's own test split)."""
 
-    splits: Mnist1dSplits
     name: str = "mnist1d"
-    spec: str = "zoo:mnist1d"
-    metric: str = "accuracy"
-    distill: str = "kl"  # class logits
-
-    def train_batches(self, seed: int = 0, *, batch_size: int = 64) -> DataLoader:
-        """Shuffled (x, y) batches of the training split, the same order for the same seed."""
-        data = TensorDataset(self.splits.train_x, self.splits.train_y)
-        generator = torch.Generator().manual_seed(seed)
-        return DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator)
-
-    def calibration(self, n: int = 256) -> Tensor:
-        """The first `n` training inputs (a fixed batch, for quantizer calibration)."""
-        return self.splits.train_x[:n]
-
-    def score(self, model: nn.Module, split: str = "test") -> float:
-        """Accuracy on "val", "test" (or "train")."""
-        x, y = {
-            "train": (self.splits.train_x, self.splits.train_y),
-            "val": (self.splits.val_x, self.splits.val_y),
-            "test": (self.splits.test_x, self.splits.test_y),
-        }[split]
-        return evaluate(model, x, y)
 
 
 _TASKS = {"digits": (DigitsTask, load_digits_splits), "mnist1d": (Mnist1dTask, load_mnist1d_splits)}
