@@ -227,9 +227,7 @@ def main() -> None:
         report = size_report(plan, graph)
         untuned = []
         accuracies = [
-            task.score(
-                compress(teacher, plan, seed=seed, epochs=epochs, task=task, before=untuned)
-            )
+            task.score(compress(teacher, plan, seed=seed, epochs=epochs, task=task, before=untuned))
             for seed in seeds
         ]
         result["bits"][label] = {
