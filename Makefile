@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make demo   set up .venv and run the main job (zoo:digits, embedded SQLite default)
+#   make demo   set up .venv and run the main job (zoo:mnist1d, embedded SQLite default)
 #   make test   set up .venv and run the linters and the whole test suite (installing PostgreSQL
 #               with apt where it is missing: the worker tests start a server of their own)
 # Both create .venv when it is missing. torch is installed first and pinned to the CPU wheel, because
