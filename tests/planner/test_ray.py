@@ -161,7 +161,7 @@ def test_a_wrong_ray_address_fails_within_seconds(tmp_path, capsys):
     assert time.monotonic() - started < 15
 
 
-def _real_search(cluster, name: str, *args, model: str = "zoo:digits"):
+def _two_real_trials(cluster, name: str, *args, model: str = "zoo:digits"):
     """Two real-objective trials of 1 epoch on the cluster; (stdout, the finished feasible
     trials, the work folder)."""
     address, env, folder = cluster
@@ -197,7 +197,7 @@ def _real_search(cluster, name: str, *args, model: str = "zoo:digits"):
 def test_real_trials_fine_tune_every_epoch_asked_and_leave_no_sqlite_file(cluster):
     """ASHA's clock is the epoch: the report made right after applying must not use one up
     (it did: with --epochs 1, trials were scored with no fine-tuning at all)."""
-    stdout, done, work = _real_search(
+    stdout, done, work = _two_real_trials(
         cluster, "epochs", "--study", "epochs", "--size-budget", "x40"
     )
     # Each trial scored its own proposal (OptunaSearch nests the "<layer>/option" names; read
@@ -219,7 +219,7 @@ def test_real_trials_on_the_users_model_and_data(cluster):
 
     project = write_project(cluster[2] / "users")
     data, model = str(project["data"]), f"{project['net']}:build"
-    stdout, done, work = _real_search(
+    stdout, done, work = _two_real_trials(
         cluster, "users", "--data", data, "--size-budget", "x6", model=model
     )
     # Scored on the blobs' validation split: a 4-class accuracy, far above chance for 4 bits.
