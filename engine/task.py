@@ -11,7 +11,7 @@ A task gives three things, and nothing in compplan assumes more (nor digits):
 
 Optional: `distill`, the distillation loss that fits the model's output ("kl" for logits, "mse"
 or "cosine" for embeddings, hidden states and regression outputs); absent or None, it is chosen
-from the output (`engine.finetune.infer_distill`). `spec`: the task spec that names it again
+from the output (`engine.distill.infer_distill`). `spec`: the task spec that names it again
 (`engine.task_spec`), which a `Planner` given the task records for its workers.
 
 Zoo tasks (`zoo.tasks`), tasks on the user's arrays (`engine.task_data`) and any object of the
@@ -96,9 +96,9 @@ def check_task(task: object, source: str = "the task") -> Task:
 
 
 def model_outputs(model: nn.Module, x: Tensor, batch_size: int = _EVAL_BATCH) -> Tensor:
-    """`model`'s main output tensor on `x` (`engine.finetune.output_of`), in eval mode and
+    """`model`'s main output tensor on `x` (`engine.distill.output_of`), in eval mode and
     batches, on the CPU; the model's training flag is restored."""
-    from engine.finetune import output_of
+    from engine.distill import output_of
 
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
@@ -134,9 +134,9 @@ def mean_cosine(outputs: Tensor, reference: Tensor) -> float:
 
 def distill_for(task: object, model: nn.Module, inputs: Tensor) -> tuple[str, str]:
     """(loss, why): the distillation loss that fits `model`'s output, the task's own `distill`
-    where it names one, else chosen from the output on `inputs` (`engine.finetune.
+    where it names one, else chosen from the output on `inputs` (`engine.distill.
     infer_distill`)."""
-    from engine.finetune import infer_distill
+    from engine.distill import infer_distill
 
     chosen = getattr(task, "distill", None)
     if chosen:

@@ -155,7 +155,7 @@ class LabelledTask:
             TaskError: inputs the model cannot take, or labels the outputs cannot score
                 (another shape, or a class beyond the outputs' last dimension).
         """
-        from engine.finetune import output_of
+        from engine.distill import output_of
 
         x, y = self.splits["train"]
         output = output_of(check_model_runs(model, x, self.name))
@@ -206,14 +206,14 @@ class FidelityTask:
         inputs: {"train", "val", "test"} → x.
         name: how it is named ("inputs:/path/ids.npz").
         distill: the distillation loss ("kl", "mse", "cosine"); None: from the model's output
-            (`engine.finetune.infer_distill`). "kl" scores top-1 agreement, the others mean
+            (`engine.distill.infer_distill`). "kl" scores top-1 agreement, the others mean
             cosine similarity.
     """
 
     def __init__(
         self, model: nn.Module, inputs: dict[str, Tensor], name: str = "inputs", distill=None
     ):
-        from engine.finetune import DISTILL_LOSSES, infer_distill, output_of
+        from engine.distill import DISTILL_LOSSES, infer_distill, output_of
 
         self.name = name
         self.inputs = inputs

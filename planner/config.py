@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from engine.finetune import DISTILL_LOSSES
+from engine.distill import DISTILL_LOSSES
 from planner.budgets import BudgetError
 from planner.errors import PlannerError
 from planner.storage import DEFAULT_STORAGE
@@ -67,7 +67,7 @@ class RealSettings:
         lr: the base fine-tune learning rate (None: `engine.finetune.default_lr` of the model,
             lower for transformers).
         distill: the distillation loss, "kl", "mse" or "cosine" (None: the task's, else chosen
-            from the model's output, `engine.finetune.infer_distill`).
+            from the model's output, `engine.distill.infer_distill`).
         candidates: with the Optuna backend, how many of the proxy search's best plans are
             fine-tuned (None: 5). On Ray every trial is fine-tuned, so it must stay None.
         tune_lr: trials of the per-layer learning-rate search (P-Transfer) for the winner; 0 off.
