@@ -41,13 +41,37 @@ def _tensor(name: str, value: object, path: Path) -> Tensor:
     return array
 
 
+# The last files read, by (path, mtime, size): a command reads its data file for the example
+# inputs and again for the task, and a data set of gigabytes should be read once.
+_RECENT: dict[tuple[str, int, int], dict[str, Tensor]] = {}
+_RECENT_FILES = 2
+
+
 def read_arrays(path: str | Path, *, flag: str = "--data") -> dict[str, Tensor]:
     """The arrays of a data file, as tensors, after checking it has `x`.
+
+    A file read again unchanged (same size and modification time) comes from memory; the
+    tensors are shared, so callers index them (copies) rather than change them in place.
 
     Raises:
         DataFileError: the file is missing, of another kind, unreadable, or has no `x`.
     """
     path = Path(path)
+    key = None
+    if path.is_file():
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        if key in _RECENT:
+            return dict(_RECENT[key])
+    arrays = _read(path, flag)
+    if key is not None:
+        while len(_RECENT) >= _RECENT_FILES:
+            _RECENT.pop(next(iter(_RECENT)))
+        _RECENT[key] = arrays
+    return dict(arrays)
+
+
+def _read(path: Path, flag: str) -> dict[str, Tensor]:
     if path.suffix.lower() not in _SUFFIXES:
         raise DataFileError(f"{flag} {path}: give a .npz or .pt file (arrays x, and y for labels)")
     if not path.is_file():

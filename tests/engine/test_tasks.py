@@ -138,3 +138,12 @@ def test_a_callable_task_gives_example_inputs_of_its_own(tmp_path):
         load_with_task(f"{tmp_path / 'm.py'}:build", spec, input_shape="1,5")
     loaded, _, _ = load_with_task(f"{tmp_path / 'm.py'}:build", spec, input_shape="4,6")
     assert tuple(loaded.example_inputs[0].shape) == (4, 6)  # the batch asked for
+
+
+def test_a_data_file_is_read_once_and_again_when_it_changes(tmp_path):
+    # Example inputs and the task both read the file; the second read comes from memory.
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 2), np.float32))
+    first, again = read_arrays(tmp_path / "d.npz"), read_arrays(tmp_path / "d.npz")
+    assert again["x"] is first["x"] and again is not first
+    np.savez(tmp_path / "d.npz", x=np.ones((5, 2), np.float32))
+    assert read_arrays(tmp_path / "d.npz")["x"].shape == (5, 2)
