@@ -141,7 +141,8 @@ def distill_for(task: object, model: nn.Module, inputs: Tensor) -> tuple[str, st
     chosen = getattr(task, "distill", None)
     if chosen:
         # A task that chose from the output says why; a fixed one is the task's choice.
-        return chosen, getattr(task, "why", None) or f"the task's ({getattr(task, 'name', 'task')})"
+        fixed = f"set by the task {getattr(task, 'name', '')}".rstrip()
+        return chosen, getattr(task, "why", None) or fixed
     was_training = model.training
     model.eval()
     try:

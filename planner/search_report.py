@@ -159,10 +159,11 @@ def search_text(
             f"exact solver (keep 1): proxy {exact['proxy']:.4g} in {exact['seconds']:.2f} s"
         )
     if refined is not None:
-        metric = refined["metric"]
+        metric, epochs = refined["metric"], config.real.epochs
         lines.append(
-            f"real objective: {len(refined['trials'])} candidates fine-tuned {config.real.epochs} "
-            f"epochs; best validation {metric} {score_text(metric, refined['value'])} at "
+            f"real objective: {len(refined['trials'])} candidates fine-tuned {epochs} "
+            f"epoch{'s' * (epochs != 1)}; best validation {metric} "
+            f"{score_text(metric, refined['value'])} at "
             f"{mib(refined['size_bytes'])} (proxy {refined['proxy']:.4g}, {refined['candidate']})"
         )
     if outcome.learning_rates is not None:
