@@ -17,6 +17,7 @@ from pathlib import Path
 from planner.cli_parser import USAGE_ERROR, build_parser
 from planner.render import mib as _mib
 from planner.render import print_json as _print_json
+from planner.storage import display_url
 
 __all__ = ["main"]
 
@@ -43,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from search_spaces import DiscoveryError, PlanError
     from search_spaces.data_file import DataFileError
     from search_spaces.model_spec import ModelSpecError
+    from search_spaces.output_file import OutputFileError
 
     usage_errors = (
         PlanError,
@@ -56,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         MeasurementError,
         TaskError,
         DataFileError,
+        OutputFileError,
     )
     handler = globals()["_" + args.command.replace("-", "_")]  # fit-latency: _fit_latency
     try:
@@ -136,7 +139,9 @@ def _inspect(args: argparse.Namespace) -> int:
 def _preset(args: argparse.Namespace) -> int:
     from planner.presets import make_preset
     from predictors.size import size_report
+    from search_spaces.output_file import check_output_path
 
+    check_output_path(args.out, "--out")
     _, graph = _graph(args)
     plan = make_preset(graph, args.preset, model=args.model)
     plan.save(args.out)
@@ -206,8 +211,10 @@ def _profile(args: argparse.Namespace) -> int:
     from planner.render import profile_text
     from predictors.latency import ProfileSummary, check_records_path, profile, save_records
     from search_spaces import Plan
+    from search_spaces.output_file import check_output_path
 
-    check_records_path(args.out)  # refuse a bad suffix before measuring for minutes
+    check_records_path(args.out)  # refuse a bad path before measuring for minutes
+    check_output_path(args.out, "--out")
     same = ("input_shape", "samples", "seed", "synthetic_layers", "device", "threads", "runs")
     settings = {k: vars(args)[k] for k in (*same, "rounds", "processes", "repeats")}
     records = profile(
@@ -227,9 +234,12 @@ def _profile(args: argparse.Namespace) -> int:
 def _fit_latency(args: argparse.Namespace) -> int:
     from planner.render import fit_text
     from predictors.latency import fit_predictor, load_records
+    from search_spaces.output_file import check_output_path
 
+    check_output_path(args.out, "--out")
     records = load_records(*args.records)
-    report = fit_predictor(records, args.kind, holdout=args.holdout, seed=args.seed)
+    settings = {"holdout": args.holdout, "seed": args.seed, "trust_specs": args.trust_specs}
+    report = fit_predictor(records, args.kind, **settings)
     out = str(report.predictor.save(args.out))
     return _output(args, {**report.to_dict(), "out": out}, fit_text(report, out))
 
@@ -312,12 +322,17 @@ def _search(args: argparse.Namespace) -> int:
     from planner.search import Planner
     from planner.search_report import SearchBar, created_text, search_summary, search_text
     from search_spaces import discover
+    from search_spaces.output_file import check_output_path, write_text_atomically
 
     if args.out is None and args.trials > 0:
         raise PlannerError("give --out FILE for the best plan (or --trials 0 to only create it)")
     out = Path(args.out or "plan.json")
-    if out.is_dir() or not out.parent.is_dir():
-        raise PlannerError(f"--out {out}: give a file path in an existing folder")
+    # Every output is checked before the search: none may fail after it.
+    if args.trials > 0:
+        check_output_path(out, "--out")
+        for option, path in (("--trials-csv", args.trials_csv), ("--plot", args.plot)):
+            if path is not None:
+                check_output_path(path, option)
     if args.plot and Path(args.plot).suffix.lower() not in (".html", ".png"):
         raise PlannerError(f"--plot {args.plot}: give a .html (interactive) or .png file")
     if args.backend == "ray" and args.trials == 0:
@@ -330,7 +345,7 @@ def _search(args: argparse.Namespace) -> int:
     planner = Planner(loaded.module, loaded.example_inputs, config, graph=graph, task=task)
     if args.trials == 0:
         planner.open_study()
-        created = {"storage": config.storage, "study": planner.study_name}
+        created = {"storage": display_url(config.storage), "study": planner.study_name}
         return _output(args, created, created_text(**created))
     if args.backend == "ray" and not args.json:
         print(f"running {args.trials} trials on Ray Tune …", file=sys.stderr)
@@ -338,7 +353,7 @@ def _search(args: argparse.Namespace) -> int:
     try:
         outcome = planner.run(args.trials, args.timeout, progress=bar.update)
     except KeyboardInterrupt:
-        where = getattr(planner.backend, "path", config.storage)  # a Tune experiment on Ray
+        where = getattr(planner.backend, "path", None) or display_url(config.storage)  # Tune's
         return _fail(
             f"search stopped; every finished trial is kept in {where} (study "
             f"'{planner.study_name}'): run the same command again to resume",
@@ -348,7 +363,8 @@ def _search(args: argparse.Namespace) -> int:
         bar.close()
     outcome.plan.save(out)
     if args.trials_csv:
-        outcome.result.trials.to_csv(args.trials_csv, index=False)
+        csv = outcome.result.trials.to_csv(index=False)
+        write_text_atomically(args.trials_csv, csv, "--trials-csv")
     if args.plot:
         from planner.plots import save_pareto_plot
 
@@ -375,11 +391,11 @@ def _worker(args: argparse.Namespace) -> int:
     try:
         result = planner.search(new_trials=args.trials, timeout=args.timeout, progress=bar.update)
     except KeyboardInterrupt:
-        where = f"{args.storage} (study '{args.study}')"
+        where = f"{display_url(args.storage)} (study '{args.study}')"
         return _fail(f"worker stopped; every finished trial is in {where}", 130)
     finally:
         bar.close()
-    summary = worker_summary(result, planner.worker_id, args.storage, args.study)
+    summary = worker_summary(result, planner.worker_id, display_url(args.storage), args.study)
     return _output(args, summary, worker_text(summary))
 
 

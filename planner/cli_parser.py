@@ -289,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     number(fit, "--holdout", 0.2, "share of the plans held out to report accuracy on, 0 skips it")
     number(fit, "--seed", 0, "seeds the split and the network")
+    fit.add_argument(
+        "--trust-specs",
+        action="store_true",
+        help="build the models of records whose model spec runs code (file.py:callable, "
+        "package.module:callable); without it only zoo models: only for records you trust",
+    )
 
     what = "Predict a plan's latency with a predictor from `compplan fit-latency`."
     predict = command("predict-latency", what, json=text)

@@ -36,6 +36,7 @@ from engine.task_spec import (
 from predictors.size import size_report
 from search_spaces.discover import discover
 from search_spaces.model_spec import load_model
+from search_spaces.output_file import check_output_path
 from search_spaces.plan import Plan, validate_plan
 
 __all__ = ["CompressionError", "CompressionJob", "evaluate_export"]
@@ -190,10 +191,7 @@ class CompressionJob:
             raise CompressionError(f"--lr must be a positive number, not {self.lr}")
         if self.synthetic_samples < 1:
             raise CompressionError(f"--synthetic must be at least 1, not {self.synthetic_samples}")
-        out = Path(self.out)
-        if out.is_dir() or not out.parent.is_dir():
-            where = "is a directory" if out.is_dir() else "is in a folder that does not exist"
-            raise CompressionError(f"--out {out} {where}; give a file path in an existing folder")
+        check_output_path(self.out, "--out")  # before minutes of fine-tuning
 
     def _data(
         self, teacher: nn.Module, task, shape: torch.Size, needs_calibration: bool

@@ -7,6 +7,10 @@ worker on another machine needs no predictor file.
 
     config = SearchConfig(model_spec="zoo:digits", budget=Budget(size_bytes=40_000))
     SearchConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config  # True
+
+The one field a document does not round-trip is a password in the storage URL: documents hold
+it masked (`planner.storage.display_url`), since studies, plans and summaries are shared, and a
+worker is given the storage on its own command line anyway.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 from engine.distill import DISTILL_LOSSES
 from planner.budgets import BudgetError
 from planner.errors import PlannerError
-from planner.storage import DEFAULT_STORAGE
+from planner.storage import DEFAULT_STORAGE, display_url
 from search_spaces.model_spec import parse_shape
 from search_spaces.plan import Budget, PlanError
 
@@ -246,8 +250,9 @@ class SearchConfig:
     # -- JSON -----------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready document with a format tag and version."""
+        """A JSON-ready document with a format tag and version (the storage's password masked)."""
         data = asdict(self)
+        data["storage"] = display_url(self.storage)
         data["knobs"], data["overrides"] = dict(self.knobs), dict(self.overrides)
         return {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, **data}
 

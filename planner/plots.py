@@ -3,10 +3,12 @@ front marked, the size budget drawn. HTML (interactive, plotly) or PNG (matplotl
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pandas as pd
 
+from search_spaces.output_file import write_atomically, write_text_atomically
 from search_spaces.plan import PlanError
 
 __all__ = ["save_pareto_plot"]
@@ -53,7 +55,7 @@ def save_pareto_plot(
             figure.add_vline(x=size_budget / kib, line_dash="dash", annotation_text="size budget")
         figure.update_layout(title=title, xaxis_title="size (KiB)", yaxis_title="proxy")
         figure.update_yaxes(type="log")
-        figure.write_html(path, include_plotlyjs=True)
+        write_text_atomically(path, figure.to_html(include_plotlyjs=True), "--plot")
         return path
     import matplotlib
 
@@ -69,6 +71,8 @@ def save_pareto_plot(
     axes.set(xlabel="size (KiB)", ylabel="proxy", title=title, yscale="log")
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=120)
     plt.close(figure)
+    write_atomically(path, image.getvalue(), "--plot")
     return path

@@ -22,6 +22,7 @@ from planner.budgets import BudgetError, Reachable, reachable_minimum
 from planner.config import SearchConfig
 from planner.options import layer_options
 from planner.proxy import ProxyObjective, layer_sensitivities, proxy_table
+from planner.storage import display_url
 from planner.study_space import StudySpace
 from predictors.size import SizePredictor
 from search_spaces.discover import discover
@@ -193,7 +194,7 @@ class Problem:
             fingerprint=self.graph.fingerprint,
             budget=self.budget,
             provenance={
-                "storage": self.config.storage,
+                "storage": display_url(self.config.storage),
                 **provenance,
                 "config": self.config.summary(),
             },

@@ -3,35 +3,94 @@
 - "sqlite:///file.db" (the embedded default), any SQLAlchemy URL (postgresql+psycopg2://...);
 - "journal:PATH", or a path ending in .log or .journal: an Optuna journal file;
 - "memory": this process only (benchmarks, throwaway searches).
+
+A URL may hold a database password. It is used to connect and nowhere else: every message,
+summary, plan provenance and stored study config shows `display_url(url)`, the URL with its
+password masked.
+
+`study_lock(storage, url, study)` is the one lock every process sharing a storage respects:
+`flock` on a SQLite or journal file, an advisory lock on PostgreSQL (`pg_advisory_lock`) and
+MySQL (`GET_LOCK`). The Optuna backend holds it to count a study's trials and add one in a
+single step, so processes sharing a study stop at exactly the number of trials asked.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from planner.errors import PlannerError
 
-__all__ = ["CONNECT_TIMEOUT_S", "DEFAULT_STORAGE", "open_storage"]
+__all__ = ["CONNECT_TIMEOUT_S", "DEFAULT_STORAGE", "display_url", "open_storage", "study_lock"]
 
 DEFAULT_STORAGE = "sqlite:///compplan-studies.db"
 CONNECT_TIMEOUT_S = 5  # seconds a database server has to answer
 
 
-def open_storage(url: str):
+_MASK = "***"
+# user:password@ in any URL, and password=... in its query (libpq takes both).
+_PASSWORD_IN_AUTHORITY = re.compile(r"(?P<head>//[^/@:]*:)[^/]*(?P<at>@)")
+_PASSWORD_IN_QUERY = re.compile(r"(?P<head>[?&](?:password|pass|pwd)=)[^&]*", re.IGNORECASE)
+
+
+def display_url(url: str) -> str:
+    """`url` as messages, summaries and stored documents show it: its password masked.
+
+    "postgresql://compplan:S3cret@db:5432/studies" → "postgresql://compplan:***@db:5432/studies".
+    Other storages ("memory", journal paths, SQLite files) are returned as they are.
+    """
+    text = str(url)
+    if "://" not in text:
+        return text
+    text = _PASSWORD_IN_AUTHORITY.sub(rf"\g<head>{_MASK}\g<at>", text, count=1)
+    return _PASSWORD_IN_QUERY.sub(rf"\g<head>{_MASK}", text)
+
+
+def _journal_path(text: str) -> str | None:
+    journal = text[len("journal:") :] if text.startswith("journal:") else None
+    if journal is None and text.endswith((".log", ".journal")) and "://" not in text:
+        journal = text
+    return journal
+
+
+def _sqlite_path(text: str) -> Path | None:
+    """The file of a SQLite URL (None: not SQLite, or in memory)."""
+    if not text.startswith("sqlite:///"):
+        return None
+    name = text[len("sqlite:///") :].split("?", 1)[0]
+    return None if name in ("", ":memory:") else Path(name)
+
+
+def open_storage(url: str, *, create: bool = True):
     """An Optuna storage for `url` (see the module docstring).
 
+    Args:
+        url: the storage URL.
+        create: create a SQLite database or journal file that does not exist yet. Workers
+            pass False: a misspelt path must be refused, not become an empty database.
+
     Raises:
-        PlannerError: the URL names no storage Optuna can open, with what to write instead.
+        PlannerError: the URL names no storage Optuna can open, with what to write instead;
+            a file that does not exist (`create=False`). Messages show the URL masked.
     """
     import optuna
 
     text = str(url)
     if text == "memory":
         return optuna.storages.InMemoryStorage()
-    journal = text[len("journal:") :] if text.startswith("journal:") else None
-    if journal is None and text.endswith((".log", ".journal")) and "://" not in text:
-        journal = text
+    journal = _journal_path(text)
+    file = Path(journal) if journal is not None else _sqlite_path(text)
+    if not create and file is not None and not file.is_file():
+        raise PlannerError(
+            f"storage '{display_url(text)}': {file} does not exist; give the file the study "
+            "was created in (`compplan search --trials 0` creates one)"
+        )
     if journal is not None:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -53,9 +112,59 @@ def open_storage(url: str):
         )
     except Exception as error:  # SQLAlchemy's errors: bad dialect, driver, host, file
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = _without_password(reason, text)
         if isinstance(error, ModuleNotFoundError):
             reason += " (pip install psycopg2-binary for postgresql+psycopg2://)"
         raise PlannerError(
-            f"cannot open storage '{text}': {reason} (SQLite: sqlite:///path/to/file.db; "
-            "PostgreSQL: postgresql+psycopg2://user:password@host:5432/db)"
+            f"cannot open storage '{display_url(text)}': {reason} (SQLite: "
+            "sqlite:///path/to/file.db; PostgreSQL: postgresql+psycopg2://user:password@host:5432/db)"
         ) from None
+
+
+def _without_password(message: str, url: str) -> str:
+    """`message` (a driver's error) with the URL's password masked, should the driver quote it."""
+    message = message.replace(url, display_url(url))
+    match = re.search(r"//[^/@:]*:([^/]*)@", url)
+    return message.replace(match.group(1), _MASK) if match and match.group(1) else message
+
+
+@contextlib.contextmanager
+def study_lock(storage, url: str, study: str) -> Iterator[None]:
+    """Hold `study`'s lock in the storage `url` names (see the module docstring) while the
+    block runs; a storage only this process sees ("memory") needs none.
+
+    Args:
+        storage: the storage `open_storage(url)` returned (its engine takes database locks).
+        url: its URL.
+        study: the study's name (database locks are per study).
+    """
+    text = str(url)
+    journal = _journal_path(text)
+    file = Path(journal) if journal is not None else _sqlite_path(text)
+    if file is not None:
+        fd = os.open(file, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released by close, or by the process's death
+            yield
+        finally:
+            os.close(fd)
+        return
+    engine = getattr(storage, "engine", None)
+    dialect = engine.dialect.name if engine is not None else None
+    if dialect not in ("postgresql", "mysql"):
+        yield
+        return
+    import sqlalchemy
+
+    key = int.from_bytes(hashlib.sha256(f"compplan:{study}".encode()).digest()[:8], "big") >> 1
+    take, give = {
+        "postgresql": ("SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)"),
+        "mysql": ("SELECT GET_LOCK(:name, -1)", "SELECT RELEASE_LOCK(:name)"),
+    }[dialect]
+    values = {"key": key, "name": f"compplan-{key:x}"}
+    with engine.connect() as connection:  # a session lock: held until given back
+        connection.execute(sqlalchemy.text(take), values)
+        try:
+            yield
+        finally:
+            connection.execute(sqlalchemy.text(give), values)

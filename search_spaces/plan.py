@@ -46,6 +46,7 @@ from search_spaces.methods import (
     activation_method,
     weight_method,
 )
+from search_spaces.output_file import write_text_atomically
 
 if TYPE_CHECKING:
     from search_spaces.graph import LayerSpec, ModelGraph
@@ -300,7 +301,13 @@ class Plan:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json())
+        """Write the plan as JSON, atomically (`search_spaces.output_file`).
+
+        Raises:
+            OutputFileError: the path is a directory, a device, a link, in a missing folder,
+                or the write failed (the old file is then unchanged).
+        """
+        write_text_atomically(path, self.to_json(), "the plan file")
 
     @classmethod
     def from_dict(cls, data: object) -> Plan:

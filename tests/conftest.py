@@ -1,5 +1,5 @@
 """Shared fixtures: graphs of the zoo models are built once per test session (discovery of
-ResNet-50 takes about a second), and the digits cache lives in a temporary folder."""
+ResNet-50 takes about a second), and so is the PostgreSQL server the worker tests share."""
 
 from __future__ import annotations
 
@@ -26,3 +26,12 @@ def resnet50_graph():
 @pytest.fixture(scope="session")
 def mobilenet_graph():
     return discover(mobilenet_v2().eval(), torch.randn(*IMAGENET), model_name="zoo:mobilenet_v2")
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A PostgreSQL server of the tests' own on loopback (`support.postgres`), for the session."""
+    from support.postgres import running_postgres
+
+    with running_postgres() as url:
+        yield url

@@ -38,6 +38,7 @@ from planner.problem import Problem
 from planner.repair import SizeRepair
 from planner.results import SearchResult, build_result
 from planner.solver import ExactSolver
+from planner.storage import display_url, study_lock
 
 __all__ = ["CONFIG_ATTR", "OptunaBackend", "read_study_config"]
 
@@ -82,16 +83,27 @@ class OptunaBackend(SearchBackend):
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(
-            storage=self.storage,
-            study_name=self.problem.study_name,
-            sampler=make_sampler(self.config.sampler_name, self.config.seed),
-            directions=directions(self.config, self.problem),
-            load_if_exists=True,
-        )
-        if CONFIG_ATTR not in study.user_attrs:
-            study.set_user_attr(CONFIG_ATTR, self.config.to_dict())
+        name = self.problem.study_name
+        sampler = make_sampler(self.config.sampler_name, self.config.seed)
+        # Under the lock, and looked up before created: two processes starting at once create
+        # the study once (a journal records every create it is asked for, even a duplicate).
+        with self._lock():
+            if name in optuna.study.get_all_study_names(self.storage):
+                study = optuna.load_study(study_name=name, storage=self.storage, sampler=sampler)
+            else:
+                study = optuna.create_study(
+                    storage=self.storage,
+                    study_name=name,
+                    sampler=sampler,
+                    directions=directions(self.config, self.problem),
+                )
+            if CONFIG_ATTR not in study.user_attrs:
+                study.set_user_attr(CONFIG_ATTR, self.config.to_dict())
         return study
+
+    def _lock(self):
+        """The study's lock in the shared storage (`planner.storage.study_lock`)."""
+        return study_lock(self.storage, self.config.storage, self.problem.study_name)
 
     def run(
         self,
@@ -135,16 +147,17 @@ class OptunaBackend(SearchBackend):
             target = None if n_trials is None else max(0, n_trials - in_study)
         deadline = None if timeout is None else time.monotonic() + timeout
         distributions = problem.study_space.distributions
+        # With a study-wide target, the count is checked and the trial added under the study's
+        # lock: two processes both at 39 of 40 would otherwise both add one.
+        counted = shared and new_trials is None and n_trials is not None
         ran, best = 0, _best_row(mirror)
         timings: list[tuple[int, float, float, float]] = []
         while (target is None or ran < target) and (
             deadline is None or time.monotonic() < deadline
         ):
             started = time.perf_counter()
-            if shared and ran:
-                in_study, copied = pull(own=False)
-                if new_trials is None and n_trials is not None and in_study >= n_trials:
-                    break  # other processes brought the study to its target
+            if shared and ran and not counted:  # the other processes' trials, for the sampler
+                _, copied = pull(own=False)
                 if copied:
                     best = _best_row(mirror)
             trial = mirror.ask(distributions)
@@ -165,7 +178,16 @@ class OptunaBackend(SearchBackend):
             if config.pareto:
                 values += [e.size_bytes] + ([e.latency_ms] if e.latency_ms is not None else [])
             frozen = mirror.tell(trial, values)
-            stored.add_trial(frozen)
+            if counted:
+                with self._lock():
+                    in_study, copied = pull(own=False)
+                    if in_study >= n_trials:
+                        break  # other processes brought the study to its target meanwhile
+                    stored.add_trial(frozen)
+                if copied:
+                    best = _best_row(mirror)
+            else:
+                stored.add_trial(frozen)
             ran += 1
             in_study += 1
             timings.append(
@@ -194,7 +216,7 @@ class OptunaBackend(SearchBackend):
         return build_result(
             self.problem,
             trials,
-            storage=self.config.storage,
+            storage=display_url(self.config.storage),
             source="compplan search",
             exact=self.exact,
             timings=timings,
@@ -233,12 +255,12 @@ def read_study_config(storage_url: str, study: str) -> SearchConfig:
 
     from planner.storage import open_storage
 
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, create=False)  # a misspelt path is no new database
     names = optuna.study.get_all_study_names(storage)
     if study not in names:
         held = ", ".join(sorted(names)) or "none"
         raise PlannerError(
-            f"no study '{study}' in {storage_url} (it holds: {held}); create it with "
+            f"no study '{study}' in {display_url(storage_url)} (it holds: {held}); create it with "
             "`compplan search --storage URL --study NAME --trials 0 --model … --size-budget …`"
         )
     attrs = optuna.load_study(study_name=study, storage=storage).user_attrs

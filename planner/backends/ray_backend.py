@@ -16,16 +16,19 @@ it keeps every budget and a penalty above any feasible proxy when it does not; b
 the size budget before the trial runs, so the penalty only meets latency and MACs budgets.
 
 The cluster: `RaySettings.address` "HOST:PORT" joins a running one (`scripts/cluster_up.sh`, or
-`ray start` on real machines); None starts a local Ray for this search, with a temp folder of its
-own, and stops it after. A wrong address fails within seconds.
+`ray start` on real machines) as it is; None starts a local Ray for this search, with a temp folder
+and an auth token of its own, every process listening on loopback only, and stops it after. A
+wrong address fails within seconds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import os
+import secrets
 import shutil
 import socket
 import sys
@@ -62,6 +65,8 @@ CONFIG_FILE = "compplan-config.json"
 # The config fields that make two searches the same experiment (not where or how fast it runs).
 _SAME_SEARCH = ("model_spec", "input_shape", "task", "budget", "protect_ends", "knobs", "overrides")
 _SAME_SEARCH += ("objective", "real", "sampler", "pareto", "repair")
+# Where Ray reads its auth settings (the driver and every process it starts, which inherit them).
+_AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 
 def check_address(address: str, timeout: float = 3.0) -> tuple[str, int]:
@@ -86,6 +91,37 @@ def check_address(address: str, timeout: float = 3.0) -> tuple[str, int]:
             "for a local Ray"
         ) from None
     return host, int(port)
+
+
+def _reload_ray_auth() -> None:
+    """Make this process's Ray read its auth settings from `os.environ` again: it caches the
+    token it loaded, and a second local Ray in one process must not present the first one's."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    # The config before the token, as Ray's own tests reset it (`reset_auth_token_state`).
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+@contextlib.contextmanager
+def _loopback_node_ip():
+    """Let `ray.init(_node_ip_address="127.0.0.1")` keep that address.
+
+    Ray swaps a loopback node address for the machine's own (`resolve_ip_for_localhost`), except
+    where it does not support clusters (macOS, Windows: `ENABLE_RAY_CLUSTER`, read from
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when Ray is imported). A node on loopback is what makes its
+    processes bind loopback: the GCS, the raylet (node and object managers), the core workers'
+    gRPC servers (driver and workers), the runtime-env agent and the dashboard agent (gRPC, HTTP,
+    metrics) bind 127.0.0.1 when the node address is loopback, and every interface otherwise.
+    """
+    from ray._private import ray_constants
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
 
 
 def _same_search(config: SearchConfig) -> dict[str, Any]:
@@ -220,20 +256,46 @@ class RayBackend(SearchBackend):
                 ) from None
             return ray.shutdown
         # A local Ray of our own: its own short temp folder (Ray's socket paths are limited to
-        # about 100 characters), no dashboard, stopped when the search ends.
+        # about 100 characters), no dashboard, stopped when the search ends. No one else is meant
+        # to reach it: every process listens on loopback only (`_loopback_node_ip`), and it
+        # takes a token of its own, made for it and kept only in the environment its processes
+        # inherit, not the user's ~/.ray/auth_token that every Ray they start would share (nor
+        # a token of theirs for another cluster). The environment is put back after.
         temp = tempfile.mkdtemp(prefix="compplan-ray-")
-        ray.init(
-            address="local",
-            _temp_dir=temp,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-        )
+        auth = {name: os.environ.get(name) for name in _AUTH_VARS}
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)  # a file of theirs would not be ours
+        _reload_ray_auth()
 
         def stop() -> None:
             ray.shutdown()
+            for name, value in auth.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            _reload_ray_auth()
             shutil.rmtree(temp, ignore_errors=True)
 
+        try:
+            with _loopback_node_ip():
+                ray.init(
+                    address="local",
+                    _node_ip_address="127.0.0.1",
+                    _temp_dir=temp,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                )
+            node = ray.util.get_node_ip_address()
+            if not ipaddress.ip_address(node).is_loopback:  # another Ray that resolves it anew
+                raise PlannerError(
+                    f"the local Ray took the address {node}, not loopback, and would listen on "
+                    "every interface; start a cluster (scripts/cluster_up.sh) and give --address"
+                )
+        except BaseException:
+            stop()
+            raise
         return stop
 
     def _slots(self) -> int:

@@ -155,6 +155,7 @@ def fit_predictor(
     holdout: float = 0.2,
     seed: int = 0,
     graphs: Graphs | None = None,
+    trust_specs: bool = False,
     **options,
 ) -> FitReport:
     """Fit a predictor of `kind` on `records`, scored on held-out plans first.
@@ -166,18 +167,20 @@ def fit_predictor(
             `holdout_split`) for the score; 0 skips it.
         seed: seeds the split and, for predictors that take one, the fit.
         graphs: (model, input shape) → graph, to skip rediscovering the models.
+        trust_specs: build the models of records whose spec runs code (`record_graphs`);
+            records of zoo models, or of models in `graphs`, need no trust.
         **options: the predictor's own settings (for example `steps` of the network).
 
     Raises:
-        PredictorError: `holdout` is not in [0, 1), an unknown kind, or records the predictor
-            cannot fit on.
+        PredictorError: `holdout` is not in [0, 1), an unknown kind, records the predictor
+            cannot fit on, or of code specs without `trust_specs`.
     """
     if not 0 <= holdout < 1:
         raise PredictorError(f"the held-out share must be in [0, 1) (got {holdout})")
     cls = PREDICTOR_KINDS.get(kind)
     if cls is not None and "seed" in inspect.signature(cls).parameters:
         options = {"seed": seed, **options}
-    graphs = record_graphs(records, graphs)  # discovered once, for both fits
+    graphs = record_graphs(records, graphs, trusted=trust_specs)  # once, for both fits
     score = None
     if holdout > 0:
         train, test = holdout_split(records, holdout, seed=seed, graphs=graphs)

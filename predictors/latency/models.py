@@ -44,6 +44,7 @@ from predictors.latency.features import (
 )
 from predictors.latency.records import FINGERPRINT_COLUMNS
 from search_spaces.graph import ModelGraph
+from search_spaces.output_file import write_text_atomically
 from search_spaces.plan import Plan
 
 __all__ = [
@@ -96,10 +97,23 @@ def _input_elements(graph: ModelGraph) -> int:
 
 
 def record_graphs(
-    records: pd.DataFrame, graphs: dict[tuple[str, str], ModelGraph] | None = None
+    records: pd.DataFrame,
+    graphs: dict[tuple[str, str], ModelGraph] | None = None,
+    *,
+    trusted: bool = False,
 ) -> dict[tuple[str, str], ModelGraph]:
     """The graph of every (model, input shape) the model records name: those in `graphs`, the
-    others discovered from their model specs (structure only, nothing trained)."""
+    others discovered from their model specs (structure only, nothing trained).
+
+    Args:
+        trusted: build models from specs that import and run code ("file.py:build", a
+            package's callable). A records file is data, and anyone who can edit it chose its
+            `model` column: without trust only zoo models are built (`compplan fit-latency
+            --trust-specs`), or the graphs given.
+
+    Raises:
+        PredictorError: a spec of code without `trusted`.
+    """
     from search_spaces.discover import discover
     from search_spaces.model_spec import load_model
 
@@ -107,6 +121,11 @@ def record_graphs(
     rows = records[records["record"] == "model"]
     for model, shape in rows[["model", "input_shape"]].drop_duplicates().itertuples(index=False):
         if (model, shape) not in found:
+            if not trusted and not str(model).startswith("zoo:"):
+                raise PredictorError(
+                    f"the records name the model spec {model!r}, which imports and runs code: "
+                    "pass --trust-specs (trust_specs=True in Python) if you trust the records"
+                )
             loaded = load_model(model, input_shape=shape, pretrained=False)
             found[(model, shape)] = discover(loaded.module, loaded.example_inputs, model_name=model)
     return found
@@ -135,9 +154,13 @@ class _ModelRecords:
 
 
 def _layer_records(records: pd.DataFrame) -> tuple[LayerConfigs, np.ndarray]:
+    """The single-layer records' configurations and ms (none, for records of plans only: a file
+    of those has no layer columns at all)."""
     rows = records[records["record"] == "layer"]
     columns = {
         name: rows[name].to_numpy(float).astype(np.int64)
+        if name in rows
+        else np.zeros(0, dtype=np.int64)
         for name in LayerConfigs.__dataclass_fields__
     }
     return LayerConfigs.from_columns(**columns), rows["latency_ms"].to_numpy(float)
@@ -229,11 +252,7 @@ class LatencyPredictor:
 
     def save(self, path: str | Path) -> Path:
         """Write the predictor as JSON."""
-        document = self.to_document()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(document))
-        return path
+        return write_text_atomically(path, json.dumps(self.to_document()), "the predictor file")
 
     # subclasses
     def _fit(self, records: pd.DataFrame, graphs) -> None:

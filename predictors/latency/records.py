@@ -8,12 +8,14 @@ says in a few figures what a set of records holds.
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from predictors.latency.features import LayerConfigs
+from search_spaces.output_file import write_atomically, write_text_atomically
 
 __all__ = [
     "FINGERPRINT_COLUMNS",
@@ -42,22 +44,24 @@ def check_records_path(path: str | Path) -> str:
     """
     path = Path(path)
     try:
-        return _FORMATS[path.suffix.lower()]
+        kind = _FORMATS[path.suffix.lower()]
     except KeyError:
         raise RecordsError(
             f"{path}: latency records are saved as .parquet or .csv (got '{path.suffix}')"
         ) from None
+    return kind
 
 
 def save_records(records: pd.DataFrame, path: str | Path) -> Path:
     """Write records to `path` (.parquet or .csv); returns the path."""
     path = Path(path)
     kind = check_records_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "parquet":
-        records.to_parquet(path, index=False)
+        buffer = io.BytesIO()
+        records.to_parquet(buffer, index=False)
+        write_atomically(path, buffer.getvalue(), "the records file")
     else:
-        records.to_csv(path, index=False)
+        write_text_atomically(path, records.to_csv(index=False), "the records file")
     return path
 
 

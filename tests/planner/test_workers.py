@@ -12,15 +12,8 @@ import time
 
 import optuna
 import pytest
-from support.postgres import running_postgres
 
 from planner.cli import main
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    with running_postgres() as url:
-        yield url
 
 
 def _compplan(*args: str) -> subprocess.Popen:

@@ -1,0 +1,135 @@
+"""Storages handled with care: a database password never leaves the process, a worker never
+creates a database, and processes sharing a study stop at exactly the trials asked. On real
+storages: SQLite files, a journal, and the tests' own PostgreSQL server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+from planner.cli import main
+from planner.storage import display_url
+
+SECRET = "S3cretPW"
+DIGITS = ["--model", "zoo:digits", "--size-budget", "x25"]
+
+
+def _with_password(url: str) -> str:
+    """The server's URL with a password (its trust authentication accepts any)."""
+    return url.replace("postgres@", f"postgres:{SECRET}@", 1)
+
+
+def _run(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("postgresql+psycopg2://u:S3cretPW@h:5432/db", "postgresql+psycopg2://u:***@h:5432/db"),
+        ("mysql://u:p@ss:w@h/db", "mysql://u:***@h/db"),
+        ("postgresql://h/db?user=u&password=S3cretPW", "postgresql://h/db?user=u&password=***"),
+        ("postgresql://u@h/db", "postgresql://u@h/db"),
+        ("sqlite:///studies.db", "sqlite:///studies.db"),
+        ("journal:studies.log", "journal:studies.log"),
+    ],
+)
+def test_display_url_masks_the_password_only(url, shown):
+    assert display_url(url) == shown
+
+
+def test_a_password_is_in_no_output_summary_plan_or_study(postgres_url, tmp_path, capsys):
+    url = _with_password(postgres_url)
+    plan = tmp_path / "plan.json"
+    search = ["search", *DIGITS, "--storage", url, "--study", "pw", "--trials", "6"]
+    code, created = _run(capsys, *search[:-1], "0")
+    assert code == 0 and "compplan worker --storage" in created
+    code, summary = _run(capsys, *search, "--out", str(plan), "--json")
+    assert code == 0, summary
+    worker = ["worker", "--storage", url, "--study", "pw", "--trials", "2", "--seed", "1"]
+    code, joined = _run(capsys, *worker, "--json")
+    assert code == 0, joined
+    code, refused = _run(
+        capsys,
+        "search",
+        *DIGITS,
+        "--storage",
+        _with_password("postgresql+psycopg2://postgres@127.0.0.1:1/postgres"),
+        "--trials",
+        "0",
+    )
+    assert code == 2 and "cannot open storage" in refused
+    study = optuna.load_study(study_name="pw", storage=postgres_url)
+    stored = json.dumps(
+        [study.user_attrs, *(t.user_attrs for t in study.get_trials(deepcopy=False))]
+    )
+    everything = {
+        "created": created,
+        "summary": summary,
+        "worker": joined,
+        "refused": refused,
+        "plan": plan.read_text(),
+        "study": stored,
+    }
+    leaks = [where for where, text in everything.items() if SECRET in text]
+    assert leaks == []
+    assert "postgres:***@" in json.loads(summary)["storage"]  # masked, not dropped
+    assert "postgres:***@" in json.loads(plan.read_text())["provenance"]["storage"]
+
+
+@pytest.mark.parametrize("url", ["sqlite:///{dir}/misspelt.db", "journal:{dir}/misspelt.log"])
+def test_a_worker_never_creates_a_database(url, tmp_path, capsys):
+    url = url.format(dir=tmp_path)
+    code, err = _run(capsys, "worker", "--storage", url, "--study", "s", "--trials", "1")
+    assert code == 2 and err.count("\n") == 1 and "does not exist" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def _search_process(storage: str, study: str, trials: int, out) -> subprocess.Popen:
+    argv = ["search", *DIGITS, "--storage", storage, "--study", study, "--trials", str(trials)]
+    return subprocess.Popen(
+        [sys.executable, "-m", "planner.cli", *argv, "--out", str(out), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["sqlite", "journal", "postgres"])
+def test_two_searches_sharing_a_study_end_with_exactly_the_trials_asked(where, tmp_path, request):
+    storage = {
+        "sqlite": f"sqlite:///{tmp_path}/studies.db",
+        "journal": f"journal:{tmp_path}/studies.log",
+        "postgres": None,
+    }[where] or request.getfixturevalue("postgres_url")
+    trials = 150  # long enough that the two overlap, the only case where one could overshoot
+    processes = [
+        _search_process(storage, f"two-{where}", trials, tmp_path / f"plan{i}.json")
+        for i in range(2)
+    ]
+    for process in processes:
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err
+    stored = optuna.load_study(study_name=f"two-{where}", storage=_open(storage))
+    finished = stored.get_trials(deepcopy=False)
+    assert len(finished) == trials
+    workers = {t.user_attrs["worker"] for t in finished}
+    assert len(workers) == 2  # both ran trials: they did overlap
+    if where == "journal":  # one create-study record, however the two raced
+        lines = (tmp_path / "studies.log").read_text().splitlines()
+        assert sum(json.loads(line)["op_code"] == 0 for line in lines) == 1
+
+
+def _open(url: str):
+    from planner.storage import open_storage
+
+    return open_storage(url, create=False)
