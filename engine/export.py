@@ -301,6 +301,7 @@ def read_metadata(path: str | Path) -> dict:
     missing = _REQUIRED_KEYS - set(meta)
     if missing:
         raise ExportError(f"{path}: its compplan metadata is damaged (missing {sorted(missing)})")
+    _input_shape(meta, f"{path} is damaged")  # every reader builds inputs of it: bounded first
     return meta
 
 

@@ -160,6 +160,16 @@ def test_eval_of_an_edited_file_exits_2_with_one_line(exported, tmp_path, capsys
     assert re.search(message, err), err
 
 
+def test_eval_with_a_model_given_bounds_the_recorded_input_shape_first(exported, tmp_path, capsys):
+    """`eval --model` builds the structure at the recorded input shape before `load` runs."""
+    change, message = EDITS["input shape"]
+    path = _edited(exported[0], tmp_path / "edited.cpz", change)
+    capsys.readouterr()
+    assert main(["eval", str(path), "--model", SPEC]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(message, err), err
+
+
 def test_a_huge_k_eff_is_refused_fast_without_allocating(exported, tmp_path):
     """In a fresh process, so that its peak memory is the refusal's and not an earlier test's."""
     path = _edited(exported[0], tmp_path / "edited.cpz", EDITS["k_eff 10**12"][0])
