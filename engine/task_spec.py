@@ -165,7 +165,10 @@ def load_with_task(
         task = resolve_task(task_spec, trusted=trusted, source=source)
         if not model_spec.startswith("zoo:"):
             inputs = task.calibration()  # of the task's dtype; --input-shape must agree
-    loaded = load_model(model_spec, input_shape=input_shape, pretrained=pretrained, inputs=inputs)
+    flag = "--data" if (task_spec or "").startswith("data:") else "--inputs"
+    loaded = load_model(
+        model_spec, input_shape=input_shape, pretrained=pretrained, inputs=inputs, inputs_flag=flag
+    )
     if task_spec is None and loaded.task:
         task_spec = f"zoo:{loaded.task}"
         task = resolve_task(task_spec)

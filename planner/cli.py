@@ -86,6 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
 
+def _progress_shown(args: argparse.Namespace) -> bool:
+    """Progress bars go to stderr only where someone watches it: a terminal, and no --json.
+    Redrawn into a log or a pipe, a bar is noise around the one line an error is."""
+    return not getattr(args, "json", False) and sys.stderr.isatty()
+
+
 def _fail(message: str, code: int) -> int:
     print(f"compplan: error: {message}", file=sys.stderr)
     return code
@@ -96,8 +102,13 @@ def _graph(args: argparse.Namespace, *, pretrained: bool = True):
     from search_spaces.model_spec import load_model
 
     inputs = args.inputs or getattr(args, "data", None)  # their x: example inputs, of their dtype
+    flag = "--inputs" if args.inputs else "--data"
     loaded = load_model(
-        args.model, input_shape=args.input_shape, pretrained=pretrained, inputs=inputs
+        args.model,
+        input_shape=args.input_shape,
+        pretrained=pretrained,
+        inputs=inputs,
+        inputs_flag=flag,
     )
     return loaded, discover(loaded.module, loaded.example_inputs, model_name=args.model)
 
@@ -191,7 +202,7 @@ def _apply(args: argparse.Namespace) -> int:
         data_free=args.no_data,
         synthetic_samples=args.synthetic,
         seed=args.seed,
-        progress=not args.json,
+        progress=_progress_shown(args),
     ).run()
     return _output(args, result, applied_text(result, args.out))
 
@@ -202,7 +213,7 @@ def _measure_latency(args: argparse.Namespace) -> int:
 
     loaded, graph = _graph(args)
     plan = _plan_for(args, graph)
-    settings = {"batch": args.batch, "threads": args.threads, "runs": args.runs}
+    settings = {k: vars(args)[k] for k in ("batch", "threads", "blocks", "calls", "rounds")}
     m = measure_plan_latency(loaded.module, loaded.example_inputs, plan, graph=graph, **settings)
     return _output(args, m.to_dict(), measurement_text(m, f"{args.plan} on {args.model}"))
 
@@ -215,14 +226,15 @@ def _profile(args: argparse.Namespace) -> int:
 
     check_records_path(args.out)  # refuse a bad path before measuring for minutes
     check_output_path(args.out, "--out")
-    same = ("input_shape", "samples", "seed", "synthetic_layers", "device", "threads", "runs")
-    settings = {k: vars(args)[k] for k in (*same, "rounds", "processes", "repeats")}
+    same = ("input_shape", "samples", "seed", "synthetic_layers", "device", "threads", "blocks")
+    settings = {k: vars(args)[k] for k in (*same, "calls", "rounds", "processes", "repeats")}
     records = profile(
         args.model,
         inputs=args.inputs,
         plans=[Plan.load(p) for p in args.plan] if args.plan else None,
+        structured=not args.no_structured,
         layers=not args.no_layers,
-        progress=sys.stderr.isatty(),
+        progress=_progress_shown(args),
         **settings,
     )
     out = str(save_records(records, args.out))
@@ -249,14 +261,23 @@ def _predict_latency(args: argparse.Namespace) -> int:
 
     predictor = load_predictor(args.predictor)
     _, graph = _graph(args, pretrained=False)
-    latency = float(predictor.predict(graph, [_plan_for(args, graph)])[0])
+    ratio = float(predictor.predict_ratio(graph, [_plan_for(args, graph)])[0])
+    reference_ms, source = predictor.reference_ms(graph)
     device = predictor.fingerprint
     text = (
-        f"{args.plan or args.preset} on {args.model}: {latency:.3f} ms predicted by the "
-        f"{predictor.kind} predictor for {device.get('cpu')} ({device.get('device')}, "
+        f"{args.plan or args.preset} on {args.model}: ×{ratio:.3f} of the uncompressed model, "
+        f"{ratio * reference_ms:.3f} ms against its {reference_ms:.3f} ms ({source}), predicted "
+        f"by the {predictor.kind} predictor for {device.get('cpu')} ({device.get('device')}, "
         f"{device.get('threads')} thread(s))"
     )
-    document = {"latency_ms": latency, "predictor": args.predictor, "kind": predictor.kind}
+    document = {
+        "ratio": ratio,
+        "latency_ms": ratio * reference_ms,
+        "reference_ms": reference_ms,
+        "reference": source,
+        "predictor": args.predictor,
+        "kind": predictor.kind,
+    }
     return _output(args, {**document, "device": device}, text)
 
 
@@ -271,9 +292,16 @@ def _eval(args: argparse.Namespace) -> int:
     return _output(args, result, f"{args.file}: test {result['metric']} {score} ({result['task']})")
 
 
+def _check_timeout(args: argparse.Namespace) -> None:
+    from planner.errors import PlannerError
+
+    if args.timeout is not None and not args.timeout > 0:
+        raise PlannerError(f"--timeout must be a positive number of seconds, not {args.timeout:g}")
+
+
 def _search_config(args: argparse.Namespace, graph, task: str | None):
     """The `SearchConfig` the search command's arguments describe."""
-    from planner.budgets import parse_size
+    from planner.budgets import parse_latency, parse_size
     from planner.config import RaySettings, RealSettings, SearchConfig
     from planner.errors import PlannerError
     from planner.storage import DEFAULT_STORAGE
@@ -282,20 +310,26 @@ def _search_config(args: argparse.Namespace, graph, task: str | None):
 
     if args.size_budget is None and args.latency_budget is None and args.macs_budget is None:
         raise PlannerError(
-            "give at least one budget: --size-budget (x25, 1.2MiB), --latency-budget MS "
+            "give at least one budget: --size-budget (x25, 1.2MiB), --latency-budget (15ms, x0.5) "
             "or --macs-budget N"
         )
     if args.trials < 0:
         raise PlannerError(f"--trials must be at least 0, not {args.trials}")
+    _check_timeout(args)
     baseline = graph.baseline_bits / 8
     size = None if args.size_budget is None else parse_size(args.size_budget, baseline)
-    latency = args.latency_model and load_predictor(args.latency_model).to_document()
+    predictor = args.latency_model and load_predictor(args.latency_model)
+    latency = predictor and predictor.to_document()
+    latency_ms = None
+    if args.latency_budget is not None:
+        reference = predictor.reference_ms(graph)[0] if predictor else None
+        latency_ms = parse_latency(args.latency_budget, reference)
     ray = RaySettings(args.address, args.cpus_per_trial, args.gpus_per_trial, args.ray_results)
     return SearchConfig(
         model_spec=args.model,
         input_shape=args.input_shape,
         task=task,
-        budget=Budget(size_bytes=size, latency_ms=args.latency_budget, macs=args.macs_budget),
+        budget=Budget(size_bytes=size, latency_ms=latency_ms, macs=args.macs_budget),
         protect_ends=args.protect_ends == "yes",
         objective=args.objective,
         real=RealSettings(
@@ -349,7 +383,7 @@ def _search(args: argparse.Namespace) -> int:
         return _output(args, created, created_text(**created))
     if args.backend == "ray" and not args.json:
         print(f"running {args.trials} trials on Ray Tune …", file=sys.stderr)
-    bar = SearchBar(args.trials, enabled=not args.json)
+    bar = SearchBar(args.trials, enabled=_progress_shown(args))
     try:
         outcome = planner.run(args.trials, args.timeout, progress=bar.update)
     except KeyboardInterrupt:
@@ -381,13 +415,14 @@ def _worker(args: argparse.Namespace) -> int:
 
     if args.trials < 1:
         raise PlannerError(f"--trials must be at least 1, not {args.trials}")
+    _check_timeout(args)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
     # The study's creator seeds it with the exact solver's answer, once.
     changes = {"seed": seed, "seed_exact": False}
     if (spec := _task_spec(args)) is not None:  # the task's data here, not the study's
         changes["task"] = spec
     planner = Planner.from_study(args.storage, args.study, trust_specs=args.trust_specs, **changes)
-    bar = SearchBar(args.trials, enabled=not args.json, count="own")
+    bar = SearchBar(args.trials, enabled=_progress_shown(args), count="own")
     try:
         result = planner.search(new_trials=args.trials, timeout=args.timeout, progress=bar.update)
     except KeyboardInterrupt:

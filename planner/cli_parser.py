@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--json", action="store_true", help=json)
         return sub
 
+    def blocks_and_calls(sub: argparse.ArgumentParser) -> None:
+        what = "blocks of the plan and of the uncompressed model, timed in turn (at least 4)"
+        number(sub, "--blocks", 12, what)
+        number(sub, "--calls", 3, "timed calls per block")
+        what = "split the blocks into this many rounds, each with the models built afresh"
+        number(sub, "--rounds", 3, what)
+
     def task_options(sub: argparse.ArgumentParser, *, trust: bool) -> None:
         group = sub.add_argument_group("your data (see the end of `compplan --help`)")
         source = group.add_mutually_exclusive_group()
@@ -154,13 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     latency = command(
         "measure-latency",
         "Measure the deployed form of a plan on this machine (pruned channels removed, weights "
-        "decoded, activation quantizers in place), interleaved with the uncompressed model.",
+        "decoded, activation quantizers in place) against the uncompressed model, timed "
+        "interleaved in short blocks: the figure is their ratio, which the machine's speed "
+        "phases do not move; its ms are the ratio times the uncompressed model's quiet time.",
         json=text,
     )
     latency.add_argument("--plan", required=True, metavar="FILE", help="the plan file")
     number(latency, "--batch", 1, "batch size")
     number(latency, "--threads", 1, "torch threads")
-    number(latency, "--runs", 50, "timed calls per repeat, at least 30")
+    blocks_and_calls(latency)
 
     search = command(
         "search",
@@ -176,7 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help="bytes (1258291), a unit (300KiB, 1.2MiB, 2MB) or a ratio of the fp32 size (x25)",
     )
-    budgets.add_argument("--latency-budget", type=float, metavar="MS", help="predicted ms")
+    what = (
+        "predicted latency: 15ms (or 15, 0.015s), or x0.5 for half the uncompressed model's "
+        "latency on the predictor's device (needs --latency-model)"
+    )
+    budgets.add_argument("--latency-budget", metavar="T", help=what)
     budgets.add_argument(
         "--latency-model", metavar="FILE", help="a predictor from `compplan fit-latency`"
     )
@@ -257,9 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--plan", action="append", metavar="FILE", help=what)
     profile.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     number(profile, "--threads", 1, "torch threads while timing")
-    number(profile, "--runs", 30, "timed calls per measurement, at least 30")
-    what = "timed calls in this many rounds over all plans, so a median spans the whole run"
-    number(profile, "--rounds", 3, what)
+    blocks_and_calls(profile)
+    what = "skip the structured plans (uniform keeps, with and without 8-bit activations)"
+    profile.add_argument("--no-structured", action="store_true", help=what)
     what = "split the measuring across this many fresh processes, run one at a time; 0: here"
     number(profile, "--processes", 1, what)
     what = "measure everything this many times in different processes, keep the median"

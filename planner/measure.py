@@ -5,26 +5,24 @@ The planner's one measurement, as `compplan measure-latency` runs it. It lives h
 `predictors` does not import `engine`. In Python:
 
     from planner.measure import measure_plan_latency
-    measurement = measure_plan_latency(model, example_inputs, plan, runs=50)
-    print(measurement.latency_ms, measurement.ratio)
+    measurement = measure_plan_latency(model, example_inputs, plan)
+    print(measurement.ratio, measurement.latency_ms, measurement.reference_ms)
 """
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING
 
 import torch
 
 from engine.deploy import deployed_structure
-from engine.export import freeze_
-from predictors.profile import LatencyMeasurement, MeasurementError, measure_interleaved
+from predictors.profile import MeasurementError, RelativeTiming, measure_relative
+from search_spaces.plan import Plan
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
     from search_spaces.graph import ModelGraph
-    from search_spaces.plan import Plan
 
 __all__ = ["measure_plan_latency"]
 
@@ -36,18 +34,24 @@ def measure_plan_latency(
     *,
     batch: int = 1,
     threads: int = 1,
-    runs: int = 50,
+    blocks: int = 12,
+    calls: int = 3,
+    rounds: int = 3,
     graph: ModelGraph | None = None,
-) -> LatencyMeasurement:
+) -> RelativeTiming:
     """The latency of `plan`'s deployed form of `model` (pruned channels removed, weights
-    decoded, activation quantizers in place), timed interleaved with the uncompressed model in
-    three repeats on random inputs of the example's shape at `batch` (`measure_interleaved`);
-    integer inputs (token ids) are the example's own, repeated to `batch`.
+    decoded, activation quantizers in place) as its ratio to the uncompressed deployed model,
+    timed interleaved with it in `blocks` blocks of `calls` calls (`measure_relative`), split
+    into `rounds` rounds with both built afresh (as `compplan profile` measures), on
+    random inputs of the example's shape at `batch`; integer inputs (token ids) are the
+    example's own, repeated to `batch`. Its `latency_ms` is the ratio times the uncompressed
+    model's quiet time in this measurement.
 
     `model` is not changed. Pass `graph` (the model's, from `discover`) to skip discovering it.
 
     Raises:
-        MeasurementError: batch or threads below 1, or fewer than 30 runs.
+        MeasurementError: batch or threads below 1, fewer than 4 blocks or 1 call, or rounds
+            outside 1..blocks.
         PlanError: the plan does not fit the model.
     """
     if batch < 1:
@@ -57,6 +61,24 @@ def measure_plan_latency(
         inputs = torch.randn(batch, *first.shape[1:])
     else:  # random ids could fall outside the vocabulary; the example's are valid
         inputs = first[:1].repeat(batch, *[1] * (first.ndim - 1))
-    compressed = deployed_structure(model, plan, example_inputs, graph=graph)
-    original = freeze_(copy.deepcopy(model))
-    return measure_interleaved(compressed, original, inputs, runs=runs, threads=threads)
+    if blocks < 4 or not 1 <= rounds <= blocks:
+        raise MeasurementError(
+            f"blocks must be at least 4 and rounds in 1..blocks (got {blocks} and {rounds})"
+        )
+    parts = []
+    for r in range(rounds):
+        compressed = deployed_structure(model, plan, example_inputs, graph=graph)
+        original = deployed_structure(model, Plan(layers={}), example_inputs, graph=graph)
+        share = blocks // rounds + (r < blocks % rounds)
+        parts.append(
+            measure_relative(
+                compressed,
+                original,
+                inputs,
+                blocks=share,
+                calls=calls,
+                threads=threads,
+                min_blocks=1,
+            )
+        )
+    return RelativeTiming.combine(parts)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from predictors.latency import FitReport, ProfileSummary
-    from predictors.profile import LatencyMeasurement
+    from predictors.profile import RelativeTiming
     from predictors.size import SizeReport
     from search_spaces.graph import ModelGraph
 
@@ -161,12 +161,12 @@ def _epoch_text(epoch: int | None) -> str:
     return "no epoch: fine-tuning did not improve on applying" if epoch == 0 else f"epoch {epoch}"
 
 
-def measurement_text(m: LatencyMeasurement, label: str) -> str:
-    """`compplan measure-latency`: the plan's latency, its spread and its ratio to the original."""
+def measurement_text(m: RelativeTiming, label: str) -> str:
+    """`compplan measure-latency`: the plan's ratio to the original, its spread, and the ms."""
     return (
-        f"{label}: {m.latency_ms:.3f} ms (spread {m.spread:.1%}) against {m.uncompressed_ms:.3f} "
-        f"ms uncompressed, ×{m.ratio:.3f}; batch {m.batch}, {m.device['threads']} thread(s), "
-        f"{m.device['cpu']}"
+        f"{label}: ×{m.ratio:.3f} of the uncompressed model (spread {m.spread:.1%} over "
+        f"{m.blocks} blocks): {m.latency_ms:.3f} ms against {m.reference_ms:.3f} ms "
+        f"uncompressed; batch {m.batch}, {m.device['threads']} thread(s), {m.device['cpu']}"
     )
 
 
@@ -174,12 +174,18 @@ def profile_text(s: ProfileSummary, model: str, out: str) -> str:
     """`compplan profile`: what was measured, how long it took, and the next command."""
     lat, device = s.latency_ms, s.device
     took = "" if s.seconds is None else f" in {s.seconds:.0f} s"
+    figures = f"{lat['min']:.3f}–{lat['max']:.3f} ms, median {lat['median']:.3f} ms"
+    if s.ratio is not None:
+        r = s.ratio
+        figures = (
+            f"×{r['min']:.3f}–×{r['max']:.3f} of the uncompressed model's {s.reference_ms:.3f} "
+            f"ms (median ×{r['median']:.3f})"
+        )
     return (
         f"measured {s.plans} plans of {model} and {s.layers} single layers{took} "
-        f"on {device['cpu']} ({device['device']}, {device['threads']} thread(s)): "
-        f"{lat['min']:.3f}–{lat['max']:.3f} ms, median {lat['median']:.3f} ms, spread within a "
-        f"measurement {s.spread_median:.1%}\nwrote {out}; next: compplan fit-latency {out} "
-        "--out latency.json"
+        f"on {device['cpu']} ({device['device']}, {device['threads']} thread(s)): {figures}, "
+        f"spread within a measurement {s.spread_median:.1%}\nwrote {out}; next: compplan "
+        f"fit-latency {out} --out latency.json"
     )
 
 

@@ -63,6 +63,7 @@ def load_model(
     input_shape: str | Sequence[int] | None = None,
     pretrained: bool = True,
     inputs: str | Path | torch.Tensor | None = None,
+    inputs_flag: str = "--inputs",
 ) -> LoadedModel:
     """Build the model a spec names, with example inputs.
 
@@ -75,6 +76,7 @@ def load_model(
             (`search_spaces.data_file`): their first example becomes the example input, of
             their dtype (token ids, say); `input_shape`, if also given, must agree beyond the
             batch.
+        inputs_flag: how messages name the file's option ("--data", "--inputs").
 
     Raises:
         ModelSpecError: the spec names nothing loadable, does not return an nn.Module, or no input
@@ -84,7 +86,7 @@ def load_model(
     if inputs is not None and not isinstance(inputs, torch.Tensor):
         from search_spaces.data_file import read_arrays
 
-        inputs = read_arrays(inputs, flag="--inputs")["x"]
+        inputs = read_arrays(inputs, flag=inputs_flag)["x"]
     if spec.startswith("zoo:"):
         import zoo
 

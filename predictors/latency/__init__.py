@@ -27,6 +27,7 @@ from predictors.latency.profiling import (
     profile,
     profile_layers,
     random_plans,
+    structured_plans,
     synthetic_layer_configs,
 )
 from predictors.latency.records import (
@@ -65,5 +66,6 @@ __all__ = [
     "random_plans",
     "record_graphs",
     "save_records",
+    "structured_plans",
     "synthetic_layer_configs",
 ]

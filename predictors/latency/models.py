@@ -131,6 +131,18 @@ def record_graphs(
     return found
 
 
+def _references(records: pd.DataFrame, graphs) -> dict[str, float]:
+    """Each model's reference time in `records` ("model@shape" → median ms), for records that
+    carry one (an older compplan's have no ratio: then none)."""
+    rows = records[records["record"] == "model"]
+    if "reference_ms" not in rows or not rows["reference_ms"].notna().all():
+        return {}
+    found = {}
+    for (model, shape), group in rows.groupby(["model", "input_shape"], sort=False):
+        found[_model_label(graphs[(model, shape)])] = float(group["reference_ms"].median())
+    return found
+
+
 class _ModelRecords:
     """Model records grouped by (model, input shape): graph, layer configs (plans × layers), ms,
     and the records' positions among the model records."""
@@ -188,6 +200,15 @@ class LatencyPredictor:
       that models interactions between layers (fusion, caches) declares False, and the exact
       solver must not budget latency with it. Subclasses implement `_fit`, `_predict`,
       `_state` and `_load_state`.
+
+    What it learns is the ratio. Records carry each plan's ratio to the uncompressed model
+    (measured interleaved, so the machine's speed phases cancel) and the milliseconds it stands
+    for, one reference time per model and run; so a subclass fits milliseconds that are its
+    model's ratios scaled by one constant. `predict_ratio` is a plan's prediction over the
+    uncompressed plan's; `predict` is that ratio times the model's reference: the time measured
+    with the records (`references`, kept in the predictor's file) for a model they hold, the
+    uncompressed plan's prediction for any other. Both keep `additive`: the ratio divides a
+    model's every prediction by the same constant.
     """
 
     kind: ClassVar[str] = ""
@@ -195,7 +216,9 @@ class LatencyPredictor:
 
     def __init__(self) -> None:
         self.fingerprint: dict[str, Any] = {}
+        self.references: dict[str, float] = {}  # "model@input shape" → ms, as measured
         self.fitted = False
+        self._uncompressed: dict[tuple[str, str], float] = {}
 
     def fit(
         self,
@@ -211,16 +234,39 @@ class LatencyPredictor:
         if records.empty:
             raise PredictorError("no records to fit on")
         self.fingerprint = _records_fingerprint(records)
+        graphs = record_graphs(records, graphs)
+        self.references = _references(records, graphs)
+        self._uncompressed = {}
         self._fit(records, graphs)
         self.fitted = True
         return self
 
     def predict(self, graph: ModelGraph, plans: Plans) -> np.ndarray:
-        """Predicted latency in ms of each plan of `graph`'s model (float64 array)."""
+        """Predicted latency in ms of each plan of `graph`'s model (float64 array): the
+        predicted ratio times the model's reference (`reference_ms`)."""
+        return self.predict_ratio(graph, plans) * self.reference_ms(graph)[0]
+
+    def predict_ratio(self, graph: ModelGraph, plans: Plans) -> np.ndarray:
+        """Each plan's predicted latency over the uncompressed model's (float64 array)."""
         if not self.fitted:
             raise PredictorError(f"the {self.kind} predictor is not fit yet")
-        configs = plan_layer_configs(graph, plans)
-        return self._predict(graph, configs)
+        return self._predict(graph, plan_layer_configs(graph, plans)) / self._base_of(graph)
+
+    def reference_ms(self, graph: ModelGraph) -> tuple[float, str]:
+        """The uncompressed model's latency that ratios are times of, and where it comes
+        from: "measured" (with the records, for a model they hold) or "predicted"."""
+        label = _model_label(graph)
+        if label in self.references:
+            return self.references[label], "measured"
+        return self._base_of(graph), "predicted"
+
+    def _base_of(self, graph: ModelGraph) -> float:
+        """The raw prediction of `graph`'s uncompressed plan (every layer as it is)."""
+        key = (_model_label(graph), graph.fingerprint)
+        if key not in self._uncompressed:
+            configs = plan_layer_configs(graph, [Plan(layers={})])
+            self._uncompressed[key] = float(self._predict(graph, configs)[0])
+        return self._uncompressed[key]
 
     def predict_records(
         self,
@@ -234,7 +280,8 @@ class LatencyPredictor:
         models = _ModelRecords(records, graphs)
         predicted, measured = np.empty(len(models)), np.empty(len(models))
         for (_, graph, configs, y), at in zip(models.sets, models.positions, strict=True):
-            predicted[at], measured[at] = self._predict(graph, configs), y
+            scale = self.reference_ms(graph)[0] / self._base_of(graph)
+            predicted[at], measured[at] = self._predict(graph, configs) * scale, y
         return predicted, measured
 
     def to_document(self) -> dict[str, Any]:
@@ -247,6 +294,7 @@ class LatencyPredictor:
             "version": VERSION,
             "kind": self.kind,
             "fingerprint": self.fingerprint,
+            "references": dict(self.references),
             "state": self._state(),
         }
 
@@ -608,5 +656,11 @@ def predictor_from_document(document: object, *, source: str = "predictor") -> L
             raise
         raise PredictorError(f"{source}: the saved {kind} predictor is damaged ({error})") from None
     predictor.fingerprint = dict(document.get("fingerprint", {}))
+    references = document.get("references", {})  # older files have none
+    if not isinstance(references, dict) or not all(
+        isinstance(v, int | float) and v > 0 for v in references.values()
+    ):
+        raise PredictorError(f"{source}: its reference latencies are damaged")
+    predictor.references = {str(k): float(v) for k, v in references.items()}
     predictor.fitted = True
     return predictor

@@ -1,15 +1,19 @@
 """Profiling: measured latencies of deployed plans and of single layers, as records.
 
-`profile` draws random plans of a model (or takes the user's), builds each plan's deployed form
-(`engine.deploy.deployed_structure`: channels pruned, activation quantizers in place, BatchNorm
-folded, weights dense) and times it with `predictors.profile.measure`. It also times, alone, every
-distinct layer configuration those plans contain: the lookup table's entries and the network's
-per-layer supervision. `profile_layers` times any list of layer configurations, for example the
-random ones of `synthetic_layer_configs`, which teach the network layer kinds no profiled model has.
+`profile` draws random plans of a model (or takes the user's) and the structured ones users ask
+for (`structured_plans`), builds each plan's deployed form (`engine.deploy.deployed_structure`:
+channels pruned, activation quantizers in place, BatchNorm folded, weights dense) and times it
+interleaved with the uncompressed deployed model (`predictors.profile.measure_relative`): a
+record's figure is the ratio, which the machine's speed phases do not move, and its milliseconds
+are the ratio times the reference's quiet time over the run (`with_latency_ms`). It also times,
+alone, every distinct layer configuration those plans contain, against a fixed calibration module:
+the lookup table's entries and the network's per-layer supervision. `profile_layers` times any list
+of layer configurations, for example the random ones of `synthetic_layer_configs`, which teach the
+network layer kinds no profiled model has.
 
-Measurements run in fresh processes, one at a time (`processes`), because a median moves between
-processes on a shared machine; `repeats` > 1 measures every plan in that many different processes
-and keeps the median. With `processes=0` all runs in this process (tests, quick looks).
+Measurements run in fresh processes, one at a time (`processes`); `repeats` > 1 measures every plan
+in that many different processes and keeps the median ratio. With `processes=0` all runs in this
+process (tests, quick looks).
 
 This is the one place where `predictors` reaches into `engine`: the deployed form is the engine's
 to build, and a latency is only true of what really runs. The import is local to the functions
@@ -33,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from predictors.latency.features import KINDS, LayerConfigs, plan_layer_configs
-from predictors.profile import MIN_RUNS, MeasurementError, device_fingerprint
+from predictors.profile import MeasurementError, device_fingerprint
 from search_spaces.macs import layer_macs
 from search_spaces.plan import Plan
 
@@ -42,15 +46,58 @@ __all__ = [
     "profile",
     "profile_layers",
     "random_plans",
+    "structured_plans",
     "synthetic_layer_configs",
 ]
 
 _CONFIG_COLUMNS = tuple(LayerConfigs.__dataclass_fields__)
-_BLOCK = 256  # jobs built and measured together in rounds
 
 
 class ProfileError(RuntimeError):
     """Profiling could not run or a measuring process failed; the message says why."""
+
+
+STRUCTURED_KEEPS = (0.35, 0.5, 0.65, 0.8, 0.95, 1.0)
+
+
+def structured_plans(space, keeps: Sequence[float] = STRUCTURED_KEEPS) -> list[Plan]:
+    """The plans users ask for, which random plans rarely are: every prunable group at one keep
+    ratio (each at its nearest allowed one), with 32-bit activations and with 8-bit ones wherever
+    the layer takes them. Weights stay dense: on a device without low-bit kernels the deployed
+    form decodes them, so a preset's latency (PQF, b-bit, with keep:R) is one of these plans'.
+    """
+    from search_spaces.methods import activation_method
+    from search_spaces.plan import LayerPlan
+
+    graph = space.graph
+    plans = []
+    for keep in keeps:
+        group_keep = {
+            gid: min(choices, key=lambda r: abs(r - keep))
+            for gid, choices in space.group_keep.items()
+        }
+        for act_bits in (32, 8):
+            layers = {}
+            for name, choices in space.layers.items():
+                quantized = act_bits < 32 and act_bits in choices.act_bits
+                layer = LayerPlan(
+                    activations=activation_method(choices.act_method).config(act_bits)
+                    if quantized
+                    else None,
+                    keep=group_keep.get(graph.layers[name].group, 1.0),
+                )
+                if layer != LayerPlan():
+                    layers[name] = layer
+            source = f"structured:keep={keep:g},act_bits={act_bits}"
+            plans.append(
+                Plan(
+                    layers=layers,
+                    model=graph.model_name,
+                    fingerprint=graph.fingerprint,
+                    provenance={"source": source},
+                )
+            )
+    return plans
 
 
 def random_plans(space, n: int, *, seed: int = 0) -> list[Plan]:
@@ -166,39 +213,60 @@ def _layer_module(config: dict[str, int], device: str):
     return deployed_layer(layer.to(device), activations).eval(), tuple(shape)
 
 
+def _calibration_module(device: str):
+    """The fixed yardstick single layers are timed against: two 3×3 convolutions on 32×32 maps
+    (14 MMACs, about a millisecond on one CPU thread), and its input."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    module = nn.Sequential(
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1)
+    )
+    return module.to(device).eval(), (torch.randn(1, 16, 32, 32, device=device),)
+
+
 def _measure_jobs(
     jobs: list[dict],
     settings: dict,
     report: Callable[[int, dict], None],
     progress: Callable[[], None] = lambda: None,
 ) -> None:
-    """Time each job ({"plan": json} or {"layer": config}); report(index, timing dict).
+    """Time each job ({"plan": json} or {"layer": config}) against its reference; report(index,
+    timing dict) once every round of it is done, and progress() after each job's round.
 
-    The timed calls are split into `settings["rounds"]` rounds that go over every job in turn,
-    so that each job's calls are spread over the whole run: on a shared machine the load changes
-    over seconds, and a median of calls taken at one moment inherits that moment's load.
-    `progress()` is called after each job's round.
+    A plan is timed interleaved with the uncompressed deployed model (same spec, inputs, batch,
+    threads, device: `predictors.profile.measure_relative`), a single layer with the fixed
+    calibration module (`_calibration_module`): each job's figure is its ratio. Its blocks are
+    split into `settings["rounds"]` rounds that go over every job in turn, each round with the
+    module and the reference built afresh, so that a figure spans the run's phases and no one
+    build's memory layout sets it. The timing dict holds the ratio, its spread, the reference and
+    its quiet time in this measurement, and the absolute median for comparison.
     """
     import torch
 
     from engine.deploy import deployed_structure
-    from predictors.profile import Timing, time_calls
+    from predictors.profile import RelativeTiming, measure_relative
     from search_spaces.discover import discover
     from search_spaces.model_spec import load_model
 
     torch.manual_seed(0)
     device, threads = settings["device"], settings["threads"]
-    rounds = max(1, settings.get("rounds", 1))
-    torch.set_num_threads(threads)
     model: list = []  # [loaded model, graph], built on the first plan job
     inputs_by_shape: dict[tuple, Any] = {}
+    rounds = max(1, min(settings.get("rounds", 1), settings["blocks"]))
 
-    def build(job: dict):
+    def reference_of(job: dict):
+        """(the reference job's reference, its inputs, its name), built afresh."""
         if "layer" in job:
-            module, shape = _layer_module(job["layer"], device)
-            if shape not in inputs_by_shape:
-                inputs_by_shape[shape] = torch.randn(*shape, device=device)
-            return module, (inputs_by_shape[shape],)
+            return (*_calibration_module(device), "calibration")
+        loaded, graph = model_and_graph()
+        uncompressed = deployed_structure(
+            loaded.module, Plan(layers={}), loaded.example_inputs, graph=graph
+        )
+        return uncompressed.to(device), inputs_of(loaded), "model"
+
+    def model_and_graph():
         if not model:
             loaded = load_model(
                 settings["model"],
@@ -206,34 +274,67 @@ def _measure_jobs(
                 pretrained=False,
                 inputs=settings.get("inputs"),
             )
-            model.extend(
-                [
-                    loaded,
-                    discover(loaded.module, loaded.example_inputs, model_name=settings["model"]),
-                ]
-            )
-        loaded, graph = model
+            graph = discover(loaded.module, loaded.example_inputs, model_name=settings["model"])
+            model.extend([loaded, graph])
+        return model
+
+    def inputs_of(loaded):
+        return tuple(t.to(device) for t in loaded.example_inputs)
+
+    def build(job: dict):
+        """(the job's module, its inputs)."""
+        if "layer" in job:
+            module, shape = _layer_module(job["layer"], device)
+            if shape not in inputs_by_shape:
+                inputs_by_shape[shape] = torch.randn(*shape, device=device)
+            return module, (inputs_by_shape[shape],)
+        loaded, graph = model_and_graph()
         plan = Plan.from_json(job["plan"])
         module = deployed_structure(loaded.module, plan, loaded.example_inputs, graph=graph)
-        return module.to(device), tuple(t.to(device) for t in loaded.example_inputs)
+        return module.to(device), inputs_of(loaded)
 
-    runs = settings["runs"]
-    # Blocks bound the memory held by built modules; rounds go over one block.
-    for start in range(0, len(jobs), _BLOCK):
-        block = [build(job) for job in jobs[start : start + _BLOCK]]
-        times: list[list[float]] = [[] for _ in block]
-        for round_ in range(rounds):
-            # Later rounds warm up less: the code paths are warm, only the caches are not.
-            warmup = settings["warmup"] if round_ == 0 else min(3, settings["warmup"])
-            calls = runs // rounds + (1 if round_ < runs % rounds else 0)
-            for index, (module, inputs) in enumerate(block):
-                with torch.no_grad():
-                    times[index] += time_calls(
-                        module, inputs, runs=calls, warmup=warmup, threads=threads
-                    )
-                progress()
-        for index, durations in enumerate(times):
-            report(start + index, Timing.of(durations).to_dict())
+    parts: list[list] = [[] for _ in jobs]
+    names: list[str] = [""] * len(jobs)
+    per_round = [
+        settings["blocks"] // rounds + (r < settings["blocks"] % rounds) for r in range(rounds)
+    ]
+    for blocks in per_round:
+        references: dict[str, tuple] = {}  # built afresh each round
+        for index, job in enumerate(jobs):
+            kind = "layer" if "layer" in job else "plan"
+            if kind not in references:
+                references[kind] = reference_of(job)
+            reference, reference_inputs, names[index] = references[kind]
+            module, inputs = build(job)
+            parts[index].append(
+                measure_relative(
+                    module,
+                    reference,
+                    inputs,
+                    blocks=blocks,
+                    calls=settings["calls"],
+                    warmup=settings["warmup"],
+                    threads=threads,
+                    reference_inputs=reference_inputs,
+                    min_blocks=1,
+                )
+            )
+            progress()
+    for index, job_parts in enumerate(parts):
+        timing = RelativeTiming.combine(job_parts)
+        report(
+            index,
+            {
+                "ratio": timing.ratio,
+                "spread": timing.spread,
+                "reference": names[index],
+                "measured_reference_ms": timing.reference_ms,
+                "median_ms": timing.median_ms,
+                "min_ms": min(timing.module_ms),
+                "max_ms": max(timing.module_ms),
+                "runs": len(timing.module_ms),
+            },
+        )
 
 
 def _run_jobs(jobs: list[dict], settings: dict, processes: int, on_progress: Callable[[], None]):
@@ -293,13 +394,15 @@ def _worker_timings(jobs: list[dict], settings: dict):
             raise ProfileError(f"a measuring process failed: {last}")
 
 
-def _settings(model, input_shape, device, threads, runs, warmup, rounds) -> dict:
-    if runs < MIN_RUNS:
-        raise MeasurementError(f"a latency needs at least {MIN_RUNS} timed runs (got {runs})")
+def _settings(model, input_shape, device, threads, blocks, calls, warmup, rounds) -> dict:
+    if blocks < 4 or calls < 1 or warmup < 0 or not 1 <= rounds <= blocks:
+        raise MeasurementError(
+            "a relative measurement takes at least 4 blocks of at least 1 call, in 1 to blocks "
+            f"rounds, and warmup 0 or more (got blocks={blocks}, calls={calls}, rounds={rounds}, "
+            f"warmup={warmup})"
+        )
     if threads < 1:
         raise MeasurementError(f"threads must be at least 1 (got {threads})")
-    if not 1 <= rounds <= runs // 2:
-        raise MeasurementError(f"rounds must be in 1..runs/2 (got {rounds} for {runs} runs)")
     if device.startswith("cuda"):
         import torch
 
@@ -312,7 +415,8 @@ def _settings(model, input_shape, device, threads, runs, warmup, rounds) -> dict
         "input_shape": input_shape,
         "device": device,
         "threads": threads,
-        "runs": runs,
+        "blocks": blocks,
+        "calls": calls,
         "warmup": warmup,
         "rounds": rounds,
     }
@@ -325,7 +429,8 @@ def _progress(total: int, label: str, enabled: bool):
 
 
 def _timed_rows(jobs, settings, processes, repeats, label, progress) -> list[dict]:
-    """One row of timing columns per job: the median over `repeats` processes."""
+    """One row of timing columns per job: the median ratio over `repeats` processes, and the
+    ratio in milliseconds (`with_latency_ms`)."""
     bar = _progress(len(jobs) * repeats * settings["rounds"], label, progress)
     per_repeat = []
     try:
@@ -335,19 +440,36 @@ def _timed_rows(jobs, settings, processes, repeats, label, progress) -> list[dic
         bar.close()
     rows = []
     for j in range(len(jobs)):
-        medians = [r[j]["median_ms"] for r in per_repeat]
-        middle = per_repeat[int(np.argsort(medians)[len(medians) // 2])][j]
+        ratios = [r[j]["ratio"] for r in per_repeat]
+        middle = per_repeat[int(np.argsort(ratios)[len(ratios) // 2])][j]
         rows.append(
             {
-                "latency_ms": float(np.median(medians)),
-                "spread": middle["spread"],
-                "min_ms": middle["min_ms"],
-                "max_ms": middle["max_ms"],
-                "runs": middle["runs"],
-                "repeats_ms": json.dumps([round(m, 6) for m in medians]),
+                **middle,
+                "ratio": float(np.median(ratios)),
+                "repeats_ratio": json.dumps([round(r, 6) for r in ratios]),
             }
         )
-    return rows
+    return with_latency_ms(rows)
+
+
+def with_latency_ms(rows: list[dict]) -> list[dict]:
+    """`rows` with `reference_ms` and `latency_ms`: each reference's time for the whole run (the
+    median of its quiet times over the run's measurements) and each ratio times it.
+
+    One time per reference for the run, not each measurement's own: the ratios of one model's
+    plans then scale by one constant, and what a predictor learns from them is their ratios."""
+    quiet: dict[str, list[float]] = {}
+    for row in rows:
+        quiet.setdefault(row["reference"], []).append(row["measured_reference_ms"])
+    reference_ms = {name: float(np.median(times)) for name, times in quiet.items()}
+    return [
+        {
+            **row,
+            "reference_ms": reference_ms[row["reference"]],
+            "latency_ms": row["ratio"] * reference_ms[row["reference"]],
+        }
+        for row in rows
+    ]
 
 
 def _fingerprint_columns(device: str, threads: int) -> dict[str, Any]:
@@ -366,16 +488,18 @@ def profile_layers(
     *,
     device: str = "cpu",
     threads: int = 1,
-    runs: int = MIN_RUNS,
-    warmup: int = 10,
+    blocks: int = 12,
+    calls: int = 3,
+    warmup: int = 3,
     rounds: int = 3,
     processes: int = 1,
     repeats: int = 1,
     source: str = "synthetic",
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Time single layers (flat `configs`); one "layer" record per configuration."""
-    settings = _settings(None, None, device, threads, runs, warmup, rounds)
+    """Time single layers (flat `configs`) against the calibration module; one "layer" record
+    per configuration (see `profile` for the columns)."""
+    settings = _settings(None, None, device, threads, blocks, calls, warmup, rounds)
     flat = configs.reshape(-1)
     rows_in = [{k: int(v[i]) for k, v in flat.columns().items()} for i in range(len(flat.kind))]
     timed = _timed_rows(
@@ -414,11 +538,13 @@ def profile(
     space=None,
     device: str = "cpu",
     threads: int = 1,
-    runs: int = MIN_RUNS,
-    warmup: int = 10,
+    blocks: int = 12,
+    calls: int = 3,
+    warmup: int = 3,
     rounds: int = 3,
     processes: int = 1,
     repeats: int = 1,
+    structured: bool = True,
     layers: bool = True,
     synthetic_layers: int = 0,
     progress: bool = True,
@@ -435,11 +561,15 @@ def profile(
             full `SearchSpace` of the model) with `random_plans`.
         device: "cpu" or "cuda[:N]".
         threads: torch's intra-op threads while timing.
-        runs, warmup: timed calls (at least 30; the median is kept) and untimed calls first.
-        rounds: the timed calls are taken in this many rounds over all plans (and layers), so
-            that each median spans the whole run rather than one moment's machine load.
+        blocks, calls, warmup, rounds: each plan is timed interleaved with the uncompressed
+            model in `blocks` blocks of `calls` timed calls each (`measure_relative`), split
+            into `rounds` rounds over all plans (each after `warmup` untimed calls of both,
+            the module and the reference built afresh), so that a figure spans the run; each
+            layer likewise against a fixed calibration module.
         processes: split the work across this many fresh processes, run one at a time (0: here).
         repeats: measure everything this many times, in different processes; keep the median.
+        structured: also measure the plans users ask for (`structured_plans`: uniform keeps,
+            with and without 8-bit activations everywhere), beside the random ones.
         layers: also time each distinct layer configuration of the plans alone.
         synthetic_layers: also time this many random single layers (`synthetic_layer_configs`
             at the input's batch size, seeded by `seed`; their `model` is "synthetic"): they
@@ -448,8 +578,11 @@ def profile(
 
     Returns:
         Records, one row per plan ("model") and per layer configuration ("layer"): the timing
-        (`latency_ms` median, `spread`, `min_ms`, `max_ms`, `runs`, `repeats_ms`), the plan as
-        JSON or the layer's configuration columns, deployed MACs, and the device fingerprint
+        (`ratio` to the `reference` ("model": the uncompressed deployed model; "calibration"),
+        its `spread` across blocks, `reference_ms` (the reference's quiet time over the run),
+        `latency_ms` = ratio × reference_ms, the absolute `median_ms`, `min_ms`, `max_ms`,
+        `runs` and `repeats_ratio`), the plan as JSON or the layer's configuration columns,
+        deployed MACs, and the device fingerprint
         (`device`, `cpu`, `threads`, `torch`, `gpu`). `attrs["profile_seconds"]` is the time
         spent measuring. Save with `save_records`; summarize with `ProfileSummary.of`.
 
@@ -474,12 +607,13 @@ def profile(
         inputs = str(Path(inputs).resolve())  # the measuring processes may start elsewhere
     loaded = load_model(model, input_shape=input_shape, pretrained=False, inputs=inputs)
     shape = tuple(loaded.example_inputs[0].shape)
-    settings = _settings(model, list(shape), device, threads, runs, warmup, rounds)
+    settings = _settings(model, list(shape), device, threads, blocks, calls, warmup, rounds)
     settings["inputs"] = inputs
     graph = discover(loaded.module, loaded.example_inputs, model_name=model)
-    if plans is None:
-        plans = random_plans(space or SearchSpace(graph), samples, seed=seed)
-    plans = list(plans)
+    space = space or SearchSpace(graph)
+    plans = list(random_plans(space, samples, seed=seed) if plans is None else plans)
+    if structured:
+        plans += structured_plans(space)
     for plan in plans:  # a bad plan fails here, in one line, not minutes later in a worker
         validate_plan(plan, graph)
     configs = plan_layer_configs(graph, plans)
@@ -507,7 +641,8 @@ def profile(
     timing = {
         "device": device,
         "threads": threads,
-        "runs": runs,
+        "blocks": blocks,
+        "calls": calls,
         "warmup": warmup,
         "rounds": rounds,
         "processes": processes,

@@ -12,6 +12,7 @@ import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from predictors.latency.features import LayerConfigs
@@ -100,8 +101,33 @@ def load_records(*paths: str | Path) -> pd.DataFrame:
         unknown = set(frame["record"]) - {"model", "layer"}
         if unknown:
             raise RecordsError(f"{path}: unknown record kinds {sorted(unknown)}")
+        _check_numbers(frame, path)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+_NUMBERS = ("latency_ms", "threads", "ratio", "reference_ms", *_LAYER_COLUMNS)
+
+
+def _check_numbers(frame: pd.DataFrame, path: Path) -> None:
+    """Refuse a records file whose numeric columns hold anything else (text, gaps)."""
+    layers = frame["record"] == "layer"
+    for column in _NUMBERS:
+        if column not in frame:
+            continue
+        rows = frame[layers] if column in _LAYER_COLUMNS else frame
+        values = pd.to_numeric(rows[column], errors="coerce")
+        bad = values.isna() | ~np.isfinite(values.fillna(0))
+        if column in ("latency_ms", "ratio", "reference_ms"):
+            bad |= values <= 0
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            raise RecordsError(
+                f"{path}: column '{column}' holds {rows[column].iloc[row]!r} (row "
+                f"{rows.index[row] + 2}), not a positive number; make records with "
+                "`compplan profile`"
+            )
+        frame.loc[rows.index, column] = values
 
 
 @dataclass(frozen=True)
@@ -112,9 +138,12 @@ class ProfileSummary:
         plans: model records (plans measured whole).
         layers: layer records (single layers, the synthetic ones included).
         seconds: time spent measuring (`profile` keeps it in `records.attrs`), or None.
-        latency_ms: {"min", "median", "max"} of the plans' medians.
-        spread_median: the median over plans of the interquartile spread within a measurement.
+        latency_ms: {"min", "median", "max"} of the plans' latencies (ms).
+        spread_median: the median over plans of the spread within a measurement (of the per-block
+            ratios; of the calls, for records of an older compplan).
         device: the fingerprint the records were measured on (of the first record).
+        ratio: {"min", "median", "max"} of the plans' ratios to the uncompressed model, and
+        reference_ms: its time over the run; None for records without ratios (older ones).
     """
 
     plans: int
@@ -123,6 +152,8 @@ class ProfileSummary:
     latency_ms: dict[str, float]
     spread_median: float
     device: dict
+    ratio: dict[str, float] | None = None
+    reference_ms: float | None = None
 
     @classmethod
     def of(cls, records: pd.DataFrame) -> ProfileSummary:
@@ -132,18 +163,25 @@ class ProfileSummary:
         device = {k: first[k] for k in FINGERPRINT_COLUMNS}
         device["threads"] = int(device["threads"])
         seconds = records.attrs.get("profile_seconds")
+        relative = "ratio" in models and models["ratio"].notna().all()
         return cls(
             plans=len(models),
             layers=int((records["record"] == "layer").sum()),
             seconds=None if seconds is None else float(seconds),
-            latency_ms={
-                "min": float(models["latency_ms"].min()),
-                "median": float(models["latency_ms"].median()),
-                "max": float(models["latency_ms"].max()),
-            },
+            latency_ms=_range(models["latency_ms"]),
             spread_median=float(models["spread"].median()),
             device=device,
+            ratio=_range(models["ratio"]) if relative else None,
+            reference_ms=float(models["reference_ms"].median()) if relative else None,
         )
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _range(values: pd.Series) -> dict[str, float]:
+    return {
+        "min": float(values.min()),
+        "median": float(values.median()),
+        "max": float(values.max()),
+    }

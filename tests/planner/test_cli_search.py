@@ -68,6 +68,10 @@ def test_search_writes_a_plan_within_the_budget_and_resumes(tmp_path, capsys):
         (["--size-budget", "x25", "--candidates", "0"], "--candidates must be at least 1"),
         (["--size-budget", "x25", "--plot", "front.gif"], "give a .html"),
         (["--size-budget", "x25", "--tune-lr", "3"], "--tune-lr needs --objective real"),
+        (["--size-budget", "x25", "--timeout", "-1"], "--timeout must be a positive number"),
+        (["--latency-budget", "x0.5"], "needs a latency predictor (--latency-model FILE)"),
+        (["--latency-budget", "fast"], "latency budget 'fast'"),
+        (["--size-budget", "x25", "--data", "/no/such.npz"], "--data /no/such.npz: no such file"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):

@@ -7,7 +7,7 @@ import torch
 
 from planner.measure import measure_plan_latency
 from planner.presets import make_preset
-from predictors.profile import MIN_RUNS, MeasurementError
+from predictors.profile import MeasurementError
 from search_spaces import discover
 from search_spaces.model_spec import load_model
 
@@ -17,11 +17,9 @@ def test_measure_plan_latency_times_the_plan_at_its_batch_and_leaves_the_model()
     graph = discover(loaded.module, loaded.example_inputs, model_name="zoo:digits")
     plan = make_preset(graph, "keep:0.5")
     before = {k: v.clone() for k, v in loaded.module.state_dict().items()}
-    m = measure_plan_latency(
-        loaded.module, loaded.example_inputs, plan, batch=2, runs=MIN_RUNS, graph=graph
-    )
-    assert m.batch == 2 and m.latency_ms > 0 and m.uncompressed_ms > 0
-    assert len(m.repeats["compressed"]) == 3 and m.device["threads"] == 1
+    m = measure_plan_latency(loaded.module, loaded.example_inputs, plan, batch=2, graph=graph)
+    assert m.batch == 2 and m.latency_ms > 0 and m.reference_ms > 0
+    assert m.blocks == 12 and len(m.module_ms) == 36 and m.device["threads"] == 1
     after = loaded.module.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # pruning worked on a copy
     with pytest.raises(MeasurementError, match="batch"):

@@ -29,9 +29,11 @@ from predictors.latency import (
     profiling,
     random_plans,
     save_records,
+    structured_plans,
     synthetic_layer_configs,
 )
 from predictors.latency.features import plan_layer_configs
+from predictors.latency.profiling import STRUCTURED_KEEPS
 from predictors.size import layer_bits
 from search_spaces import PlanError, SearchSpace, discover
 from search_spaces.model_spec import load_model
@@ -55,7 +57,7 @@ def digits_plans(digits):
 @pytest.fixture(scope="module")
 def measured(digits_plans):
     """Real records of 6 digits plans and their layers, measured in this process."""
-    return profile(DIGITS, plans=digits_plans[:6], processes=0, progress=False)
+    return profile(DIGITS, plans=digits_plans[:6], structured=False, processes=0, progress=False)
 
 
 # -- configurations -----------------------------------------------------------------------------
@@ -125,10 +127,33 @@ def test_profile_records_plans_and_their_layers(measured, digits, digits_plans):
     assert len(models) == 6
     unique, _ = plan_layer_configs(graph, digits_plans[:6]).unique()
     assert len(layers) == len(unique.kind)
-    assert (measured["latency_ms"] > 0).all() and (measured["runs"] >= 30).all()
+    assert (measured["latency_ms"] > 0).all() and (measured["runs"] == 36).all()
+    # Each figure is a ratio to its reference, in ms through that reference's time over the run.
+    assert set(models["reference"]) == {"model"} and set(layers["reference"]) == {"calibration"}
+    for _, group in measured.groupby("reference"):
+        assert group["reference_ms"].nunique() == 1
+        assert np.allclose(group["latency_ms"], group["ratio"] * group["reference_ms"])
     assert set(measured["device"]) == {"cpu"} and set(measured["threads"]) == {1}
     assert set(measured["torch"]) == {torch.__version__}
     assert (models["input_shape"] == "1x1x8x8").all()
+
+
+def test_structured_plans_are_uniform_keeps_with_and_without_8_bit_inputs(digits):
+    _, graph = digits
+    space = SearchSpace(graph)
+    plans = structured_plans(space)
+    assert len(plans) == 2 * len(STRUCTURED_KEEPS)
+    expected = [(k, b) for k in STRUCTURED_KEEPS for b in (32, 8)]
+    for plan, (keep, bits) in zip(plans, expected, strict=True):
+        assert plan.provenance["source"] == f"structured:keep={keep:g},act_bits={bits}"
+        for gid, choices in space.group_keep.items():
+            nearest = min(choices, key=lambda r: abs(r - keep))
+            group = next(g for g in graph.groups if g.id == gid)
+            assert all(plan.get(n).keep == nearest for n in group.layers)
+        quantized = {n for n, lp in plan.layers.items() if lp.act_bits == 8}
+        takes_8 = {n for n, c in space.layers.items() if 8 in c.act_bits}
+        assert quantized == (takes_8 if bits == 8 else set())
+        assert all(lp.weights is None for lp in plan.layers.values())  # weights stay dense
 
 
 def test_pruned_plans_measure_faster():
@@ -138,12 +163,19 @@ def test_pruned_plans_measure_faster():
     graph = discover(loaded.module, loaded.example_inputs, model_name=DIGITS)
     plans = [make_preset(graph, "bits:32", model=DIGITS), make_preset(graph, "keep:0.25")]
     records = profile(
-        DIGITS, input_shape="32,1,8,8", plans=plans, processes=0, progress=False, layers=False
+        DIGITS,
+        input_shape="32,1,8,8",
+        plans=plans,
+        structured=False,
+        processes=0,
+        progress=False,
+        layers=False,
     )
     assert list(records["input_shape"]) == ["32x1x8x8"] * 2
-    full, pruned = records["latency_ms"]
+    full, pruned = records["ratio"]
     assert records["macs"][0] > 10 * records["macs"][1]
     assert full > 1.5 * pruned, (full, pruned)
+    assert 0.7 < full < 1.3  # the uncompressed plan against the uncompressed model
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".csv"])
@@ -168,10 +200,17 @@ def test_bad_records_files_say_why(tmp_path, measured):
     (tmp_path / "broken.parquet").write_bytes(b"not parquet")
     with pytest.raises(RecordsError, match="cannot read"):
         load_records(tmp_path / "broken.parquet")
+    edited = measured.astype({"latency_ms": object})
+    edited.loc[edited.index[1], "latency_ms"] = "fast"
+    edited.to_csv(tmp_path / "text.csv", index=False)
+    with pytest.raises(RecordsError, match=r"'latency_ms' holds 'fast' .* not a positive number"):
+        load_records(tmp_path / "text.csv")
 
 
 def test_profile_in_a_fresh_process(digits_plans):
-    records = profile(DIGITS, plans=digits_plans[:2], processes=1, layers=False, progress=False)
+    records = profile(
+        DIGITS, plans=digits_plans[:2], structured=False, processes=1, layers=False, progress=False
+    )
     assert len(records) == 2 and (records["latency_ms"] > 0).all()
 
 
@@ -188,16 +227,18 @@ def test_a_failing_measuring_process_is_reported(resnet18_graph):
         "input_shape": [1, 1, 8, 8],
         "device": "cpu",
         "threads": 1,
-        "runs": 30,
+        "blocks": 4,
+        "calls": 1,
         "warmup": 1,
+        "rounds": 2,
     }
     with pytest.raises(ProfileError, match="measuring process failed: PlanError"):
         profiling._run_jobs([{"plan": wrong.to_json()}], settings, 1, lambda: None)
 
 
 def test_profile_refuses_bad_settings():
-    with pytest.raises(ValueError, match="at least 30"):
-        profile(DIGITS, samples=1, runs=5, processes=0, progress=False)
+    with pytest.raises(ValueError, match="at least 4 blocks"):
+        profile(DIGITS, samples=1, blocks=3, processes=0, progress=False)
     with pytest.raises(ValueError, match="cpu"):
         profile(DIGITS, samples=1, device="tpu", processes=0, progress=False)
     if not torch.cuda.is_available():

@@ -22,6 +22,7 @@ from predictors.latency import (
     make_predictor,
     random_plans,
 )
+from predictors.latency.features import plan_layer_configs
 from search_spaces import Plan, SearchSpace
 
 # Each kind's quickest settings that still fit: the contract does not depend on accuracy.
@@ -118,3 +119,29 @@ def test_a_predictor_is_its_base_plus_per_layer_deltas_exactly_when_it_says_addi
         deltas = predicted[2:] - predicted[0]
         sums.append(predicted[1] == pytest.approx(predicted[0] + deltas.sum(), rel=1e-6, abs=1e-9))
     assert all(sums) if fitted.additive else not all(sums), (fitted.kind, sums)
+
+
+def test_a_prediction_is_its_ratio_times_the_reference_measured_with_the_records(
+    fitted, digits_graph, plans, records, tmp_path
+):
+    reference, source = fitted.reference_ms(digits_graph)
+    assert source == "measured" and reference == records["reference_ms"].iloc[0]
+    ratios = fitted.predict_ratio(digits_graph, plans[30:])
+    assert np.allclose(fitted.predict(digits_graph, plans[30:]), ratios * reference)
+    assert fitted.predict_ratio(digits_graph, [Plan(layers={})])[0] == pytest.approx(1.0)
+    loaded = load_predictor(fitted.save(tmp_path / "p.json"))
+    assert loaded.references == fitted.references
+    assert np.allclose(loaded.predict_ratio(digits_graph, plans[30:]), ratios)
+
+
+def test_a_model_the_records_do_not_hold_is_priced_through_its_predicted_reference(
+    fitted, digits_graph, plans
+):
+    other = dataclasses.replace(digits_graph, model_name="zoo:another")
+    reference, source = fitted.reference_ms(other)
+    assert source == "predicted"
+    raw_uncompressed = fitted._predict(other, plan_layer_configs(other, [Plan(layers={})]))[0]
+    assert reference == pytest.approx(raw_uncompressed)
+    assert np.allclose(
+        fitted.predict(other, plans[30:]), fitted.predict_ratio(other, plans[30:]) * reference
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -16,10 +17,11 @@ from planner.cli import main
 from predictors.profile import (
     MIN_RUNS,
     MeasurementError,
+    RelativeTiming,
     Timing,
     device_fingerprint,
     measure,
-    measure_interleaved,
+    measure_relative,
 )
 from search_spaces import LayerPlan, N2UQConfig, Plan, VQConfig, discover
 from zoo.digits import INPUT_SHAPE, DigitsNet
@@ -44,17 +46,39 @@ def test_timing_of_known_calls():
     assert timing.iqr_ms == 5.0 and timing.spread == 1.0  # quartiles 2.5 and 7.5
 
 
-def test_measure_interleaved_keeps_the_middle_repeats():
-    small = nn.Linear(64, 8)
-    large = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 8))
-    m = measure_interleaved(small, large, torch.randn(4, 64), runs=MIN_RUNS, threads=1)
-    assert len(m.repeats["compressed"]) == len(m.repeats["uncompressed"]) == 3
-    assert m.latency_ms == sorted(m.repeats["compressed"])[1]
-    assert m.uncompressed_ms == sorted(m.repeats["uncompressed"])[1]
-    assert m.ratio == m.latency_ms / m.uncompressed_ms and m.batch == 4
-    assert m.to_dict()["ratio"] == m.ratio and m.device["threads"] == 1
-    with pytest.raises(MeasurementError, match="repeats odd"):
-        measure_interleaved(small, large, torch.randn(4, 64), repeats=2)
+class _Counting(nn.Module):
+    """A module that records the order its calls and its partner's come in."""
+
+    def __init__(self, inner: nn.Module, name: str, log: list[str]):
+        super().__init__()
+        self.inner, self.name, self.log = inner, name, log
+
+    def forward(self, x):
+        self.log.append(self.name)
+        return self.inner(x)
+
+
+def test_measure_relative_interleaves_blocks_and_reports_the_ratio():
+    log: list[str] = []
+    small = _Counting(nn.Linear(64, 8), "A", log)
+    large = _Counting(nn.Sequential(nn.Linear(64, 1024), nn.ReLU(), nn.Linear(1024, 8)), "B", log)
+    m = measure_relative(small, large, torch.randn(4, 64), blocks=4, calls=2, warmup=1)
+    # Warm-up (one each), then blocks A B, B A, A B, B A of one untimed and 2 timed calls.
+    assert "".join(log) == "AB" + "AAABBB" + "BBBAAA" + "AAABBB" + "BBBAAA"
+    assert len(m.module_ms) == 8 and len(m.block_ratios) == 4 and m.statistic == "block_min"
+    assert m.ratio == m.ratios["block_min"] == pytest.approx(np.median(m.block_ratios))
+    assert m.block_ratios[0] == min(m.module_blocks[0]) / min(m.reference_blocks[0])
+    assert m.ratios["min"] == pytest.approx(min(m.module_ms) / m.reference_ms)
+    assert m.latency_ms == pytest.approx(m.ratio * m.reference_ms)
+    assert set(m.ratios) == {"min", "median", "block_median", "block_min"}
+    both = RelativeTiming.combine([m, m])
+    assert both.blocks == 8 and both.ratio == pytest.approx(m.ratio)
+    assert m.ratio < 1 and m.batch == 4 and m.device["threads"] == 1
+    assert m.to_dict()["ratio"] == m.ratio and "module_ms" not in m.to_dict()
+    with pytest.raises(MeasurementError, match="at least 4"):
+        measure_relative(small, large, torch.randn(4, 64), blocks=3)
+    with pytest.raises(MeasurementError, match="statistic"):
+        measure_relative(small, large, torch.randn(4, 64), statistic="mean")
 
 
 def _shapes(model: nn.Module) -> list[tuple]:
@@ -93,13 +117,10 @@ def test_measure_latency_cli(capsys, tmp_path):
     )
     capsys.readouterr()
     argv = ["measure-latency", "--model", "zoo:resnet18", "--input-shape", "1,3,64,64"]
-    assert main([*argv, "--plan", str(plan), "--runs", "30", "--json"]) == 0
+    assert main([*argv, "--plan", str(plan), "--blocks", "4", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert {"latency_ms", "spread", "uncompressed_ms", "ratio", "device"} <= set(result)
+    assert {"latency_ms", "spread", "reference_ms", "ratio", "ratios", "device"} <= set(result)
     # no timing comparison here: speed is shown by benchmarks, not by tests on a noisy machine
-    assert (
-        result["latency_ms"] > 0
-        and result["uncompressed_ms"] > 0
-        and len(result["repeats"]["compressed"]) == 3
-    )
-    assert main([*argv, "--plan", str(plan), "--runs", "3"]) == 2
+    assert result["latency_ms"] == pytest.approx(result["ratio"] * result["reference_ms"])
+    assert result["blocks"] == 4 and result["calls"] == 3 and result["ratio"] > 0
+    assert main([*argv, "--plan", str(plan), "--blocks", "3"]) == 2

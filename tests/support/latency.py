@@ -8,6 +8,7 @@ import pandas as pd
 
 from predictors.latency import LayerConfigs
 from predictors.latency.features import plan_layer_configs
+from search_spaces.plan import Plan
 
 __all__ = ["OVERHEAD_MS", "known_latency", "known_records"]
 
@@ -23,20 +24,40 @@ def known_records(
     graph, plans, *, model: str = "zoo:digits", input_shape: str = "1x1x8x8", device: str = "cpu"
 ) -> pd.DataFrame:
     """Records as `profile` writes them, of a device whose times are `known_latency` summed plus
-    `OVERHEAD_MS` per model: one "model" row per plan, then one "layer" row per distinct layer
-    configuration of the plans."""
+    `OVERHEAD_MS` per model: one "model" row per plan (its ratio to the uncompressed plan, whose
+    time is the reference), then one "layer" row per distinct layer configuration of the plans
+    (against a calibration module of 1 ms)."""
     configs = plan_layer_configs(graph, plans)
     totals = known_latency(configs).sum(axis=1) + OVERHEAD_MS
+    reference = known_latency(plan_layer_configs(graph, [Plan(layers={})])).sum() + OVERHEAD_MS
     fingerprint = {"device": device, "cpu": "test", "threads": 1, "torch": "x", "gpu": ""}
     where = {"model": model, "input_shape": input_shape}
     rows = [
-        {"record": "model", **where, "plan": p.to_json(), "latency_ms": t, **fingerprint}
+        {
+            "record": "model",
+            **where,
+            "plan": p.to_json(),
+            "latency_ms": t,
+            "ratio": t / reference,
+            "reference": "model",
+            "reference_ms": reference,
+            **fingerprint,
+        }
         for p, t in zip(plans, totals, strict=True)
     ]
     unique, _ = configs.unique()
     for i, ms in enumerate(known_latency(unique)):
         config = {k: int(v[i]) for k, v in unique.columns().items()}
+        calibration = {"ratio": ms, "reference": "calibration", "reference_ms": 1.0}
         rows.append(
-            {"record": "layer", **where, "plan": "", "latency_ms": ms, **config, **fingerprint}
+            {
+                "record": "layer",
+                **where,
+                "plan": "",
+                "latency_ms": ms,
+                **calibration,
+                **config,
+                **fingerprint,
+            }
         )
     return pd.DataFrame(rows)
