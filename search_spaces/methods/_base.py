@@ -236,7 +236,9 @@ class WeightMethod(abc.ABC):
 
     def deployed_weight_bits(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
         """The weight bits the deployed form runs at, for the latency model's features; by
-        default 32, as a layer whose weight is decoded to floats."""
+        default 32, as a layer whose weight is decoded to floats (`engine.deploy` decodes every
+        kind there is, b-bit included, since this CPU has no low-bit kernels: a unit whose
+        deployed form runs its own kernel says so here)."""
         return np.full(next(iter(columns.values())).shape, 32, dtype=np.int64)
 
     # -- proxy ----------------------------------------------------------------------------------

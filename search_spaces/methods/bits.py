@@ -125,9 +125,6 @@ class LowBitWeights(WeightMethod):
     ) -> dict[str, np.ndarray]:
         return {"packed": columns["bits"] * shapes.elements, "scales": 32 * shapes.out_channels}
 
-    def deployed_weight_bits(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
-        return columns["bits"]
-
     def proxy_errors(self, weight: Tensor, configs: Sequence[BitsConfig]) -> np.ndarray:
         weight = weight.detach().float().cpu()
         energy = float(weight.double().square().sum()) or 1.0

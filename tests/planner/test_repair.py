@@ -122,8 +122,8 @@ def test_repaired_trials_keep_the_budget_and_their_plan_is_what_was_scored(digit
 
 
 class _AdditiveLatency:
-    """A stand-in device with low-bit kernels: each layer costs its input's bits / 8 ms and its
-    weight bits / 32 ms (decoded VQ and fp32 layers 1 ms)."""
+    """A stand-in device: each layer costs its input's bits / 8 ms and its deployed weight bits
+    / 32 ms (1 ms: every deployed weight is decoded to floats)."""
 
     def predict(self, graph, plans):
         batch = plans if isinstance(plans, LatencyBatch) else LatencyBatch.from_plans(graph, plans)
