@@ -22,14 +22,7 @@ from predictors.latency.models import (
     predictor_from_document,
     record_graphs,
 )
-from predictors.latency.profiling import (
-    ProfileError,
-    profile,
-    profile_layers,
-    random_plans,
-    structured_plans,
-    synthetic_layer_configs,
-)
+from predictors.latency.profiling import ProfileError, profile, profile_layers
 from predictors.latency.records import (
     ProfileSummary,
     RecordsError,
@@ -37,6 +30,7 @@ from predictors.latency.records import (
     load_records,
     save_records,
 )
+from predictors.latency.sampling import random_plans, structured_plans, synthetic_layer_configs
 
 __all__ = [
     "FEATURE_NAMES",
