@@ -124,7 +124,8 @@ def record_graphs(
             if not trusted and not str(model).startswith("zoo:"):
                 raise PredictorError(
                     f"the records name the model spec {model!r}, which imports and runs code: "
-                    "pass --trust-specs (trust_specs=True in Python) if you trust the records"
+                    "pass --trust-specs (trust_specs=True to fit or fit_predictor in Python) if "
+                    "you trust the records"
                 )
             loaded = load_model(model, input_shape=shape, pretrained=False)
             found[(model, shape)] = discover(loaded.module, loaded.example_inputs, model_name=model)
@@ -225,16 +226,19 @@ class LatencyPredictor:
         records: pd.DataFrame,
         *,
         graphs: dict[tuple[str, str], ModelGraph] | None = None,
+        trust_specs: bool = False,
     ) -> LatencyPredictor:
         """Learn from `records`; `graphs` ((model, input_shape) → graph) saves rediscovering.
+        `trust_specs`: build the models of records whose spec runs code (`record_graphs`).
 
         Raises:
-            PredictorError: the records are from several devices or lack what this predictor needs.
+            PredictorError: the records are from several devices, lack what this predictor
+                needs, or name code specs without `trust_specs` (or their `graphs`).
         """
         if records.empty:
             raise PredictorError("no records to fit on")
         self.fingerprint = _records_fingerprint(records)
-        graphs = record_graphs(records, graphs)
+        graphs = record_graphs(records, graphs, trusted=trust_specs)
         self.references = _references(records, graphs)
         self._uncompressed = {}
         self._fit(records, graphs)
