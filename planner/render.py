@@ -174,6 +174,8 @@ def profile_text(s: ProfileSummary, model: str, out: str) -> str:
     """`compplan profile`: what was measured, how long it took, and the next command."""
     lat, device = s.latency_ms, s.device
     took = "" if s.seconds is None else f" in {s.seconds:.0f} s"
+    # Records are data: the spec of your own model in them runs again only when you say so.
+    trust = "" if model.startswith("zoo:") else " --trust-specs"
     figures = f"{lat['min']:.3f}–{lat['max']:.3f} ms, median {lat['median']:.3f} ms"
     if s.ratio is not None:
         r = s.ratio
@@ -185,7 +187,7 @@ def profile_text(s: ProfileSummary, model: str, out: str) -> str:
         f"measured {s.plans} plans of {model} and {s.layers} single layers{took} "
         f"on {device['cpu']} ({device['device']}, {device['threads']} thread(s)): {figures}, "
         f"spread within a measurement {s.spread_median:.1%}\nwrote {out}; next: compplan "
-        f"fit-latency {out} --out latency.json"
+        f"fit-latency {out} --out latency.json{trust}"
     )
 
 
