@@ -15,11 +15,10 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 from torch import nn
 
+from zoo import families, minilm
+from zoo._entry import ZooEntry
 from zoo.digits import INPUT_SHAPE as DIGITS_INPUT_SHAPE
 from zoo.digits import DigitsNet, pretrained_digits
 from zoo.mnist1d import INPUT_SHAPE as MNIST1D_INPUT_SHAPE
@@ -30,38 +29,6 @@ from zoo.resnet import resnet18, resnet50
 __all__ = ["ZooEntry", "get", "names"]
 
 _IMAGENET_INPUT_SHAPE: tuple[int, ...] = (1, 3, 224, 224)
-
-
-@dataclass(frozen=True)
-class ZooEntry:
-    """A named model in the zoo.
-
-    Attributes:
-        name: Registry name, e.g. ``"resnet18"``.
-        build: Zero-argument factory returning a fresh model in eval mode (``digits`` and
-            ``mnist1d``: trained).
-        input_shape: Default example input shape, batch size 1.
-        description: One-line human-readable description.
-        task: Name of the evaluation task the model is trained for (``"digits"``,
-            ``"mnist1d"``), or ``None`` when it has no task (randomly initialized architectures).
-        architecture: Zero-argument factory for the untrained structure, where ``build`` does
-            more than construct (``digits`` and ``mnist1d`` train); ``None`` means ``build`` is
-            cheap.
-    """
-
-    name: str
-    build: Callable[[], nn.Module]
-    input_shape: tuple[int, ...]
-    description: str
-    task: str | None
-    architecture: Callable[[], nn.Module] | None = None
-
-    def build_architecture(self) -> nn.Module:
-        """The model's structure without its trained weights (cheap: never trains).
-
-        Loading a compressed file needs only the structure; its weights come from the file.
-        """
-        return (self.architecture or self.build)().eval()
 
 
 def _build_digits() -> nn.Module:
@@ -126,6 +93,9 @@ _REGISTRY: dict[str, ZooEntry] = {
         ),
     )
 }
+# Models declared by their own modules: the architecture families (zoo.families) and the
+# pretrained sentence encoder (zoo.minilm).
+_REGISTRY.update({entry.name: entry for entry in (*families.ENTRIES, *minilm.ENTRIES)})
 
 
 def names() -> list[str]:
