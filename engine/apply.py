@@ -25,6 +25,7 @@ from engine.calibrate import reestimate_batchnorm_
 from engine.layers import DenseWeight, PlannedLayer
 from engine.permute import PermutationError, permute_group_, pqf_permutation
 from engine.pruning import prune_
+from search_spaces.attention import split_attention_
 from search_spaces.discover import discover
 from search_spaces.graph import ModelGraph
 from search_spaces.methods import BuildSettings, activation_method_of, weight_method
@@ -133,6 +134,8 @@ def apply_plan_(
     inputs = tuple(t.to(device) for t in inputs)
     if calibration is not None:
         calibration = calibration.to(device)
+    # Attention's projections become modules of their own, where a plan's layers live.
+    split_attention_(model)
     graph = discover(model, inputs, model_name=model_name)
     validate_plan(plan, graph)
     keeps = group_keeps(plan, graph)

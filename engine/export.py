@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from engine.apply import AppliedPlan, applied_plan_of
 from engine.layers import DenseWeight, FoldedBatchNorm, PlannedLayer
 from engine.pruning import prune_
+from search_spaces.attention import split_attention_
 from search_spaces.discover import discover
 from search_spaces.graph import ModelGraph
 from search_spaces.methods import WeightConfig, WeightShapes, activation_method, weight_method
@@ -421,7 +422,7 @@ def _check_layer(
     def refuse(what: str) -> ExportError:
         return ExportError(f"{damaged}: layer {name} {what}")
 
-    if not isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear):
+    if not isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear | nn.Embedding):
         raise refuse(f"is a planned layer, the model's is a {type(module).__name__}")
     # What apply_plan_ would record of this layer (the bias is a clone: the model's size).
     probe = PlannedLayer.replacing(module, nn.Identity())
@@ -430,8 +431,9 @@ def _check_layer(
         raise refuse(f"records a {record['kind']!r} layer, the model's is a {probe.kind}")
     if record["geometry"] != geometry:
         raise refuse(f"records the geometry {record['geometry']}, the model's is {geometry}")
-    if record["bias"] != (module.bias is not None):
-        has = "a bias" if module.bias is not None else "none"
+    has_bias = getattr(module, "bias", None) is not None
+    if record["bias"] != has_bias:
+        has = "a bias" if has_bias else "none"
         raise refuse(f"records bias {record['bias']!r}, the model's layer has {has}")
     activations = None if layer_plan.activations is None else layer_plan.activations.to_dict()
     if record["activations"] != activations:
@@ -550,6 +552,7 @@ def _prepare_(
     """Prune the uncompressed `model` as the recorded plan says, once the plan is known to fit
     it, and check every planned layer's record against the plan and the pruned layer."""
     inputs = _example_inputs(meta, damaged)
+    split_attention_(model)  # as apply_plan_ did: the planned projections are modules
     graph = discover(model, inputs, model_name=meta.get("model_spec") or "the model")
     plan, keeps = _checked_plan(meta, graph, damaged)
     prune_(model, graph, keeps, inputs)

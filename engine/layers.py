@@ -1,11 +1,11 @@
 """The modules a plan turns layers into.
 
-A `PlannedLayer` replaces a Conv1d, Conv2d or Linear at the same fully qualified name. It runs the
-same operation with the same geometry, but gets its weight from a weight source (a module whose
-forward returns the weight) and may quantize its input first. Weight sources come from the
-weight method's unit (`search_spaces.methods`: `VQWeight`, `QuantizedWeight`, ...), the input
-quantizer from the activation method's; `DenseWeight` is the float weight of a layer that is only
-pruned, or only has quantized inputs. The layer records which units made them (`method`,
+A `PlannedLayer` replaces a Conv1d, Conv2d, Linear or Embedding at the same fully qualified name.
+It runs the same operation with the same geometry, but gets its weight from a weight source (a
+module whose forward returns the weight) and may quantize its input first. Weight sources come
+from the weight method's unit (`search_spaces.methods`: `VQWeight`, `QuantizedWeight`, ...), the
+input quantizer from the activation method's; `DenseWeight` is the float weight of a layer that is
+only pruned, or only has quantized inputs. The layer records which units made them (`method`,
 `act_config`), which is how freezing, export and deployment find the unit again.
 """
 
@@ -54,13 +54,15 @@ class FoldedBatchNorm(nn.Module):
 
 
 class PlannedLayer(nn.Module):
-    """A Conv1d, Conv2d or Linear whose weight comes from a weight source.
+    """A Conv1d, Conv2d, Linear or Embedding whose weight comes from a weight source.
 
     Args:
-        kind: "conv1d", "conv2d" or "linear".
-        weight: a module whose forward returns the weight tensor.
-        bias: the bias, or None.
-        geometry: stride, padding, dilation and groups for a conv ({} for Linear).
+        kind: "conv1d", "conv2d", "linear" or "embedding".
+        weight: a module whose forward returns the weight tensor (an embedding's: one row per
+            token id).
+        bias: the bias, or None (always None for an embedding).
+        geometry: stride, padding, dilation and groups for a conv; padding_idx, norm_type,
+            scale_grad_by_freq and sparse for an embedding ({} for Linear).
         act_quant: a module applied to the input first (an activation quantizer), or None.
         method: the weight method whose unit made `weight` ("none": a `DenseWeight`).
         act_config: the config `act_quant` was made for (None without one).
@@ -96,9 +98,12 @@ class PlannedLayer(nn.Module):
         method: str = "none",
         act_config: ActivationConfig | None = None,
     ) -> PlannedLayer:
-        """A planned layer doing what `module` (Conv1d, Conv2d or Linear) did, with a new weight."""
+        """A planned layer doing what `module` (Conv1d, Conv2d, Linear or Embedding) did, with a
+        new weight."""
         if isinstance(module, nn.Linear):
             kind, geometry = "linear", {}
+        elif isinstance(module, nn.Embedding):
+            kind, geometry = "embedding", _embedding_geometry(module)
         else:
             kind = "conv1d" if isinstance(module, nn.Conv1d) else "conv2d"
             geometry = {
@@ -107,9 +112,8 @@ class PlannedLayer(nn.Module):
                 "dilation": module.dilation,
                 "groups": module.groups,
             }
-        return cls(
-            kind, weight, module.bias, geometry, act_quant, method=method, act_config=act_config
-        )
+        bias = getattr(module, "bias", None)
+        return cls(kind, weight, bias, geometry, act_quant, method=method, act_config=act_config)
 
     @property
     def weight(self) -> Tensor:
@@ -121,6 +125,8 @@ class PlannedLayer(nn.Module):
         w = self.weight_source()
         if self.kind == "linear":
             return F.linear(x, w, self.bias)
+        if self.kind == "embedding":
+            return F.embedding(x, w, **self.geometry)
         conv = F.conv2d if self.kind == "conv2d" else F.conv1d
         return conv(x, w, self.bias, **self.geometry)
 
@@ -133,8 +139,10 @@ def plain_layer(layer: PlannedLayer) -> nn.Module:
     with torch.no_grad():
         weight = layer.weight_source().detach().clone()
     bias = layer.bias is not None
-    if layer.kind == "linear":
-        plain: nn.Module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias)
+    if layer.kind == "embedding":
+        plain: nn.Module = nn.Embedding(*weight.shape, **layer.geometry)
+    elif layer.kind == "linear":
+        plain = nn.Linear(weight.shape[1], weight.shape[0], bias=bias)
     else:
         conv = nn.Conv2d if layer.kind == "conv2d" else nn.Conv1d
         groups = layer.geometry["groups"]
@@ -153,3 +161,13 @@ def plain_layer(layer: PlannedLayer) -> nn.Module:
         if bias:
             plain.bias.copy_(layer.bias)
     return plain.to(weight.device)
+
+
+def _embedding_geometry(module: nn.Embedding) -> dict:
+    """What `F.embedding` needs besides the weight (discovery keeps max_norm embeddings as is)."""
+    return {
+        "padding_idx": module.padding_idx,
+        "norm_type": module.norm_type,
+        "scale_grad_by_freq": module.scale_grad_by_freq,
+        "sparse": module.sparse,
+    }

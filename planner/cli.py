@@ -120,15 +120,21 @@ def _task_spec(args: argparse.Namespace) -> str | None:
     return task_spec_from(task=args.task, data=args.data, inputs=args.inputs)
 
 
-def _plan_for(args: argparse.Namespace, graph):
+def _plan_and_graph(args: argparse.Namespace, *, pretrained: bool = True):
+    """(plan, loaded model, graph): the plan --plan or --preset names, checked against the graph.
+
+    A plan file is read before the model is discovered, so that a missing or malformed file is
+    reported at once rather than after a slow discovery."""
     from planner.presets import make_preset
     from search_spaces import Plan, validate_plan
 
     if getattr(args, "preset", None) is not None and getattr(args, "plan", None) is None:
-        return make_preset(graph, args.preset, model=args.model)
+        loaded, graph = _graph(args, pretrained=pretrained)
+        return make_preset(graph, args.preset, model=args.model), loaded, graph
     plan = Plan.load(args.plan)
+    loaded, graph = _graph(args, pretrained=pretrained)
     validate_plan(plan, graph)
-    return plan
+    return plan, loaded, graph
 
 
 def _output(args: argparse.Namespace, document: dict, text: str) -> int:
@@ -168,16 +174,15 @@ def _size(args: argparse.Namespace) -> int:
     from planner.render import size_text
     from predictors.size import size_report
 
-    _, graph = _graph(args)
-    report = size_report(_plan_for(args, graph), graph)
+    plan, _, graph = _plan_and_graph(args)
+    report = size_report(plan, graph)
     return _output(args, report.to_dict(), size_text(report))
 
 
 def _validate(args: argparse.Namespace) -> int:
     from predictors.size import size_report
 
-    _, graph = _graph(args)
-    plan = _plan_for(args, graph)
+    plan, _, graph = _plan_and_graph(args)
     report = size_report(plan, graph)
     print(
         f"{args.plan} is valid for {args.model}: {len(plan)} layers planned, "
@@ -211,8 +216,7 @@ def _measure_latency(args: argparse.Namespace) -> int:
     from planner.measure import measure_plan_latency
     from planner.render import measurement_text
 
-    loaded, graph = _graph(args)
-    plan = _plan_for(args, graph)
+    plan, loaded, graph = _plan_and_graph(args)
     settings = {k: vars(args)[k] for k in ("batch", "threads", "blocks", "calls", "rounds")}
     m = measure_plan_latency(loaded.module, loaded.example_inputs, plan, graph=graph, **settings)
     return _output(args, m.to_dict(), measurement_text(m, f"{args.plan} on {args.model}"))
@@ -260,8 +264,8 @@ def _predict_latency(args: argparse.Namespace) -> int:
     from predictors.latency import load_predictor
 
     predictor = load_predictor(args.predictor)
-    _, graph = _graph(args, pretrained=False)
-    ratio = float(predictor.predict_ratio(graph, [_plan_for(args, graph)])[0])
+    plan, _, graph = _plan_and_graph(args, pretrained=False)
+    ratio = float(predictor.predict_ratio(graph, [plan])[0])
     reference_ms, source = predictor.reference_ms(graph)
     device = predictor.fingerprint
     text = (

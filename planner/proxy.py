@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from planner.options import LayerOptions
+from search_spaces.attention import layer_weight
 from search_spaces.methods import activation_method, weight_method
 
 __all__ = ["ProxyObjective", "ProxyTable", "layer_sensitivities", "proxy_table"]
@@ -51,7 +52,7 @@ def layer_sensitivities(
     scale = sum(float(r.double().square().sum()) for r in reference)
     result = {}
     for name in layers:
-        weight = model.get_submodule(name).weight
+        weight = layer_weight(model, name)
         original = weight.detach().clone()
         noise = torch.randn(original.shape, generator=generator).to(original)
         energy = float(original.square().sum()) or 1.0
@@ -98,7 +99,7 @@ def proxy_table(
     """Score every option of every layer (weights as they are in `model`, unpruned)."""
     relative: dict[str, np.ndarray] = {}
     for name, layer_options in options.items():
-        weight = model.get_submodule(name).weight.detach().float().cpu()
+        weight = layer_weight(model, name).detach().float().cpu()
         errors = np.zeros(len(layer_options))  # a dense weight loses nothing
         by_method: dict[str, list[int]] = {}
         for i, option in enumerate(layer_options.plans):
@@ -150,7 +151,7 @@ class ProxyObjective:
                 removed = order[: group.channels - kept_channels(group.channels, ratio)]
                 cost = 0.0
                 for name in group.layers:
-                    weight = model.get_submodule(name).weight.detach().double()
+                    weight = layer_weight(model, name).detach().double()
                     rows = weight.reshape(weight.shape[0], -1)
                     share = float(rows[removed].square().sum() / rows.square().sum().clamp(1e-30))
                     cost += table.sensitivities.get(name, 1.0) * share

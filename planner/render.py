@@ -94,10 +94,9 @@ def inspect_text(graph: ModelGraph, *, groups: bool = False) -> str:
         f"kept as is; {graph.total_params:,} parameters ({graph.compressible_params:,} in "
         f"compressible layers), {graph.total_macs:,} MACs, baseline "
         f"{mib(graph.baseline_bits / 8)} at 32 bits",
-        f"coupling groups: {len(graph.groups)} ({prunable} prunable)",
+        f"coupling groups: {len(graph.groups)} ({prunable} prunable)"
+        + (f"; channel pruning is off: {graph.pruning_off_reason}" if not prunable else ""),
     ]
-    if graph.trace_error:
-        lines.append(f"dependency trace failed, no channel pruning: {graph.trace_error}")
     for g in graph.groups if groups else ():
         status = "prunable" if g.prunable else f"not prunable: {g.reason}"
         lines.append(f"  group {g.id} ({g.channels} ch, {status}): {', '.join(g.layers)}")

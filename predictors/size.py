@@ -211,7 +211,10 @@ def layer_bits(
     group_kept = kept_channels_array(table.group_channels[None, :], batch.keep)
     removed = table.group_channels[None, :] - group_kept
     in_group = table.out_group >= 0
-    c_out = np.where(in_group, group_kept[:, np.maximum(table.out_group, 0)], table.c_out)
+    if table.group_channels.size:
+        c_out = np.where(in_group, group_kept[:, np.maximum(table.out_group, 0)], table.c_out)
+    else:  # no coupling group (a failed trace, or nothing prunable): no layer changes shape
+        c_out = np.broadcast_to(table.c_out, (len(batch), table.c_out.size))
     c_in = table.c_in[None, :] - removed @ table.ties
     groups = np.where(table.depthwise, c_out, table.groups)
     row = (c_in // groups) * table.kernel

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
+from search_spaces.attention import ineligible_reason, split_attention
 from search_spaces.graph import CouplingGroup, InputTie, KeptModule, LayerSpec, ModelGraph
 from search_spaces.macs import layer_macs
 
@@ -30,8 +31,11 @@ __all__ = ["COMPRESSIBLE_TYPES", "DiscoveryError", "discover"]
 
 logger = logging.getLogger("compplan")
 
-COMPRESSIBLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
-_KIND = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Linear: "linear"}
+COMPRESSIBLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.Embedding)
+_KIND = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Linear: "linear", nn.Embedding: "embedding"}
+# Channel pruning starts from these: an embedding's features are pruned, if ever, with the
+# layers that read them, never from the embedding table itself.
+_PRUNING_ROOTS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
 _BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 # Torch-Pruning's pseudo-modules for tensor ops; these carry channels through unchanged or by a
 # fixed index map that the size model and the engine understand.
@@ -79,25 +83,12 @@ def discover(
     batch = int(inputs[0].shape[0]) if inputs and inputs[0].dim() > 0 else 1
     was_training = model.training
     model.eval()
-    try:
-        calls = _record_calls(model, inputs)
-        layers, kept = _classify(model, calls, batch)
-        # Pruning a layer whose output the model returns (directly or through its BatchNorm)
-        # would change the model's outputs.
-        returned = {
-            name
-            for name, spec in layers.items()
-            if calls[name].returned or (spec.batchnorm and calls[spec.batchnorm].returned)
-        }
+    # Attention's projections become layers of their own for as long as discovery runs.
+    with split_attention(model):
         try:
-            groups, layers = _couple(model, inputs, layers, kept, returned)
-            trace_error = ""
-        except Exception as error:  # any failure of a third-party tracer must not stop discovery
-            trace_error = f"{type(error).__name__}: {error}".splitlines()[0]
-            logger.warning("dependency trace failed, no channel pruning: %s", trace_error)
-            groups = ()
-    finally:
-        model.train(was_training)
+            layers, kept, groups, trace_error = _read(model, inputs, batch, model_name)
+        finally:
+            model.train(was_training)
     total = sum(p.numel() for p in model.parameters())
     graph = ModelGraph(
         model_name=model_name,
@@ -110,6 +101,42 @@ def discover(
     accounted = graph.compressible_params + graph.batchnorm_params + graph.kept_params
     assert accounted == total, f"parameter accounting is off: {accounted} != {total}"
     return graph
+
+
+def _read(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], batch: int, model_name: str
+) -> tuple[dict[str, LayerSpec], list[KeptModule], tuple[CouplingGroup, ...], str]:
+    """(layers, kept modules, coupling groups, the trace's error or "") of a model in eval mode."""
+    calls = _record_calls(model, inputs)
+    layers, kept = _classify(model, calls, batch)
+    # Pruning a layer whose output the model returns (directly or through its BatchNorm)
+    # would change the model's outputs.
+    returned = {
+        name
+        for name, spec in layers.items()
+        if calls[name].returned or (spec.batchnorm and calls[spec.batchnorm].returned)
+    }
+    try:
+        groups, layers = _couple(model, inputs, layers, kept, returned)
+        return layers, kept, groups, ""
+    except Exception as error:  # any failure of a third-party tracer must not stop discovery
+        trace_error = f"{type(error).__name__}: {error}".splitlines()[0]
+        _warn_once(
+            f"channel pruning is off for {model_name}: the dependency trace failed "
+            f"({trace_error}); sizes, quantization and the search work as usual"
+        )
+        return layers, kept, (), trace_error
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Log a warning the first time this process meets it: a command discovers its model more
+    than once (planning, applying, exporting), and a user needs to read it once."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning(message)
 
 
 def _record_calls(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[str, _Call]:
@@ -206,13 +233,15 @@ def _classify(
             name=name,
             kind=_kind_of(module),
             weight_shape=tuple(weight.shape),
-            groups=getattr(module, "groups", 1),
-            has_bias=module.bias is not None,
+            groups=getattr(module, "groups", 1) if not isinstance(module, nn.Embedding) else 1,
+            has_bias=getattr(module, "bias", None) is not None,
             input_shape=call.input_shape,
             output_shape=call.output_shape,
             macs=_macs(module, call, batch),
             params=params,
-            quantizable_inputs=not _inside_fast_path_layer(model, name, parent_of),
+            # An embedding's inputs are token ids: there is nothing to quantize.
+            quantizable_inputs=not isinstance(module, nn.Embedding)
+            and not _inside_fast_path_layer(model, name, parent_of),
         )
     order = {name: i for i, name in enumerate(calls)}  # hooks fire in execution order
     layers = dict(sorted(candidates.items(), key=lambda item: order[item[0]]))
@@ -277,10 +306,13 @@ def _why_not_compressible(
     cls = type(module).__name__
     if not isinstance(module, COMPRESSIBLE_TYPES):
         raw = [n for n, p in module.named_parameters(recurse=False) if n not in ("weight", "bias")]
-        if isinstance(module, nn.MultiheadAttention) or raw:
-            what = ", ".join(f"'{n}'" for n in raw) or "'weight'"
+        if isinstance(module, nn.MultiheadAttention):
+            why = ineligible_reason(module) or "a subclass compplan does not know"
+            return f"{cls} whose projections compplan cannot split: {why}; kept at 32 bits"
+        if raw:
+            what = ", ".join(f"'{n}'" for n in raw)
             return f"{cls} uses raw weight Parameter {what} functionally; kept at 32 bits"
-        return f"{cls} is not a layer type compplan compresses (Conv1d, Conv2d, Linear)"
+        return f"{cls} is not a layer type compplan compresses (Conv1d, Conv2d, Linear, Embedding)"
     extra = [n for n, _ in module.named_parameters(recurse=False) if n not in ("weight", "bias")]
     if extra:
         return f"{cls} subclass with extra parameters {extra}; kept at 32 bits"
@@ -294,12 +326,18 @@ def _why_not_compressible(
         return "its weight is tied to another module's; kept at 32 bits"
     if isinstance(module, nn.Conv1d | nn.Conv2d) and module.padding_mode not in ("zeros",):
         return f"padding_mode={module.padding_mode!r} is not supported; kept at 32 bits"
+    if isinstance(module, nn.Embedding) and module.max_norm is not None:
+        # max_norm renormalises rows of the weight in place on every lookup.
+        return "Embedding with max_norm rewrites its weight on lookup; kept at 32 bits"
     return ""
 
 
 def _macs(module: nn.Module, call: _Call, batch: int) -> int:
-    """Multiply-accumulates per example (`layer_macs`), from the recorded output shape."""
+    """Multiply-accumulates per example (`layer_macs`), from the recorded output shape; an
+    embedding lookup counts one per element it copies out."""
     weight = module.weight
+    if isinstance(module, nn.Embedding):
+        return math.prod(call.output_shape) // max(batch, 1)
     per_example = math.prod(call.output_shape) // max(batch, 1)
     groups = 1 if isinstance(module, nn.Linear) else module.groups
     return layer_macs(
@@ -330,7 +368,7 @@ def _couple(
     groups: list[CouplingGroup] = []
     out_group: dict[str, int] = {}
     ties: dict[str, list[InputTie]] = {name: [] for name in layers}
-    for tp_group in graph.get_all_groups(root_module_types=COMPRESSIBLE_TYPES):
+    for tp_group in graph.get_all_groups(root_module_types=_PRUNING_ROOTS):
         gid = len(groups)
         _, root_idxs = tp_group[0]
         channels = len(root_idxs)
@@ -358,6 +396,9 @@ def _couple(
                 continue
             if name not in layers:
                 problems.append(f"coupled to '{name}', which is kept as is")
+                continue
+            if isinstance(module, nn.Embedding):
+                problems.append(f"coupled to the features of embedding '{name}'")
                 continue
             spec = layers[name]
             if spec.groups > 1 and not spec.is_depthwise:

@@ -36,11 +36,14 @@ class InputTie:
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """One compressible layer (Conv1d, Conv2d including grouped and depthwise, or Linear).
+    """One compressible layer (Conv1d, Conv2d including grouped and depthwise, Linear, Embedding).
+
+    An embedding's weight is its table, one row per token id: weight_shape (num_embeddings,
+    embedding_dim), so its rows are what VQ's subvectors and b-bit's per-row scales cut.
 
     Attributes:
         name: fully qualified module name, as in `model.named_modules()`.
-        kind: "conv1d", "conv2d" or "linear".
+        kind: "conv1d", "conv2d", "linear" or "embedding".
         weight_shape: shape of `weight`: (C_out, C_in/groups, *kernel) or (out, in).
         groups: conv groups (1 for Linear).
         has_bias: whether the layer has a bias.
@@ -175,6 +178,18 @@ class ModelGraph:
         Activation shapes are left out on purpose: a plan stays valid at another input size.
         """
         return self._fingerprint
+
+    @property
+    def pruning_off_reason(self) -> str:
+        """Why no coupling group can be pruned ("" when one can): the failed trace, or that the
+        model has none that may be."""
+        if any(group.prunable for group in self.groups):
+            return ""
+        if self.trace_error:
+            return f"the dependency trace failed ({self.trace_error})"
+        if not self.groups:
+            return "the model has no coupling group"
+        return f"no coupling group may be pruned (group 0: {self.groups[0].reason})"
 
     @property
     def compressible_params(self) -> int:

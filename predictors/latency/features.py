@@ -186,9 +186,14 @@ def _spatial(shape: tuple[int, ...], kind: str) -> int:
 
 
 def _static_columns(spec: LayerSpec) -> dict[str, int]:
-    kind = spec.kind
+    """A layer's columns that no plan changes. An embedding enters as the Linear of one input
+    feature that writes its rows out (one copy per element, like its MACs): the latency
+    predictors know no lookup of their own, and a gather costs what it moves."""
+    kind = "linear" if spec.kind == "embedding" else spec.kind
     in_spatial = _spatial(spec.input_shape, kind)
     out_spatial = _spatial(spec.output_shape, kind)
+    if spec.kind == "embedding":
+        in_spatial = out_spatial = max(1, math.prod(spec.input_shape[1:]))  # the token ids
     stride = 1
     if kind != "linear" and len(spec.input_shape) > 2:
         stride = max(1, round(spec.input_shape[-1] / max(spec.output_shape[-1], 1)))
@@ -244,10 +249,14 @@ def plan_layer_configs(graph: ModelGraph, plans: Sequence[Plan] | LatencyBatch) 
     }
     depthwise = np.asarray([s.is_depthwise for s in specs], dtype=bool)[None, :]
     groups = np.asarray([s.groups for s in specs], dtype=np.int64)[None, :]
-    c_out = parts["c_out"]
+    c_in, c_out = parts["c_in"], parts["c_out"]
+    embedding = np.asarray([s.kind == "embedding" for s in specs], dtype=bool)[None, :]
+    if embedding.any():  # its Linear stand-in: one input feature, a row of features out
+        rows = np.asarray([s.row_length for s in specs], dtype=np.int64)[None, :]
+        c_in, c_out = np.where(embedding, 1, c_in), np.where(embedding, rows, c_out)
     weight_bits = _deployed_weight_bits(batch.plans)
     return LayerConfigs.from_columns(
-        c_in=parts["c_in"],
+        c_in=c_in,
         c_out=c_out,
         groups=np.where(depthwise, c_out, groups),
         act_bits=batch.act_bits,

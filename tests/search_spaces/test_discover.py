@@ -98,24 +98,64 @@ def test_digits_model():
     _assert_accounted(graph, model)
 
 
-def test_transformer_encoder_keeps_attention_with_reasons():
+def test_transformer_encoder_splits_attention_into_compressible_projections():
     layer = nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, batch_first=True)
     model = nn.Sequential(
         nn.Linear(16, 32), nn.TransformerEncoder(layer, num_layers=2), nn.Linear(32, 5)
     )
+    keys = set(model.state_dict())
     graph = discover(model, torch.randn(2, 10, 16))
     linears = {f"1.layers.{i}.linear{j}" for i in (0, 1) for j in (1, 2)}
-    assert linears | {"0", "2"} == set(graph.layers)
+    projections = {f"1.layers.{i}.self_attn.{p}" for i in (0, 1) for p in ("in_proj", "out_proj")}
+    assert linears | projections | {"0", "2"} == set(graph.layers)
     assert graph.layers["1.layers.0.linear1"].macs == 10 * 32 * 64
+    in_proj = graph.layers["1.layers.0.self_attn.in_proj"]
+    assert in_proj.weight_shape == (96, 32) and in_proj.macs == 10 * 32 * 96
+    assert not in_proj.quantizable_inputs  # the encoder layer's fast path skips quantizers
     kept = {m.name: m for m in graph.kept}
-    assert "in_proj_weight" in kept["1.layers.0.self_attn"].reason
-    assert "not called as a module" in kept["1.layers.0.self_attn.out_proj"].reason
     assert "LayerNorm" in kept["1.layers.1.norm2"].reason
     _assert_accounted(graph, model)
+    assert set(model.state_dict()) == keys  # discovery leaves the user's model as it was
+    assert isinstance(model[1].layers[0].self_attn, nn.MultiheadAttention)
     # the feed-forward hidden width is prunable; the residual width is tied to LayerNorm
     assert graph.group_of("1.layers.0.linear1").prunable
     residual = graph.group_of("0")
     assert not residual.prunable and "LayerNorm" in residual.reason
+
+
+def test_attention_with_other_key_sizes_is_kept_with_its_reason():
+    class Cross(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(32, 4, kdim=16, vdim=16, batch_first=True)
+
+        def forward(self, x):
+            return self.attn(x, x[..., :16], x[..., :16], need_weights=False)[0]
+
+    graph = discover(Cross(), torch.randn(2, 5, 32))
+    kept = {m.name: m for m in graph.kept}
+    assert "kdim/vdim" in kept["attn"].reason
+    _assert_accounted(graph, Cross())
+
+
+def test_embeddings_are_compressible_tables_with_token_id_inputs():
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tokens = nn.Embedding(100, 16, padding_idx=0)
+            self.norm = nn.Embedding(10, 16, max_norm=1.0)
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, ids):
+            return self.head((self.tokens(ids) + self.norm(ids % 10)).mean(1))
+
+    graph = discover(Encoder(), torch.randint(0, 100, (2, 7)))
+    tokens = graph.layers["tokens"]
+    assert tokens.kind == "embedding" and tokens.weight_shape == (100, 16)
+    assert tokens.row_length == 16 and tokens.group is None and not tokens.quantizable_inputs
+    assert tokens.macs == 7 * 16  # one copy per element looked up
+    assert "max_norm" in {m.name: m for m in graph.kept}["norm"].reason
+    _assert_accounted(graph, Encoder())
 
 
 class _CustomConv(nn.Module):
