@@ -6,6 +6,8 @@
   the uncompressed model's latency on the predictor's device, "x0.5" (half of it).
 - `reachable_minimum(space, ...)`: the least size (exact), predicted latency and MACs any plan of
   a space reaches, so that a budget below them is refused before anything runs.
+- `what_caps_size(space)`: what the smallest plan still spends its bytes on (modules kept as is,
+  protected ends, layers at their smallest option), for the message that refuses a budget.
 """
 
 from __future__ import annotations
@@ -21,7 +23,17 @@ from search_spaces.methods import activation_method
 from search_spaces.plan import LayerPlan, Plan, PlanError
 from search_spaces.space import SearchSpace
 
-__all__ = ["BudgetError", "Reachable", "parse_latency", "parse_size", "reachable_minimum"]
+__all__ = [
+    "BudgetError",
+    "Reachable",
+    "SizePart",
+    "format_bytes",
+    "parse_latency",
+    "parse_size",
+    "reachable_minimum",
+    "size_refusal",
+    "what_caps_size",
+]
 
 _UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "kib": 1024, "mib": MIB, "gb": 1000**3}
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
@@ -161,3 +173,84 @@ def reachable_minimum(space: SearchSpace, latency=None) -> Reachable:
 def _activations(choices, bits: int):
     """The layer's activation config at `bits` (None at 32)."""
     return activation_method(choices.act_method).config(bits)
+
+
+@dataclass(frozen=True)
+class SizePart:
+    """A share of the smallest plan's size: a layer, a kept module, or kept modules of one kind.
+
+    Attributes:
+        what: how a message names it ("'encoder.tok'", "12 LayerNorm modules").
+        bits: its bits in the smallest plan.
+        why: why it is not smaller ("kept as is: ...", "protected end", "at its smallest option").
+        fixed: no knob of the space can make it smaller.
+    """
+
+    what: str
+    bits: int
+    why: str
+    fixed: bool
+
+
+def what_caps_size(space: SearchSpace) -> list[SizePart]:
+    """Every share of the smallest plan's size, largest first (see `SizePart`)."""
+    graph = space.graph
+    options = layer_options(space, _smallest_keeps(space))
+    ends = {graph.first_conv, graph.classifier}
+    parts = []
+    for name, layer_options_ in options.items():
+        choices = space.layers[name]
+        bits = int(layer_options_.bits.min())
+        if choices.methods != ("none",):
+            parts.append(SizePart(f"'{name}'", bits, "at its smallest option", False))
+        elif name in ends and space.layer_knobs[name].methods == ("none",):
+            why = "a protected end at 32 bits, which --protect-ends no searches"
+            parts.append(SizePart(f"'{name}'", bits, why, True))
+        else:
+            why = f"dense: {choices.note}" if choices.note else "dense by its knobs"
+            parts.append(SizePart(f"'{name}'", bits, why, True))
+    by_kind: dict[tuple[str, str], list] = {}
+    for module in graph.kept:
+        by_kind.setdefault((module.kind, module.reason), []).append(module)
+    for (kind, reason), modules in by_kind.items():
+        what = f"'{modules[0].name}'" if len(modules) == 1 else f"{len(modules)} {kind} modules"
+        bits = sum(m.bits for m in modules)
+        parts.append(SizePart(what, bits, f"kept as is: {reason}", True))
+    return sorted(parts, key=lambda part: -part.bits)
+
+
+def size_refusal(space: SearchSpace, budget_bytes: float, smallest_bytes: float) -> str:
+    """The one line that refuses a size budget below the smallest plan: what caps the ratio,
+    with its bytes, and the way out that can work."""
+    baseline = space.graph.baseline_bits / 8
+    parts = what_caps_size(space)
+    total = sum(part.bits for part in parts) or 1
+    shown, covered = [], 0
+    for part in parts:
+        if len(shown) == 4 or covered >= 0.8 * total:
+            break
+        shown.append(f"{part.what} {format_bytes(part.bits / 8)}, {part.why}")
+        covered += part.bits
+    fixed = sum(part.bits for part in parts if part.fixed)
+    if fixed >= 0.5 * total:
+        protected = any(part.fixed and "protected" in part.why for part in parts)
+        way_out = (
+            f"{format_bytes(fixed / 8)} of it no knob can shrink: raise the budget to at least "
+            f"{format_bytes(smallest_bytes)}" + (" or pass --protect-ends no" if protected else "")
+        )
+    else:
+        way_out = "raise the budget or widen the knobs (smaller k, fewer bits, lower keep)"
+    return (
+        f"size budget {format_bytes(budget_bytes)} is below the smallest plan this space "
+        f"reaches, {format_bytes(smallest_bytes)} (×{baseline / smallest_bytes:.1f}); most of "
+        f"it is {'; '.join(shown)}. {way_out[0].upper()}{way_out[1:]}"
+    )
+
+
+def format_bytes(n: float) -> str:
+    """`n` bytes for people: MiB, KiB or B."""
+    if n >= 2**20:
+        return f"{n / 2**20:.3f} MiB"
+    if n >= 1024:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n:.0f} B"

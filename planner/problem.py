@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from planner.budgets import BudgetError, Reachable, reachable_minimum
+from planner.budgets import BudgetError, Reachable, format_bytes, reachable_minimum, size_refusal
 from planner.config import SearchConfig
 from planner.options import layer_options
 from planner.proxy import ProxyObjective, layer_sensitivities, proxy_table
@@ -120,12 +120,7 @@ class Problem:
         budget = self.budget
         reachable = reachable_minimum(self.space, self.latency)
         if budget.size_bytes is not None and budget.size_bytes < reachable.size_bytes:
-            raise BudgetError(
-                f"size budget {format_bytes(budget.size_bytes)} is below the smallest plan this "
-                f"space reaches, {format_bytes(reachable.size_bytes)} "
-                f"(×{self.ratio(reachable.size_bytes):.1f}); raise the budget or widen the knobs "
-                "(smaller k, fewer bits, lower keep)"
-            )
+            raise BudgetError(size_refusal(self.space, budget.size_bytes, reachable.size_bytes))
         if (
             budget.latency_ms is not None
             and reachable.latency_ms is not None
@@ -199,12 +194,3 @@ class Problem:
                 "config": self.config.summary(),
             },
         )
-
-
-def format_bytes(n: float) -> str:
-    """`n` bytes for people: MiB, KiB or B."""
-    if n >= 2**20:
-        return f"{n / 2**20:.3f} MiB"
-    if n >= 1024:
-        return f"{n / 1024:.1f} KiB"
-    return f"{n:.0f} B"

@@ -130,6 +130,39 @@ def test_unreachable_budgets_are_refused_at_the_start(digits, tmp_path):
         Planner(loaded.module, loaded.example_inputs, budget=Budget(latency_ms=1.0))
 
 
+def test_an_unreachable_budget_names_the_kept_layers_that_cap_the_ratio():
+    from torch import nn
+
+    from planner.budgets import reachable_minimum, size_refusal, what_caps_size
+
+    class Tagger(nn.Module):
+        """Most of its bytes sit in a module compplan keeps (a GRU) and a protected head."""
+
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv1d(4, 32, 3)
+            self.rnn = nn.GRU(32, 64, batch_first=True)
+            self.mid = nn.Linear(64, 64)
+            self.head = nn.Linear(64, 10)
+
+        def forward(self, x):
+            hidden, _ = self.rnn(self.stem(x).transpose(1, 2))
+            return self.head(self.mid(hidden).mean(1))
+
+    model = Tagger()
+    graph = discover(model, torch.randn(1, 4, 20))
+    space = SearchSpace(graph)
+    parts = what_caps_size(space)
+    assert parts[0].what == "'rnn'" and parts[0].fixed and "kept as is" in parts[0].why
+    assert parts[0].bits == 32 * sum(p.numel() for p in model.rnn.parameters())
+    smallest = sum(part.bits for part in parts) / 8
+    assert smallest == reachable_minimum(space).size_bytes  # the parts add up to the minimum
+    message = size_refusal(space, smallest / 2, smallest)
+    assert "most of it is 'rnn' 73.5 KiB, kept as is: GRU uses raw weight Parameter" in message
+    assert "--protect-ends no" in message  # the head is protected: the other way out
+    assert "smaller k" not in message  # no knob would help: it says so instead
+
+
 def test_a_bad_storage_url_says_what_to_write(digits, tmp_path):
     for url, expected in [
         ("postgres://nohost/db", "cannot open storage"),
