@@ -12,11 +12,14 @@ bits:
 2. fill (single-objective studies only): while some step up fits in the remaining bytes, take
    the one that removes the most proxy per byte added.
 
+0. (before both) where not even every layer's smallest option fits at the proposal's keep
+   ratios, lower every searched group's keep ratio a step at a time until it does.
+
 The sampler still decides where a plan starts, so its proposals stay diverse (which layers get
 the bytes is its choice, not the heuristic's); repair only spends or recovers the bytes the
-proposal got wrong. Sizes are computed at the proposal's keep ratios, with the same size
+proposal got wrong. Sizes are computed at the (possibly lowered) keep ratios, with the same size
 convention as the budget, so a repaired plan is feasible whenever the space can meet the budget
-at those keep ratios.
+at all.
 """
 
 from __future__ import annotations
@@ -73,21 +76,41 @@ class SizeRepair:
         sizes[~np.isfinite(self.errors)] = np.inf
         return sizes
 
-    def __call__(self, params: Mapping[str, Any]) -> dict[str, int]:
-        """The option parameters repair changes (parameter name → new frontier position); empty
-        when the proposal needs no change."""
+    def __call__(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The parameters repair changes (an option's new frontier position, a group's lower keep
+        ratio); empty when the proposal needs no change."""
         space = self.study_space
         keep = np.ones(len(self.graph.groups))
         for gid, choices in space.space.group_keep.items():
             keep[gid] = params.get(f"group{gid}/keep", choices[0])
+        limit = self.limit_bits - self.graph.kept_bits
+        proposed = keep.copy()
         sizes = self.layer_sizes(keep)
+        # Step 0: where not even every layer's smallest option fits at the proposal's keep
+        # ratios, lower them a step at a time (every searched group at once) until it does.
+        while sizes.min(axis=1).sum() > limit and self._lower_keeps_(keep, params):
+            sizes = self.layer_sizes(keep)
         start = np.array([params.get(f"{name}/option", 0) for name in self.names])
-        positions = repair_positions(
-            self.errors, sizes, start, self.limit_bits - self.graph.kept_bits, fill=self.fill
-        )
-        return {
+        positions = repair_positions(self.errors, sizes, start, limit, fill=self.fill)
+        changes: dict[str, Any] = {
             f"{self.names[j]}/option": int(positions[j]) for j in np.flatnonzero(positions != start)
         }
+        for gid in np.flatnonzero(keep != proposed):
+            changes[f"group{gid}/keep"] = float(keep[gid])
+        return changes
+
+    def _lower_keeps_(self, keep: np.ndarray, params: Mapping[str, Any]) -> bool:
+        """Move each searched group's keep ratio to its next lower choice, in place; False when
+        every one is at its lowest already."""
+        lowered = False
+        for gid, choices in self.study_space.space.group_keep.items():
+            if f"group{gid}/keep" not in self.study_space.distributions:
+                continue
+            lower = [c for c in choices if c < keep[gid]]
+            if lower:
+                keep[gid] = max(lower)
+                lowered = True
+        return lowered
 
 
 def repair_positions(

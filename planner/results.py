@@ -36,7 +36,8 @@ class SearchResult:
         best: its trial number, value, size_bytes, latency_ms and macs (and
             validation_accuracy for the real objective).
         study_name, storage: where the trials are kept.
-        exact: the exact solver's figures, when it seeded this run.
+        exact: the exact solver's figures and "seeded" (whether it seeded the study), or
+            {"note": why it has none} (not asked for, Pareto, no plan at keep 1 fits).
         timings: per trial run here, seconds for the whole trial, its objective and the
             sampler's proposal (Optuna backend; None elsewhere).
     """
@@ -118,7 +119,7 @@ def build_result(
         source: what ran them, for the plan's provenance ("compplan search", ...).
         maximize: a column to maximize instead of minimizing the proxy ("accuracy" for the
             real objective).
-        exact: the exact solver's answer that seeded the run.
+        exact: the exact solver's answer (or {"note": why there is none}).
         timings: per-trial seconds (see `SearchResult`).
     """
     best: dict[str, Any] = {}

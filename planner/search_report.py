@@ -116,7 +116,9 @@ def search_summary(
         "trials": len(trials),
         "feasible_trials": int(trials["feasible"].fillna(False).astype(bool).sum()),
         "best": result.best,
-        "exact": result.exact and {k: v for k, v in result.exact.items() if k != "params"},
+        # The solver's figures and whether it seeded this study, or {"note": why not}.
+        "exact": result.exact
+        and {k: v for k, v in result.exact.items() if k not in ("params", "plan")},
         "real": None,
         "baseline_bytes": graph.baseline_bits / 8,
         "budget": config.budget.to_dict(),
@@ -153,11 +155,15 @@ def search_text(
     ]
     if "validation_accuracy" in best:
         lines.append(f"validation accuracy after fine-tuning: {best['validation_accuracy']:.2%}")
-    if result.exact is not None:
-        exact = result.exact
+    exact = result.exact
+    if exact is not None and "proxy" in exact:
+        seeded = "seeded the study" if exact.get("seeded") else exact.get("note", "not seeded")
         lines.append(
-            f"exact solver (keep 1): proxy {exact['proxy']:.4g} in {exact['seconds']:.2f} s"
+            f"exact solver (keep 1): proxy {exact['proxy']:.4g} in {exact['seconds']:.2f} s; "
+            f"{seeded}"
         )
+    elif exact is not None:
+        lines.append(f"exact solver: no seed: {exact['note']}")
     if refined is not None:
         metric, epochs = refined["metric"], config.real.epochs
         lines.append(

@@ -23,6 +23,7 @@ __all__ = [
     "Proposal",
     "SearchBackend",
     "directions",
+    "exact_answer",
     "exact_seed",
     "make_repair",
     "make_sampler",
@@ -105,16 +106,25 @@ def make_repair(config: SearchConfig, problem: Problem) -> SizeRepair | None:
     )
 
 
-def exact_seed(config: SearchConfig, solver: ExactSolver) -> dict[str, Any] | None:
-    """The exact solver's answer to seed a new study with, or None (not asked for, a Pareto
-    search, or no answer at keep 1: said in the log, the search then runs unseeded)."""
-    if not config.seed_exact or config.pareto:
-        return None
+def exact_answer(config: SearchConfig, solver: ExactSolver) -> dict[str, Any]:
+    """The exact solver's answer (`ExactSolver.solve`'s dict), or {"note": why there is none}:
+    not asked for, a Pareto search (the solver answers one budget), or no plan at keep 1 meets
+    the budgets. Either way it goes into the search's result, so that a user reads why."""
+    if not config.seed_exact:
+        return {"note": "not asked for (seed_exact is off)"}
+    if config.pareto:
+        return {"note": "a Pareto search is not seeded: the exact solver answers one budget"}
     try:
         return solver.solve()
     except BudgetError as error:
         log.info("not seeding with the exact solver: %s", error)
-        return None
+        return {"note": f"{error}; the search ran unseeded"}
+
+
+def exact_seed(config: SearchConfig, solver: ExactSolver) -> dict[str, Any] | None:
+    """The exact solver's answer to seed a new study with, or None (`exact_answer` says why)."""
+    answer = exact_answer(config, solver)
+    return answer if "params" in answer else None
 
 
 @dataclass(frozen=True)

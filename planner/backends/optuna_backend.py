@@ -28,7 +28,7 @@ from planner.backends._base import (
     Progress,
     SearchBackend,
     directions,
-    exact_seed,
+    exact_answer,
     make_sampler,
     score_proposal,
 )
@@ -138,9 +138,16 @@ class OptunaBackend(SearchBackend):
             return len(finished), len(copied)
 
         in_study, _ = pull(own=True)
-        if in_study == 0 and (seed := exact_seed(config, self.solver)) is not None:
-            mirror.enqueue_trial(seed["params"], user_attrs={"seeded_by": "exact"})
-            self.exact = seed
+        # The answer is computed on every run (it takes a fraction of a second), so that a
+        # resumed study still reports it; only a new study is seeded with it.
+        answer = exact_answer(config, self.solver)
+        if "params" in answer and in_study == 0:
+            mirror.enqueue_trial(answer["params"], user_attrs={"seeded_by": "exact"})
+            answer = {**answer, "seeded": True}
+        elif "params" in answer:
+            note = f"the study held {in_study} trials already; its first run was the one seeded"
+            answer = {**answer, "seeded": False, "note": note}
+        self.exact = answer
         if new_trials is not None:
             target = new_trials
         else:

@@ -42,7 +42,7 @@ import pandas as pd
 from planner.backends._base import (
     Progress,
     SearchBackend,
-    exact_seed,
+    exact_answer,
     make_sampler,
     score_proposal,
 )
@@ -370,7 +370,10 @@ class RayBackend(SearchBackend):
 
         real = self.objective is not None
         metric, mode = ("accuracy", "max") if real else ("score", "min")
-        seed = exact_seed(self.config, self.solver)
+        self.exact = exact_answer(self.config, self.solver)
+        seed = self.exact if "params" in self.exact else None
+        if seed is not None:
+            self.exact = {**seed, "seeded": True}
         searcher = OptunaSearch(
             space=self.problem.study_space.distributions,
             metric=metric,
@@ -477,5 +480,6 @@ class RayBackend(SearchBackend):
             pd.DataFrame(rows),
             storage=str(self.path),
             source="compplan search (ray)",
+            exact=getattr(self, "exact", None),
             maximize="accuracy" if self.objective is not None else None,
         )

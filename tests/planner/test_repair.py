@@ -148,3 +148,23 @@ def test_exact_solver_meets_a_latency_budget_and_beats_every_sampled_plan(digits
     feasible = result.trials[result.trials["feasible"]]
     assert not feasible.empty
     assert feasible["value"].min() >= exact["proxy"] - 1e-9
+
+
+@pytest.mark.slow
+def test_a_budget_only_pruning_reaches_keeps_every_repaired_trial_feasible(digits_keep1):
+    """Below the smallest plan at keep 1, repair lowers the keep ratios too; the exact solver
+    (keep 1 only) says why it did not seed the study."""
+    from planner.budgets import reachable_minimum
+
+    loaded, graph, _ = digits_keep1
+    at_keep_1 = reachable_minimum(SearchSpace(graph, Knobs(keep=(1.0,)))).size_bytes
+    pruned = reachable_minimum(SearchSpace(graph)).size_bytes
+    assert pruned < at_keep_1
+    budget = Budget(size_bytes=(pruned + at_keep_1) / 2)
+    planner = Planner(
+        loaded.module, loaded.example_inputs, budget=budget, storage="memory", sampler="random"
+    )
+    result = planner.search(n_trials=20)
+    assert result.trials["feasible"].all()
+    assert any("keep" in str(r) for r in result.trials["repaired"].dropna())
+    assert "params" not in result.exact and "keep ratio at 1" in result.exact["note"]
