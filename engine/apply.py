@@ -172,6 +172,11 @@ def apply_plan_(
             module, weight, act_quant, method=layer_plan.method, act_config=layer_plan.activations
         )
         model.set_submodule(name, planned.to(module.weight.device))
+        for tied in graph.layers[name].tied:  # the same weight source: one compressed copy
+            original = model.get_submodule(tied)
+            model.set_submodule(
+                tied, PlannedLayer.replacing(original, planned.weight_source, method=planned.method)
+            )
     if calibration is not None and config.reestimate_batchnorm:
         reestimate_batchnorm_(model, calibration)
     applied = AppliedPlan(

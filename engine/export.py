@@ -144,9 +144,13 @@ def freeze_(model: nn.Module) -> nn.Module:
     Idempotent. Training after freezing trains the folded scales and shifts, not BatchNorms.
     """
     model.eval()
+    frozen: dict[int, nn.Module] = {}  # tied layers share one source: freeze it once
     for name, module in list(model.named_modules()):
         if isinstance(module, PlannedLayer) and module.method != "none":
-            module.weight_source = weight_method(module.method).frozen(module.weight_source)
+            source = module.weight_source
+            if id(source) not in frozen:
+                frozen[id(source)] = weight_method(module.method).frozen(source)
+            module.weight_source = frozen[id(source)]
         elif isinstance(module, nn.modules.batchnorm._BatchNorm):
             model.set_submodule(name, FoldedBatchNorm.of(module))
     return model
@@ -208,7 +212,13 @@ def export(
     layers: dict[str, dict] = {}
     tensors: dict[str, Tensor] = {}
     payload: set[str] = set()
+    owners: dict[int, str] = {}  # weight source → the first layer holding it
     for name, layer in planned.items():
+        owner = owners.setdefault(id(layer.weight_source), name)
+        if owner != name:  # tied to `owner`: its structure only, the weight is stored there
+            layers[name] = {**_layer_record(layer)[0], "tied_to": owner}
+            del layers[name]["weights"]
+            continue
         layers[name], own = _layer_record(layer)
         for key, tensor in own.items():
             tensors[f"{name}.{_SOURCE}.{key}"] = tensor.contiguous()
@@ -382,6 +392,7 @@ def _checked_plan(
         raise ExportError(f"{damaged}: it records the keeps {recorded}, its plan gives {keeps}")
     # apply_plan_ replaces a layer when its plan sets its weights or its activations.
     compressed = {n for n, lp in plan.layers.items() if lp.method != "none" or lp.activations}
+    compressed |= {tied for name in compressed for tied in graph.layers[name].tied}
     layers = meta["layers"]
     if not isinstance(layers, dict):
         raise ExportError(f"{damaged}: its layer records are not a JSON object")
@@ -543,6 +554,25 @@ def _planned_layer(meta: dict, tensors: dict[str, Tensor]) -> PlannedLayer:
     )
 
 
+def _tied_layer(record: dict, model: nn.Module) -> PlannedLayer:
+    """A layer tied to an earlier planned layer: its own structure and bias, the owner's very
+    weight source (its bias values come with the rest of the state)."""
+    owner = model.get_submodule(record["tied_to"])
+    geometry = {k: tuple(v) if isinstance(v, list) else v for k, v in record["geometry"].items()}
+    bias = torch.zeros(owner.weight_source().shape[0]) if record["bias"] else None
+    return PlannedLayer(record["kind"], owner.weight_source, bias, geometry, method=owner.method)
+
+
+def _method_of(layers: Mapping[str, Any], name: str) -> str:
+    """The weight method a layer record names (a tied layer's: its owner's)."""
+    record = layers[name]
+    return (
+        layers[record["tied_to"]]["weights"]["method"]
+        if "tied_to" in record
+        else (record["weights"]["method"])
+    )
+
+
 def _prepare_(
     model: nn.Module,
     meta: Mapping[str, Any],
@@ -557,6 +587,14 @@ def _prepare_(
     plan, keeps = _checked_plan(meta, graph, damaged)
     prune_(model, graph, keeps, inputs)
     for name, record in meta["layers"].items():
+        if isinstance(record, dict) and "tied_to" in record:
+            owner = record["tied_to"]
+            if owner not in graph.layers or name not in graph.layers[owner].tied:
+                raise ExportError(
+                    f"{damaged}: layer {name} records a tie to {owner!r}, which "
+                    "the model does not have"
+                )
+            continue
         _check_layer(name, record, plan.get(name), model.get_submodule(name), declared, damaged)
 
 
@@ -627,6 +665,9 @@ def load(
         _prepare_(model, meta, declared, damaged)
         tensors = _read_tensors(path, meta)
         for name, record in meta["layers"].items():
+            if "tied_to" in record:
+                model.set_submodule(name, _tied_layer(record, model))
+                continue
             prefix = f"{name}.{_SOURCE}."
             own = {k[len(prefix) :]: t for k, t in tensors.items() if k.startswith(prefix)}
             model.set_submodule(name, _planned_layer(record, own))
@@ -649,7 +690,7 @@ def _load_state_(
             another shape.
     """
     sources = tuple(
-        f"{n}.{_SOURCE}." for n, m in meta["layers"].items() if m["weights"]["method"] != "none"
+        f"{n}.{_SOURCE}." for n in meta["layers"] if _method_of(meta["layers"], n) != "none"
     )
     state = {
         key: tensor.float() if tensor.dtype == torch.float16 else tensor

@@ -212,6 +212,8 @@ def _classify(
     """Sort modules with parameters into compressible layers, attached BatchNorms and kept ones."""
     seen: set[int] = set()
     shared = _shared_weights(model)
+    ties = _weight_ties(model, calls, shared)
+    tied_to = {tied: owner for owner, names in ties.items() for tied in names}
     candidates: dict[str, LayerSpec] = {}
     kept: list[KeptModule] = []
     batchnorms: list[tuple[str, nn.Module, int]] = []
@@ -221,9 +223,15 @@ def _classify(
         if isinstance(module, _BATCHNORM_TYPES):
             batchnorms.append((name, module, params))
             continue
+        if name in tied_to and tied_to[name] in candidates:
+            why = f"its weight is tied to '{tied_to[name]}': compressed there, counted once"
+            kept.append(KeptModule(name, type(module).__name__, params, why))
+            continue
         if params == 0:
             continue
-        reason = _why_not_compressible(name, module, calls.get(name), shared, parent_of)
+        # An owner of tied weights is compressible as any layer; the modules tied to it follow.
+        untied = shared - {id(module.weight)} if name in ties else shared
+        reason = _why_not_compressible(name, module, calls.get(name), untied, parent_of)
         if reason:
             kept.append(KeptModule(name, type(module).__name__, params, reason))
             continue
@@ -242,6 +250,7 @@ def _classify(
             # An embedding's inputs are token ids: there is nothing to quantize.
             quantizable_inputs=not isinstance(module, nn.Embedding)
             and not _inside_fast_path_layer(model, name, parent_of),
+            tied=ties.get(name, ()),
         )
     order = {name: i for i, name in enumerate(calls)}  # hooks fire in execution order
     layers = dict(sorted(candidates.items(), key=lambda item: order[item[0]]))
@@ -284,6 +293,31 @@ def _parents(model: nn.Module) -> dict[str, str]:
         for parent, module in model.named_modules()
         for child, _ in module.named_children()
     }
+
+
+def _weight_ties(model: nn.Module, calls: dict[str, _Call], shared: set[int]) -> dict[str, tuple]:
+    """Tied weights compplan compresses once: owner → the modules whose `weight` is the owner's.
+
+    A tie qualifies when every module sharing the weight is a Linear or an Embedding called once
+    per forward pass and shares nothing else (an input embedding and an output projection, as
+    language models tie them). The owner is the first in `named_modules` order, where the
+    weight's elements are counted.
+    """
+    sharers: dict[int, list[tuple[str, nn.Module]]] = {}
+    for name, module in model.named_modules():
+        weight = module._parameters.get("weight")
+        if weight is not None and id(weight) in shared:
+            sharers.setdefault(id(weight), []).append((name, module))
+    ties = {}
+    for modules in sharers.values():
+        if len(modules) > 1 and all(
+            isinstance(module, nn.Linear | nn.Embedding)
+            and getattr(calls.get(name), "count", 0) == 1
+            and id(module._parameters.get("bias")) not in shared
+            for name, module in modules
+        ):
+            ties[modules[0][0]] = tuple(name for name, _ in modules[1:])
+    return ties
 
 
 def _shared_weights(model: nn.Module) -> set[int]:
@@ -401,6 +435,8 @@ def _couple(
                 problems.append(f"coupled to the features of embedding '{name}'")
                 continue
             spec = layers[name]
+            if spec.tied:  # pruning one would cut the weight the others read
+                problems.append(f"'{name}' shares its weight with '{spec.tied[0]}'")
             if spec.groups > 1 and not spec.is_depthwise:
                 problems.append(f"coupled to grouped conv '{name}' (groups={spec.groups})")
             if is_out:

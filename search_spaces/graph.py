@@ -57,6 +57,9 @@ class LayerSpec:
         quantizable_inputs: whether an activation quantizer in front of it would run: False
             inside a `TransformerEncoderLayer`/`DecoderLayer`, whose inference fast path reads
             the weights and never calls the module (so the space offers only 32-bit inputs).
+        tied: modules whose weight is this layer's own Parameter (an output projection tied to
+            an input embedding): they use its compressed weight, which is stored and counted
+            once, here; each is listed in `ModelGraph.kept` at the cost of its bias alone.
     """
 
     name: str
@@ -73,6 +76,7 @@ class LayerSpec:
     group: int | None = None
     inputs: tuple[InputTie, ...] = ()
     quantizable_inputs: bool = True
+    tied: tuple[str, ...] = ()
 
     @property
     def out_channels(self) -> int:
