@@ -25,6 +25,7 @@ from torch import nn
 
 from search_spaces.attention import ineligible_reason, split_attention
 from search_spaces.graph import CouplingGroup, InputTie, KeptModule, LayerSpec, ModelGraph
+from search_spaces.graph_cache import cache_key, load_graph, save_graph
 from search_spaces.macs import layer_macs
 
 __all__ = ["COMPRESSIBLE_TYPES", "DiscoveryError", "discover"]
@@ -60,6 +61,7 @@ def discover(
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
     *,
     model_name: str = "model",
+    cache: bool = True,
 ) -> ModelGraph:
     """Find every compressible layer of `model`, its facts, and its coupling group.
 
@@ -70,6 +72,9 @@ def discover(
         model: any `nn.Module`.
         example_inputs: one tensor, or a tuple of positional inputs, with a batch dimension first.
         model_name: a label for messages and plan files.
+        cache: look the graph up in, and add it to, the on-disk cache of discovered graphs
+            (`search_spaces.graph_cache`: keyed by the model's structure, its classes' source
+            and the inputs' shapes, so a model changed in any of them is discovered again).
 
     Returns:
         The model's `ModelGraph`.
@@ -81,6 +86,11 @@ def discover(
         (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     )
     batch = int(inputs[0].shape[0]) if inputs and inputs[0].dim() > 0 else 1
+    key = cache_key(model, inputs) if cache else None
+    if (cached := load_graph(key, model_name)) is not None:
+        if cached.trace_error:
+            _warn_trace_failed(model_name, cached.trace_error)
+        return cached
     was_training = model.training
     model.eval()
     # Attention's projections become layers of their own for as long as discovery runs.
@@ -100,6 +110,7 @@ def discover(
     )
     accounted = graph.compressible_params + graph.batchnorm_params + graph.kept_params
     assert accounted == total, f"parameter accounting is off: {accounted} != {total}"
+    save_graph(key, graph)
     return graph
 
 
@@ -121,11 +132,15 @@ def _read(
         return layers, kept, groups, ""
     except Exception as error:  # any failure of a third-party tracer must not stop discovery
         trace_error = f"{type(error).__name__}: {error}".splitlines()[0]
-        _warn_once(
-            f"channel pruning is off for {model_name}: the dependency trace failed "
-            f"({trace_error}); sizes, quantization and the search work as usual"
-        )
+        _warn_trace_failed(model_name, trace_error)
         return layers, kept, (), trace_error
+
+
+def _warn_trace_failed(model_name: str, trace_error: str) -> None:
+    _warn_once(
+        f"channel pruning is off for {model_name}: the dependency trace failed "
+        f"({trace_error}); sizes, quantization and the search work as usual"
+    )
 
 
 _WARNED: set[str] = set()
