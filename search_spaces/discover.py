@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from search_spaces.attention import ineligible_reason, split_attention
 from search_spaces.graph import CouplingGroup, InputTie, KeptModule, LayerSpec, ModelGraph
@@ -181,8 +182,13 @@ def _record_calls(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[st
         for name, module in model.named_modules()
         if isinstance(module, COMPRESSIBLE_TYPES + _BATCHNORM_TYPES)
     ]
+    linears = {
+        id(module.weight): name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+    }
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _FunctionalLinears(linears, calls):
             result = model(*inputs)
         for tensor in _tensors_in(result):
             if id(tensor) in producer_of:
@@ -198,6 +204,28 @@ def _record_calls(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[st
         for handle in handles:
             handle.remove()
     return calls
+
+
+class _FunctionalLinears(TorchFunctionMode):
+    """Notes each `F.linear` whose weight is an `nn.Linear`'s, as a call of that Linear (under
+    the key "functional:<name>"): a parent that reads its child's weight and calls `F.linear`
+    itself (as MultiheadAttention does with `out_proj`) still uses a Linear a plan can compress,
+    since a planned layer's `weight` is its decoded weight."""
+
+    def __init__(self, linears: dict[int, str], calls: dict[str, _Call]):
+        super().__init__()
+        self.linears, self.calls = linears, calls
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        output = func(*args, **kwargs)
+        weight = args[1] if len(args) > 1 else kwargs.get("weight")
+        if getattr(func, "__name__", "") == "linear" and id(weight) in self.linears:
+            call = self.calls.setdefault(f"functional:{self.linears[id(weight)]}", _Call())
+            call.count += 1
+            if isinstance(args[0], torch.Tensor) and isinstance(output, torch.Tensor):
+                call.input_shape, call.output_shape = tuple(args[0].shape), tuple(output.shape)
+        return output
 
 
 def _tensors_in(value: object) -> list[torch.Tensor]:
@@ -246,7 +274,11 @@ def _classify(
             continue
         # An owner of tied weights is compressible as any layer; the modules tied to it follow.
         untied = shared - {id(module.weight)} if name in ties else shared
-        reason = _why_not_compressible(name, module, calls.get(name), untied, parent_of)
+        call = calls.get(name)
+        functional = (call is None or call.count == 0) and f"functional:{name}" in calls
+        if functional:  # its parent calls F.linear on its weight: no input quantizer runs
+            call = calls[name] = calls[f"functional:{name}"]
+        reason = _why_not_compressible(name, module, call, untied, parent_of)
         if reason:
             kept.append(KeptModule(name, type(module).__name__, params, reason))
             continue
@@ -264,10 +296,13 @@ def _classify(
             params=params,
             # An embedding's inputs are token ids: there is nothing to quantize.
             quantizable_inputs=not isinstance(module, nn.Embedding)
+            and not functional
             and not _inside_fast_path_layer(model, name, parent_of),
             tied=ties.get(name, ()),
         )
-    order = {name: i for i, name in enumerate(calls)}  # hooks fire in execution order
+    order: dict[str, int] = {}  # hooks fire in execution order
+    for i, key in enumerate(calls):
+        order.setdefault(key.removeprefix("functional:"), i)
     layers = dict(sorted(candidates.items(), key=lambda item: order[item[0]]))
     for name, module, params in batchnorms:
         call = calls.get(name)

@@ -259,3 +259,20 @@ def test_fingerprint_depends_on_shapes_not_inputs(resnet18_graph):
     assert other_input.fingerprint == resnet18_graph.fingerprint
     narrower = discover(resnet18(num_classes=10), torch.randn(1, 3, 64, 64))
     assert narrower.fingerprint != resnet18_graph.fingerprint
+
+
+def test_a_linear_its_parent_calls_functionally_is_compressible_without_input_bits():
+    class Parent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Linear(8, 16)
+            self.proj = nn.Linear(16, 4)
+
+        def forward(self, x):
+            return F.linear(torch.relu(self.stem(x)), self.proj.weight, self.proj.bias)
+
+    graph = discover(Parent(), torch.randn(3, 8))
+    assert list(graph.layers) == ["stem", "proj"]  # in the order the forward pass uses them
+    proj = graph.layers["proj"]
+    assert proj.macs == 16 * 4 and proj.output_shape == (3, 4)
+    assert not proj.quantizable_inputs and graph.layers["stem"].quantizable_inputs
