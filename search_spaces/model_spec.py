@@ -95,7 +95,7 @@ def load_model(
         except (KeyError, ValueError) as error:
             raise ModelSpecError(str(error).strip("'\"")) from None
         module = entry.build() if pretrained else entry.build_architecture()
-        default_shape, task = entry.input_shape, entry.task
+        default_shape, task, make_input = entry.input_shape, entry.task, entry.example_input
     else:
         factory = import_callable(spec)
         try:
@@ -104,7 +104,7 @@ def load_model(
             raise ModelSpecError(
                 f"calling '{spec}' failed: {type(error).__name__}: {error}"
             ) from None
-        default_shape, task = None, None
+        default_shape, task, make_input = None, None, None
         if not isinstance(module, nn.Module):
             raise ModelSpecError(f"'{spec}' returned a {type(module).__name__}, not an nn.Module")
     shape = parse_shape(input_shape) if input_shape is not None else default_shape
@@ -123,7 +123,9 @@ def load_model(
             f"'{spec}' needs --input-shape (for example --input-shape 1,3,224,224), or "
             "--inputs FILE with example inputs (token ids, say)"
         )
-    return LoadedModel(spec=spec, module=module, example_inputs=(torch.randn(*shape),), task=task)
+    # A zoo model of token ids makes ids inside its vocabulary; other models take random floats.
+    example = make_input(shape) if make_input is not None else torch.randn(*shape)
+    return LoadedModel(spec=spec, module=module, example_inputs=(example,), task=task)
 
 
 def import_callable(spec: str, *, what: str = "model"):

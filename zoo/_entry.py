@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from torch import nn
+from torch import Tensor, nn
 
 __all__ = ["ZooEntry"]
 
@@ -25,6 +25,9 @@ class ZooEntry:
         architecture: Zero-argument factory for the untrained structure, where ``build`` does
             more than construct (``digits`` and ``mnist1d`` train); ``None`` means ``build`` is
             cheap.
+        example_input: Makes the example input of a shape (the entry's `input_shape`, or the
+            user's `--input-shape`), for a model whose inputs are not floats: token ids within its
+            vocabulary, say; ``None``: standard normal floats.
     """
 
     name: str
@@ -33,6 +36,7 @@ class ZooEntry:
     description: str
     task: str | None
     architecture: Callable[[], nn.Module] | None = None
+    example_input: Callable[[tuple[int, ...]], Tensor] | None = None
 
     def build_architecture(self) -> nn.Module:
         """The model's structure without its trained weights (cheap: never trains).

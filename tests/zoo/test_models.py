@@ -56,6 +56,22 @@ EXPECTED_NUM_KEYS = {"resnet18": 122, "resnet50": 320, "mobilenet_v2": 314}
 
 BUILDERS = {"resnet18": resnet18, "resnet50": resnet50, "mobilenet_v2": mobilenet_v2}
 
+ALL_NAMES = [
+    "bert_tiny",
+    "convnext_tiny",
+    "densenet_tiny",
+    "digits",
+    "efficientnet_tiny",
+    "minilm",
+    "mnist1d",
+    "mobilenet_v2",
+    "regnet_tiny",
+    "resnet18",
+    "resnet50",
+    "shufflenet_v2_tiny",
+    "vit_tiny",
+]
+
 
 @pytest.fixture(scope="module")
 def models() -> dict[str, nn.Module]:
@@ -123,12 +139,10 @@ def test_make_divisible(value: float, expected: int) -> None:
 
 
 def test_registry_names_and_errors() -> None:
-    assert zoo.names() == ["digits", "mnist1d", "mobilenet_v2", "resnet18", "resnet50"]
+    assert zoo.names() == ALL_NAMES
     with pytest.raises(ValueError) as excinfo:
         zoo.get("x")
-    assert str(excinfo.value) == (
-        "unknown zoo model 'x'; choose one of: digits, mnist1d, mobilenet_v2, resnet18, resnet50"
-    )
+    assert str(excinfo.value) == f"unknown zoo model 'x'; choose one of: {', '.join(ALL_NAMES)}"
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18"])
