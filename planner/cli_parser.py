@@ -31,8 +31,11 @@ examples:
       --out plan.json
   compplan inspect --model encoder.py:build --inputs token_ids.npz
 
-model specs: zoo:NAME (digits, mnist1d, mobilenet_v2, resnet18, resnet50), package.module:callable
-or path/to/file.py:callable (a function returning an nn.Module; give --input-shape, or --inputs).
+model specs: zoo:NAME, package.module:callable or path/to/file.py:callable (a function returning an
+nn.Module; give --input-shape, or --inputs). The zoo: digits, mnist1d (trained), resnet18, resnet50,
+mobilenet_v2, minilm (all-MiniLM-L6-v2, pretrained; token ids), and small models of public families:
+shufflenet_v2_tiny, efficientnet_tiny, regnet_tiny, convnext_tiny, densenet_tiny, vit_tiny,
+bert_tiny (token ids).
 
 your data, on every command that runs data (apply, eval, search, worker):
   --data FILE     .npz or .pt with arrays x and y (optionally x_val, y_val, x_test, y_test, else

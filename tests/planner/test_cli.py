@@ -257,3 +257,11 @@ def test_console_script_prints_no_traceback(tmp_path):
         == f"compplan: error: {bad}: layer 'fc': field 'k': k=3 is not a power of two"
     )
     assert "Traceback" not in result.stderr
+
+
+def test_the_help_names_every_zoo_model():
+    import zoo
+    from planner.cli_parser import build_parser
+
+    epilog = build_parser().format_help()
+    assert [name for name in zoo.names() if name not in epilog] == []
