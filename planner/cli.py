@@ -110,7 +110,12 @@ def _graph(args: argparse.Namespace, *, pretrained: bool = True):
         inputs=inputs,
         inputs_flag=flag,
     )
-    return loaded, discover(loaded.module, loaded.example_inputs, model_name=args.model)
+    if _progress_shown(args):  # a large model takes seconds to trace the first time
+        print(f"reading {args.model}...", end="\r", file=sys.stderr, flush=True)
+    graph = discover(loaded.module, loaded.example_inputs, model_name=args.model)
+    if _progress_shown(args):
+        print("\033[K", end="", file=sys.stderr, flush=True)  # erase the line
+    return loaded, graph
 
 
 def _task_spec(args: argparse.Namespace) -> str | None:
