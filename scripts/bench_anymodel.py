@@ -147,6 +147,11 @@ def bench_model(name: str, *, trials: int, ratio: float, folder: Path) -> dict:
             "trials": trials,
             "ratio": graph.baseline_bits / 8 / result.best["size_bytes"],
             "proxy": result.best.get("value"),
+            "feasible_trials": int(result.trials["feasible"].fillna(False).astype(bool).sum()),
+            # The exact solver seeds the study where a plan at keep 1 meets the budget; else
+            # its note says why not.
+            "exact_seeded": bool(result.exact and result.exact.get("seeded")),
+            "exact_note": (result.exact or {}).get("note", ""),
         }
 
         stage = "apply"
