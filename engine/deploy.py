@@ -54,11 +54,13 @@ def deployed_structure(
     """
     from engine.apply import check_no_fast_path_quantizers
     from engine.pruning import prune_
+    from search_spaces.attention import split_attention_
     from search_spaces.discover import discover
     from search_spaces.plan import group_keeps, validate_plan
 
     inputs = (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
     copy_ = copy.deepcopy(model).eval()
+    split_attention_(copy_)  # as apply_plan_ does: attention's projections are the plan's layers
     graph = graph if graph is not None else discover(copy_, inputs)
     validate_plan(plan, graph)
     check_no_fast_path_quantizers(copy_, [n for n, lp in plan.layers.items() if lp.act_bits < 32])

@@ -6,6 +6,7 @@ slow work."""
 from __future__ import annotations
 
 import json
+import re
 
 import optuna
 import pytest
@@ -115,7 +116,10 @@ def test_a_token_id_transformer_through_every_command(capsys, project, tmp_path)
     )  # fmt: skip
     assert code == 0, err
     code, stdout, err = run(capsys, "size", "--model", model, "--inputs", ids, "--plan", plan)
-    assert code == 0 and "compression 1.4×" in stdout, (stdout, err)
+    assert code == 0, err
+    # Within the budget: at least 1.4× (the embedding now compresses too, so often more).
+    ratio = float(re.search(r"compression ([0-9.]+)×", stdout).group(1))
+    assert ratio >= 1.4, stdout
     # Latency: timed on the user's token ids (random floats would not even run).
     code, stdout, err = run(
         capsys, "measure-latency", "--model", model, "--inputs", ids, "--plan", plan, "--json"
