@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,9 +108,7 @@ def open_storage(url: str, *, create: bool = True):
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
         engine_kwargs["pool_pre_ping"] = True
     try:
-        return optuna.storages.RDBStorage(
-            text, engine_kwargs=engine_kwargs, heartbeat_interval=None
-        )
+        return _rdb_storage(text, engine_kwargs, file)
     except Exception as error:  # SQLAlchemy's errors: bad dialect, driver, host, file
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         reason = _without_password(reason, text)
@@ -119,6 +118,39 @@ def open_storage(url: str, *, create: bool = True):
             f"cannot open storage '{display_url(text)}': {reason} (SQLite: "
             "sqlite:///path/to/file.db; PostgreSQL: postgresql+psycopg2://user:password@host:5432/db)"
         ) from None
+
+
+def _rdb_storage(text: str, engine_kwargs: dict[str, Any], file: Path | None):
+    """Optuna's RDBStorage, safe when several processes open a new database at once.
+
+    Opening a database Optuna has not seen creates its tables and stamps their version; two
+    processes doing it together (two workers started on a fresh file) collide on that stamp. On
+    a SQLite file the opening holds the file's lock (`study_lock`'s); elsewhere an opening that
+    lost the race is retried, and then finds the tables made.
+    """
+    import optuna
+    import sqlalchemy.exc
+
+    def opened():
+        return optuna.storages.RDBStorage(
+            text, engine_kwargs=engine_kwargs, heartbeat_interval=None
+        )
+
+    if file is not None:
+        fd = os.open(file, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return opened()
+        finally:
+            os.close(fd)
+    for attempt in range(3):
+        try:
+            return opened()
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == 2:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _without_password(message: str, url: str) -> str:

@@ -133,3 +133,32 @@ def _open(url: str):
     from planner.storage import open_storage
 
     return open_storage(url, create=False)
+
+
+def _open_at(url: str, start: float) -> None:
+    import time
+
+    from planner.storage import open_storage
+
+    time.sleep(max(0.0, start - time.time()))
+    open_storage(url)
+
+
+def test_processes_opening_a_new_sqlite_file_together_all_succeed(tmp_path):
+    # Workers started at once on a fresh file: each creates Optuna's tables and stamps their
+    # version, and without the file lock the stamps collide (UNIQUE constraint failed).
+    import multiprocessing
+    import time
+
+    context = multiprocessing.get_context("fork")
+    failures = []
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path}/fresh{round_}.db"
+        start = time.time() + 1.0  # every process started and waiting when the clock strikes
+        processes = [context.Process(target=_open_at, args=(url, start)) for _ in range(6)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout=120)
+        failures += [process.exitcode for process in processes if process.exitcode != 0]
+    assert not failures, failures
