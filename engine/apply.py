@@ -29,6 +29,7 @@ from search_spaces.attention import split_attention_
 from search_spaces.discover import discover
 from search_spaces.graph import ModelGraph
 from search_spaces.methods import BuildSettings, activation_method_of, weight_method
+from search_spaces.methods.lr2vq import POINTS_PER_CENTROID
 from search_spaces.plan import Plan, group_keeps, validate_plan
 
 __all__ = ["AppliedPlan", "ApplyConfig", "applied_plan_of", "apply_plan_"]
@@ -45,6 +46,9 @@ class ApplyConfig:
 
     Attributes:
         kmeans_iterations: Lloyd iterations per VQ layer.
+        kmeans_points_per_centroid: the VQ codebook is fitted on at most this many of a layer's
+            subvectors per centroid, drawn at random (None: on all; every subvector is still
+            assigned to the codebook).
         anneal: PQF's annealed k-means (noisy centroid updates early on).
         seed: seeds k-means and the permutation search.
         progress: a progress bar over layers on stderr.
@@ -56,6 +60,7 @@ class ApplyConfig:
     """
 
     kmeans_iterations: int = 25
+    kmeans_points_per_centroid: int | None = POINTS_PER_CENTROID
     anneal: bool = True
     seed: int = 0
     progress: bool = True
@@ -65,7 +70,11 @@ class ApplyConfig:
 
     def build_settings(self) -> BuildSettings:
         """What the weight methods' `build` reads: the seed and the effort settings."""
-        options = {"kmeans_iterations": self.kmeans_iterations, "anneal": self.anneal}
+        options = {
+            "kmeans_iterations": self.kmeans_iterations,
+            "kmeans_points_per_centroid": self.kmeans_points_per_centroid,
+            "anneal": self.anneal,
+        }
         return BuildSettings(seed=self.seed, options=options)
 
 

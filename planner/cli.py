@@ -385,7 +385,14 @@ def _search(args: argparse.Namespace) -> int:
     )
     graph = discover(loaded.module, loaded.example_inputs, model_name=args.model)
     config = _search_config(args, graph, spec)
-    planner = Planner(loaded.module, loaded.example_inputs, config, graph=graph, task=task)
+    planner = Planner(
+        loaded.module,
+        loaded.example_inputs,
+        config,
+        graph=graph,
+        task=task,
+        progress=_progress_shown(args),
+    )
     if args.trials == 0:
         planner.open_study()
         created = {"storage": display_url(config.storage), "study": planner.study_name}
@@ -430,7 +437,13 @@ def _worker(args: argparse.Namespace) -> int:
     changes = {"seed": seed, "seed_exact": False}
     if (spec := _task_spec(args)) is not None:  # the task's data here, not the study's
         changes["task"] = spec
-    planner = Planner.from_study(args.storage, args.study, trust_specs=args.trust_specs, **changes)
+    planner = Planner.from_study(
+        args.storage,
+        args.study,
+        trust_specs=args.trust_specs,
+        progress=_progress_shown(args),
+        **changes,
+    )
     bar = SearchBar(args.trials, enabled=_progress_shown(args), count="own")
     try:
         result = planner.search(new_trials=args.trials, timeout=args.timeout, progress=bar.update)

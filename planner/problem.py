@@ -65,6 +65,8 @@ class Problem:
         latency: the latency predictor object (`config.latency` is its document).
         calibration: input batches for the layer sensitivities (default: `example_inputs`);
             an empty sequence weighs every layer the same.
+        progress: progress bars on stderr over the layers while the proxy is built (seconds
+            to minutes on a large model).
 
     Raises:
         BudgetError: a budget below what the space can reach.
@@ -79,6 +81,7 @@ class Problem:
         graph: ModelGraph | None = None,
         latency=None,
         calibration: Sequence[Inputs] | None = None,
+        progress: bool = False,
     ):
         self.model = model.eval()
         self.inputs = (
@@ -103,11 +106,13 @@ class Problem:
         self.options = layer_options(self.space)
         calibration = [self.inputs] if calibration is None else list(calibration)
         sensitivities = (
-            layer_sensitivities(self.model, calibration, list(self.graph.layers))
+            layer_sensitivities(self.model, calibration, list(self.graph.layers), progress=progress)
             if calibration
             else None
         )
-        table = proxy_table(self.model, self.options, sensitivities=sensitivities)
+        table = proxy_table(
+            self.model, self.options, sensitivities=sensitivities, progress=progress
+        )
         self.proxy = ProxyObjective(self.model, self.space, table, self.options)
         self.study_space = StudySpace(self.space, self.options, table)
         log.info(

@@ -15,6 +15,7 @@ Activation quantizers add their unit's price (`ActivationMethod.proxy_error`).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -34,12 +35,18 @@ _PROBE_ENERGY = 1e-3
 
 
 def layer_sensitivities(
-    model: nn.Module, inputs: Sequence[Tensor], layers: Sequence[str], *, seed: int = 0
+    model: nn.Module,
+    inputs: Sequence[Tensor],
+    layers: Sequence[str],
+    *,
+    seed: int = 0,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Relative squared output change per unit of relative weight error, per layer.
 
     `inputs` are calibration batches (each a tensor, or a tuple for models with several inputs).
-    The model is not changed (each layer's weight is restored after its probe).
+    The model is not changed (each layer's weight is restored after its probe). `progress`: a
+    bar over the layers on stderr.
     """
     generator = torch.Generator().manual_seed(seed)
     model = model.eval()
@@ -51,7 +58,7 @@ def layer_sensitivities(
     reference = outputs()
     scale = sum(float(r.double().square().sum()) for r in reference)
     result = {}
-    for name in layers:
+    for name in _bar(layers, "layer sensitivities", progress):
         weight = layer_weight(model, name)
         original = weight.detach().clone()
         noise = torch.randn(original.shape, generator=generator).to(original)
@@ -69,6 +76,16 @@ def layer_sensitivities(
         )
         result[name] = change / max(scale, 1e-30) / _PROBE_ENERGY
     return result
+
+
+def _bar(items, label: str, enabled: bool, total: int | None = None):
+    """`items`, with a progress bar over them on stderr where `enabled` (gone when done)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        items, desc=label, total=total, unit="layer", disable=not enabled, leave=False,
+        file=sys.stderr,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -95,10 +112,12 @@ def proxy_table(
     options: Mapping[str, LayerOptions],
     *,
     sensitivities: Mapping[str, float] | None = None,
+    progress: bool = False,
 ) -> ProxyTable:
-    """Score every option of every layer (weights as they are in `model`, unpruned)."""
+    """Score every option of every layer (weights as they are in `model`, unpruned).
+    `progress`: a bar over the layers on stderr."""
     relative: dict[str, np.ndarray] = {}
-    for name, layer_options in options.items():
+    for name, layer_options in _bar(options.items(), "proxy table", progress, len(options)):
         weight = layer_weight(model, name).detach().float().cpu()
         errors = np.zeros(len(layer_options))  # a dense weight loses nothing
         by_method: dict[str, list[int]] = {}

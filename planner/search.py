@@ -76,6 +76,7 @@ class Planner:
         latency: a fitted latency predictor or the path of a saved one (stored in the config).
         problem_type: the `Problem` class to build (a subclass stands in for a slower
             objective in benchmarks).
+        progress: progress bars on stderr while the problem is built (the CLI's on a terminal).
 
     Raises:
         BudgetError: a budget below what the space can reach, or a latency budget without a
@@ -94,6 +95,7 @@ class Planner:
         calibration=None,
         latency=None,
         problem_type: type[Problem] = Problem,
+        progress: bool = False,
         **settings: Any,
     ):
         unknown = sorted(set(settings) - _CONFIG_FIELDS)
@@ -128,7 +130,13 @@ class Planner:
         if calibration is None and task is not None:
             calibration = [task.calibration()]
         self.problem = problem_type(
-            model, example_inputs, config, graph=graph, latency=predictor, calibration=calibration
+            model,
+            example_inputs,
+            config,
+            graph=graph,
+            latency=predictor,
+            calibration=calibration,
+            progress=progress,
         )
         self.solver = ExactSolver(self.problem)
         repair = make_repair(config, self.problem)
@@ -143,7 +151,13 @@ class Planner:
 
     @classmethod
     def from_study(
-        cls, storage: str, study: str, *, trust_specs: bool = False, **settings: Any
+        cls,
+        storage: str,
+        study: str,
+        *,
+        trust_specs: bool = False,
+        progress: bool = False,
+        **settings: Any,
     ) -> Planner:
         """The planner a study's stored `SearchConfig` describes, to join it as a worker.
 
@@ -157,6 +171,7 @@ class Planner:
             trust_specs: import and run the code a model or task spec of the study names (a
                 file.py:callable, a package's callable); without it only zoo specs and data
                 files are used, since anyone who can write to the storage chose them.
+            progress: progress bars on stderr while the problem is built.
 
         Raises:
             PlannerError: no such study, one that holds no config of this compplan, or specs of
@@ -184,7 +199,13 @@ class Planner:
             trusted=trust_specs or "task" in settings,  # a task handed over here is the caller's
             source=f"study '{study}'",
         )
-        return cls(loaded.module, loaded.example_inputs, config.with_(task=spec), task=task)
+        return cls(
+            loaded.module,
+            loaded.example_inputs,
+            config.with_(task=spec),
+            task=task,
+            progress=progress,
+        )
 
     # -- the stages' answers --------------------------------------------------------------------
 

@@ -39,7 +39,13 @@ from search_spaces.methods._base import (
 )
 from search_spaces.methods._registry import register_weight_method
 from search_spaces.methods.bitpack import pack_bits, unpack_bits
-from search_spaces.methods.lr2vq import VQResult, decode, lr2vq, subvectors
+from search_spaces.methods.lr2vq import (
+    POINTS_PER_CENTROID,
+    VQResult,
+    decode,
+    lr2vq,
+    subvectors,
+)
 
 if TYPE_CHECKING:
     from search_spaces.graph import LayerSpec
@@ -317,6 +323,9 @@ class VectorQuantization(WeightMethod):
             iterations=settings.options.get("kmeans_iterations", 25),
             anneal=settings.options.get("anneal", True),
             seed=settings.seed,
+            points_per_centroid=settings.options.get(
+                "kmeans_points_per_centroid", POINTS_PER_CENTROID
+            ),
         )
         return VQWeight(result).to(weight.device)
 

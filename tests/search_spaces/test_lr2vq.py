@@ -71,3 +71,20 @@ def test_kmeans_finds_separated_clusters():
     matched = torch.cdist(centers, found).min(1).values
     assert matched.max() < 0.1
     assert torch.bincount(codes, minlength=4).tolist() == [50, 50, 50, 50]
+
+
+def test_a_large_layer_is_fitted_on_a_sample_and_every_point_assigned():
+    # 256 points per centroid at most fit the codebook (as Faiss); every point still gets the
+    # code of its nearest centroid, and the error stays that of fitting on all points.
+    points = torch.randn(20_000, 4, generator=torch.Generator().manual_seed(0))
+    sampled, codes = kmeans(points, 16, iterations=10, points_per_centroid=64)
+    full, full_codes = kmeans(points, 16, iterations=10, points_per_centroid=None)
+    assert codes.shape == (20_000,)
+    nearest = torch.cdist(points, sampled).argmin(1)
+    assert torch.equal(codes, nearest)
+
+    def error(centroids, assigned):
+        return float((points - centroids[assigned]).square().sum())
+
+    assert error(sampled, codes) < 1.05 * error(full, full_codes)
+    assert not torch.equal(sampled, full)  # the sample did change what was fitted

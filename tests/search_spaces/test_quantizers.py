@@ -328,3 +328,15 @@ def test_activation_parameters_learn():
 def test_unsupported_activation_bits_are_refused(bits):
     with pytest.raises(ValueError, match="activation bits must be one of"):
         ActivationQuantizer(bits)
+
+
+@pytest.mark.parametrize("bits", WEIGHT_BITS)
+def test_grid_search_error_is_the_quantizers_own(bits):
+    # The initialisation's in-place error must be that of the expression the forward evaluates,
+    # or it would pick a clip the quantizer does not have.
+    from search_spaces.methods.quantizers import _codes, _dequantize, _squared_errors
+
+    flat = _weight(3, (16, 72)).reshape(16, -1)
+    scale = torch.rand(16, generator=torch.Generator().manual_seed(1)) * 0.1 + 0.01
+    expected = (_dequantize(_codes(flat, scale, bits), scale, bits) - flat).square().sum(dim=1)
+    assert torch.equal(_squared_errors(flat, scale, bits), expected)
