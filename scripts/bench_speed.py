@@ -11,6 +11,9 @@ Measures in one run (figures printed and written to benchmarks/results/speed.jso
   error ‖Ŵ − W‖²/‖W‖² of both (sampling must not cost accuracy). Medians and spreads over the
   repeats. The before pass is long (minutes): `--before-repeats` bounds how many repeats time
   it; the rest time the new code only.
+- the proxy table of every option of the search space, the bits clip search as it was (a new
+  tensor per operation) and as it is (one buffer in place), A B A B, with the largest difference
+  between the two tables (0: the same values);
 - the search problem's stages on the same model: discovery (fresh and from the graph cache),
   the layer sensitivities, the proxy table of every option, the ProxyObjective and the study
   space; and a whole `apply_plan_` of `pqf-small` (no fine-tuning), the new code only.
@@ -40,6 +43,7 @@ from search_spaces import discover
 from search_spaces.attention import layer_weight
 from search_spaces.knobs import effective_k
 from search_spaces.methods import lr2vq as after
+from search_spaces.methods import quantizers
 from search_spaces.model_spec import load_model
 from search_spaces.space import SearchSpace
 
@@ -116,6 +120,48 @@ def kmeans_side_by_side(jobs: list[dict], *, with_before: bool) -> dict:
     return row
 
 
+def _errors_before(flat, scale, bits):
+    """The bits proxy's clip-search error as it was: one new tensor per operation."""
+    return (
+        (quantizers._dequantize(quantizers._codes(flat, scale, bits), scale, bits) - flat)
+        .square()
+        .sum(dim=1)
+    )
+
+
+def proxy_side_by_side(spec: str, repeats: int) -> dict:
+    """The proxy table of every option on `spec`, clip search as it was and as it is, A B A B."""
+    loaded = load_model(spec, pretrained=False)
+    model = loaded.module.eval()
+    graph = discover(model, loaded.example_inputs, model_name=spec)
+    options = layer_options(SearchSpace(graph, protect_ends=True))
+    now = quantizers._squared_errors
+    seconds: dict[str, list[float]] = {"before": [], "after": []}
+    tables = {}
+    for _ in range(repeats):
+        for label, errors in (("before", _errors_before), ("after", now)):
+            quantizers._squared_errors = errors
+            try:
+                started = time.perf_counter()
+                tables[label] = proxy_table(model, options)
+                seconds[label].append(time.perf_counter() - started)
+            finally:
+                quantizers._squared_errors = now
+    difference = max(
+        float(abs(tables["before"].relative_errors[n] - tables["after"].relative_errors[n]).max())
+        for n in options
+    )
+    ratios = [b / a for b, a in zip(seconds["before"], seconds["after"], strict=True)]
+    return {
+        "layers": len(options),
+        "options": sum(len(o) for o in options.values()),
+        "before_seconds": _spread(seconds["before"]),
+        "after_seconds": _spread(seconds["after"]),
+        "speedup": _spread(ratios),
+        "largest_difference_in_relative_error": difference,
+    }
+
+
 def _timed(label: str, stages: dict, function):
     started = time.perf_counter()
     result = function()
@@ -190,6 +236,14 @@ def main() -> int:
         "speedup": _spread([row["speedup"] for row in timed_before]),
         "error_ratio": _spread([row["error_ratio"] for row in timed_before]),
     }
+    print("proxy table, clip search before and after:", flush=True)
+    proxy = proxy_side_by_side(args.model, repeats)
+    print(
+        f"  {proxy['before_seconds']['median']:.1f} s before, "
+        f"{proxy['after_seconds']['median']:.1f} s after (speedup ×{proxy['speedup']['median']:.2f}"
+        f", largest difference {proxy['largest_difference_in_relative_error']:.1e})",
+        flush=True,
+    )
     print("stages (new code):", flush=True)
     stages = problem_stages(args.model)
 
@@ -203,6 +257,7 @@ def main() -> int:
         "subvectors": points,
         "kmeans": kmeans_summary,
         "kmeans_repeats": kmeans_rows,
+        "proxy_table": proxy,
         "stages": stages,
     }
     print(
