@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from planner.options import LayerOptions
 from search_spaces.attention import layer_weight
 from search_spaces.methods import activation_method, weight_method
+from search_spaces.methods.threads import one_thread
 
 __all__ = ["ProxyObjective", "ProxyTable", "layer_sensitivities", "proxy_table"]
 
@@ -116,6 +117,19 @@ def proxy_table(
 ) -> ProxyTable:
     """Score every option of every layer (weights as they are in `model`, unpruned).
     `progress`: a bar over the layers on stderr."""
+    with one_thread():  # small operations by the thousand: see search_spaces.methods.threads
+        relative = _relative_errors(model, options, progress)
+    weights = {name: float((sensitivities or {}).get(name, 1.0)) for name in options}
+    return ProxyTable(
+        errors={name: weights[name] * e for name, e in relative.items()},
+        relative_errors=relative,
+        sensitivities=weights,
+    )
+
+
+def _relative_errors(
+    model: nn.Module, options: Mapping[str, LayerOptions], progress: bool
+) -> dict[str, np.ndarray]:
     relative: dict[str, np.ndarray] = {}
     for name, layer_options in _bar(options.items(), "proxy table", progress, len(options)):
         weight = layer_weight(model, name).detach().float().cpu()
@@ -128,12 +142,7 @@ def proxy_table(
             configs = [layer_options.plans[i].weights for i in indices]
             errors[indices] = weight_method(method).proxy_errors(weight, configs)
         relative[name] = errors
-    weights = {name: float((sensitivities or {}).get(name, 1.0)) for name in options}
-    return ProxyTable(
-        errors={name: weights[name] * e for name, e in relative.items()},
-        relative_errors=relative,
-        sensitivities=weights,
-    )
+    return relative
 
 
 class ProxyObjective:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from search_spaces.knobs import effective_k
+from search_spaces.methods.threads import one_thread
 
 __all__ = ["POINTS_PER_CENTROID", "VQResult", "decode", "kmeans", "lr2vq", "subvectors"]
 
@@ -125,6 +126,18 @@ def kmeans(
     Returns:
         (centroids (k, d), codes (n,)) with every point's code assigned to the final centroids.
     """
+    with one_thread():  # see search_spaces.methods.threads
+        return _kmeans(points, k, iterations, anneal, seed, points_per_centroid)
+
+
+def _kmeans(
+    points: Tensor,
+    k: int,
+    iterations: int,
+    anneal: bool,
+    seed: int,
+    points_per_centroid: int | None,
+) -> tuple[Tensor, Tensor]:
     generator = torch.Generator().manual_seed(seed)
     every_point = points.float()
     n = every_point.shape[0]

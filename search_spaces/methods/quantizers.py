@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from search_spaces.knobs import ACT_BITS, WEIGHT_BITS
+from search_spaces.methods.threads import one_thread
 
 __all__ = ["ACTIVATION_QUANT_BITS", "WEIGHT_QUANT_BITS", "ActivationQuantizer", "WeightQuantizer"]
 
@@ -94,7 +95,9 @@ def _fit_alpha(weight: Tensor, bits: int) -> Tensor:
     flat = weight.detach().to(torch.float32).reshape(weight.shape[0], -1)
     # Cache-sized blocks of channels: twice as fast on big layers as one pass over all of them.
     rows = max(1, _FIT_BLOCK // flat.shape[1])
-    return torch.cat([_fit_alpha_rows(flat[i : i + rows], bits) for i in range(0, len(flat), rows)])
+    with one_thread():  # see search_spaces.methods.threads
+        blocks = [_fit_alpha_rows(flat[i : i + rows], bits) for i in range(0, len(flat), rows)]
+    return torch.cat(blocks)
 
 
 def _squared_errors(flat: Tensor, scale: Tensor, bits: int) -> Tensor:

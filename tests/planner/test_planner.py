@@ -333,6 +333,22 @@ def test_sensitivities_weigh_layers_by_their_effect_on_the_output(digits):
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
+def test_building_the_proxy_shows_its_progress_over_the_layers(digits, capsys):
+    # Seconds to minutes on a large model: the user sees it move (a bar on stderr when asked).
+    from planner.proxy import layer_sensitivities
+
+    loaded, graph = digits
+    names = list(graph.layers)
+    options = layer_options(SearchSpace(graph))
+    layer_sensitivities(loaded.module, [loaded.example_inputs], names, progress=True)
+    proxy_table(loaded.module, options, progress=True)
+    shown = capsys.readouterr().err
+    assert "layer sensitivities:" in shown and f"/{len(names)} [" in shown
+    assert "proxy table:" in shown and shown.endswith("\r")  # the bar is gone when done
+    layer_sensitivities(loaded.module, [loaded.example_inputs], names)
+    assert capsys.readouterr().err == ""  # and nothing when not asked
+
+
 def test_the_uniform_baseline_is_the_largest_single_k_that_fits(resnet18_graph):
     from dataclasses import replace
 

@@ -88,3 +88,29 @@ def test_a_large_layer_is_fitted_on_a_sample_and_every_point_assigned():
 
     assert error(sampled, codes) < 1.05 * error(full, full_codes)
     assert not torch.equal(sampled, full)  # the sample did change what was fitted
+
+
+def test_kmeans_runs_on_one_thread_and_gives_the_callers_back():
+    # Small operations by the thousand: on shared cores, intra-op threads make them 10-80× slower.
+    seen = []
+    points = torch.randn(400, 4)
+    original = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        from search_spaces.methods import lr2vq as module
+
+        nearest = module._nearest
+
+        def spy(*args):
+            seen.append(torch.get_num_threads())
+            return nearest(*args)
+
+        module._nearest = spy
+        try:
+            kmeans(points, 8, iterations=2)
+        finally:
+            module._nearest = nearest
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(original)
