@@ -89,18 +89,30 @@ def _nearest(points: Tensor, centroids: Tensor) -> Tensor:
 
 def _kmeans_plus_plus(points: Tensor, k: int, generator: torch.Generator) -> Tensor:
     n = points.shape[0]
-    first = torch.randint(n, (1,), generator=generator)
-    centroids = [points[first]]
-    closest = ((points - centroids[0]) ** 2).sum(1)
-    for _ in range(1, k):
-        total = closest.sum()
+    # ‖p − c‖² = ‖p‖² − 2p·c + ‖c‖²: one matrix-vector product a centroid (clamped, since
+    # rounding can take a point's distance to itself a hair below zero).
+    squared = (points * points).sum(1)
+
+    def distances_to(index: int) -> Tensor:
+        return (squared - 2.0 * (points @ points[index]) + squared[index]).clamp_(min=0.0)
+
+    picks = torch.empty(k, dtype=torch.int64)
+    picks[0] = torch.randint(n, (1,), generator=generator)
+    closest = distances_to(int(picks[0]))
+    draws = torch.rand(k, generator=generator, dtype=torch.float64)
+    for i in range(1, k):
+        # A draw proportional to the squared distance: the inverse of its cumulative sum
+        # (a search in it, not a multinomial draw, which costs as much as the rest together).
+        cumulative = closest.double().cumsum(0)
+        total = float(cumulative[-1])
         if total <= 0:  # every point already coincides with a centroid
-            pick = torch.randint(n, (1,), generator=generator)
+            pick = int(torch.randint(n, (1,), generator=generator))
         else:
-            pick = torch.multinomial(closest / total, 1, generator=generator)
-        centroids.append(points[pick])
-        closest = torch.minimum(closest, ((points - points[pick]) ** 2).sum(1))
-    return torch.cat(centroids)
+            target = draws[i : i + 1] * total
+            pick = min(int(torch.searchsorted(cumulative, target, right=True)), n - 1)
+        picks[i] = pick
+        torch.minimum(closest, distances_to(pick), out=closest)
+    return points[picks]
 
 
 def kmeans(
