@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -30,6 +31,11 @@ __all__ = ["POINTS_PER_CENTROID", "VQResult", "decode", "kmeans", "lr2vq", "subv
 # Assignment computes a chunk × k distance matrix a chunk at a time; a small chunk keeps it in
 # cache (2 MiB at k = 256), which is twice as fast as one large matrix on this kind of CPU.
 _CHUNK = 2048
+# Many centroids in few dimensions (a searched plan's m = 2, k = 4096): a k-d tree finds each
+# point's nearest far faster than the n × k distance matrix (measured at n = 295K: 24× at d = 2,
+# k = 4096; 3× at d = 3, k = 1024), which wins with more dimensions or fewer centroids.
+_TREE_MAX_DIM = 4
+_TREE_MIN_K = 512
 # Points the codebook is fitted on, per centroid (Faiss's default `max_points_per_centroid`).
 POINTS_PER_CENTROID = 256
 # Initial noise std of the annealed updates, as a share of the latents' per-dimension std.
@@ -75,6 +81,12 @@ def decode(
 
 
 def _nearest(points: Tensor, centroids: Tensor) -> Tensor:
+    k, d = centroids.shape
+    if d <= _TREE_MAX_DIM and k >= _TREE_MIN_K:
+        from scipy.spatial import cKDTree
+
+        _, codes = cKDTree(centroids.double().numpy()).query(points.double().numpy(), k=1)
+        return torch.from_numpy(np.asarray(codes, dtype=np.int64))
     codes = torch.empty(points.shape[0], dtype=torch.int64)
     c_sq = (centroids * centroids).sum(1)[None, :]
     centroids_t = centroids.T.contiguous()
@@ -94,16 +106,16 @@ def _kmeans_plus_plus(points: Tensor, k: int, generator: torch.Generator) -> Ten
     squared = (points * points).sum(1)
 
     def distances_to(index: int) -> Tensor:
-        return (squared - 2.0 * (points @ points[index]) + squared[index]).clamp_(min=0.0)
+        return torch.addmv(squared + squared[index], points, points[index], alpha=-2.0).clamp_(0.0)
 
     picks = torch.empty(k, dtype=torch.int64)
     picks[0] = torch.randint(n, (1,), generator=generator)
     closest = distances_to(int(picks[0]))
-    draws = torch.rand(k, generator=generator, dtype=torch.float64)
+    draws = torch.rand(k, generator=generator)
     for i in range(1, k):
         # A draw proportional to the squared distance: the inverse of its cumulative sum
         # (a search in it, not a multinomial draw, which costs as much as the rest together).
-        cumulative = closest.double().cumsum(0)
+        cumulative = closest.cumsum(0)  # non-negative terms: never decreasing, even rounded
         total = float(cumulative[-1])
         if total <= 0:  # every point already coincides with a centroid
             pick = int(torch.randint(n, (1,), generator=generator))

@@ -114,3 +114,13 @@ def test_kmeans_runs_on_one_thread_and_gives_the_callers_back():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(original)
+
+
+def test_many_centroids_in_few_dimensions_take_the_tree_and_find_the_nearest():
+    # m = 2, k = 4096 is a plan the search picks; the k-d tree must give the brute force's codes.
+    from search_spaces.methods.lr2vq import _nearest
+
+    generator = torch.Generator().manual_seed(0)
+    points, centroids = torch.randn(5000, 2, generator=generator), torch.randn(1024, 2)
+    brute = torch.cdist(points.double(), centroids.double()).argmin(1)
+    assert torch.equal(_nearest(points, centroids), brute)
