@@ -98,7 +98,6 @@ def _fail(message: str, code: int) -> int:
 
 
 def _graph(args: argparse.Namespace, *, pretrained: bool = True):
-    from search_spaces import discover
     from search_spaces.model_spec import load_model
 
     inputs = args.inputs or getattr(args, "data", None)  # their x: example inputs, of their dtype
@@ -110,12 +109,19 @@ def _graph(args: argparse.Namespace, *, pretrained: bool = True):
         inputs=inputs,
         inputs_flag=flag,
     )
+    return loaded, _discovered(args, loaded)
+
+
+def _discovered(args: argparse.Namespace, loaded):
+    """The loaded model's graph, with a "reading MODEL..." line on a terminal meanwhile."""
+    from search_spaces import discover
+
     if _progress_shown(args):  # a large model takes seconds to trace the first time
         print(f"reading {args.model}...", end="\r", file=sys.stderr, flush=True)
     graph = discover(loaded.module, loaded.example_inputs, model_name=args.model)
     if _progress_shown(args):
         print("\033[K", end="", file=sys.stderr, flush=True)  # erase the line
-    return loaded, graph
+    return graph
 
 
 def _task_spec(args: argparse.Namespace) -> str | None:
@@ -364,7 +370,6 @@ def _search(args: argparse.Namespace) -> int:
     from planner.errors import PlannerError
     from planner.search import Planner
     from planner.search_report import SearchBar, created_text, search_summary, search_text
-    from search_spaces import discover
     from search_spaces.output_file import check_output_path, write_text_atomically
 
     if args.out is None and args.trials > 0:
@@ -383,7 +388,7 @@ def _search(args: argparse.Namespace) -> int:
     loaded, spec, task = load_with_task(
         args.model, _task_spec(args), input_shape=args.input_shape, distill=args.distill
     )
-    graph = discover(loaded.module, loaded.example_inputs, model_name=args.model)
+    graph = _discovered(args, loaded)
     config = _search_config(args, graph, spec)
     planner = Planner(
         loaded.module,
