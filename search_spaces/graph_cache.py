@@ -15,6 +15,7 @@ turns the cache off.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import inspect
 import json
@@ -45,6 +46,7 @@ def _cache_dir() -> Path | None:
     return Path(root).expanduser() / "graphs"
 
 
+@functools.cache
 def _discovery_source() -> str:
     # Read as files, not imported: discover imports this module.
     here = Path(__file__).parent
