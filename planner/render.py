@@ -90,9 +90,9 @@ def inspect_text(graph: ModelGraph, *, groups: bool = False) -> str:
     lines = [
         table(rows, header, {3, 4}),
         "",
-        f"{graph.model_name}: {len(graph.layers)} compressible layers, {len(graph.kept)} modules "
-        f"kept as is; {graph.total_params:,} parameters ({graph.compressible_params:,} in "
-        f"compressible layers), {graph.total_macs:,} MACs, baseline "
+        f"{graph.model_name}: {len(graph.layers)} compressible layers, {len(graph.kept)} "
+        f"module{'' if len(graph.kept) == 1 else 's'} kept as is; {graph.total_params:,} "
+        f"parameters ({graph.compressible_params:,} in compressible layers), {graph.total_macs:,} MACs, baseline "
         f"{mib(graph.baseline_bits / 8)} at 32 bits",
         f"coupling groups: {len(graph.groups)} ({prunable} prunable)"
         + (f"; channel pruning is off: {graph.pruning_off_reason}" if not prunable else ""),
