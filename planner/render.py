@@ -92,8 +92,8 @@ def inspect_text(graph: ModelGraph, *, groups: bool = False) -> str:
         "",
         f"{graph.model_name}: {len(graph.layers)} compressible layers, {len(graph.kept)} "
         f"module{'' if len(graph.kept) == 1 else 's'} kept as is; {graph.total_params:,} "
-        f"parameters ({graph.compressible_params:,} in compressible layers), {graph.total_macs:,} MACs, baseline "
-        f"{mib(graph.baseline_bits / 8)} at 32 bits",
+        f"parameters ({graph.compressible_params:,} in compressible layers), "
+        f"{graph.total_macs:,} MACs, baseline {mib(graph.baseline_bits / 8)} at 32 bits",
         f"coupling groups: {len(graph.groups)} ({prunable} prunable)"
         + (f"; channel pruning is off: {graph.pruning_off_reason}" if not prunable else ""),
     ]
