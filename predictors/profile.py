@@ -10,6 +10,7 @@ carry, which the phases move far less. The caller builds the deployed form (`eng
 
 from __future__ import annotations
 
+import math
 import platform
 import statistics
 import time
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "BLOCK_MS",
     "RATIO_STATISTIC",
     "RATIO_STATISTICS",
     "MeasurementError",
@@ -163,6 +165,10 @@ def measure(
 RATIO_STATISTICS = ("block_min", "block_median", "min", "median")
 RATIO_STATISTIC = "block_min"
 
+# The least duration of one side's block (`measure_relative`): a side faster than this over
+# `calls` takes more calls per block.
+BLOCK_MS = 2.0
+
 
 @dataclass(frozen=True)
 class RelativeTiming:
@@ -247,6 +253,7 @@ class RelativeTiming:
 
     @property
     def calls(self) -> int:
+        """Timed calls of the module in its first block (a fast side takes more: `block_ms`)."""
         return len(self.module_blocks[0])
 
     @classmethod
@@ -291,6 +298,8 @@ def measure_relative(
     statistic: str = RATIO_STATISTIC,
     reference_inputs: Tensor | tuple[Tensor, ...] | None = None,
     min_blocks: int = 4,
+    block_ms: float | None = None,
+    max_calls: int = 64,
 ) -> RelativeTiming:
     """Time `module` against `reference` interleaved in short blocks; the ratio is the figure.
 
@@ -298,43 +307,57 @@ def measure_relative(
     the order A B, B A, A B, ... (so that neither side always runs first after the switch),
     each block one untimed call and `calls` timed ones. On CUDA every call is synchronised.
 
+    A side faster than `block_ms / calls` takes more calls per block, as many as fill
+    `block_ms` (by its fastest warm-up call; at most `max_calls`): a block's fastest call is
+    the figure, and of a fraction of a millisecond three calls are too few to hold one free of
+    the interrupts a shared machine sends (zoo:digits' plans, single small layers). Both sides'
+    blocks then last about as long, so they still share their moment.
+
     Args:
         module: what is measured (a plan's deployed form, one layer).
         reference: what it is measured against (the uncompressed deployed model of the same
             spec, inputs, batch, threads and device; or a fixed calibration module).
         inputs: the module's input batch (and the reference's, unless `reference_inputs`).
-        blocks, calls: blocks of each side and timed calls per block (12 × 3 by default).
-        warmup: untimed calls of each before the first block.
+        blocks, calls: blocks of each side and the fewest timed calls per block (12 × 3 by
+            default).
+        warmup: untimed calls of each before the first block (at least 1 for `block_ms`).
         threads: torch's intra-op threads while timing.
         statistic: the figure (`RATIO_STATISTICS`).
         reference_inputs: the reference's own inputs, where they differ.
         min_blocks: the fewest blocks allowed (a round of a longer measurement may take fewer:
             `RelativeTiming.combine`).
+        block_ms, max_calls: the least duration of a side's block (default `BLOCK_MS`; 0:
+            always `calls`) and the most calls that may take.
 
     Raises:
         MeasurementError: fewer than `min_blocks` blocks, 1 call or 1 thread, or an unknown
             statistic.
     """
-    if blocks < min_blocks or calls < 1 or threads < 1 or warmup < 0:
+    if blocks < min_blocks or calls < 1 or threads < 1 or warmup < 0 or (block_ms or 0) < 0:
         raise MeasurementError(
-            f"blocks must be at least {min_blocks}, calls and threads at least 1 and warmup at "
-            f"least 0 (got blocks={blocks}, calls={calls}, threads={threads}, warmup={warmup})"
+            f"blocks must be at least {min_blocks}, calls and threads at least 1, warmup and "
+            f"block_ms at least 0 (got blocks={blocks}, calls={calls}, threads={threads}, "
+            f"warmup={warmup}, block_ms={block_ms})"
         )
     if statistic not in RATIO_STATISTICS:
         raise MeasurementError(
             f"unknown ratio statistic {statistic!r}; choose from {', '.join(RATIO_STATISTICS)}"
         )
+    block_ms = BLOCK_MS if block_ms is None else block_ms
     reference_inputs = inputs if reference_inputs is None else reference_inputs
     sides = ((module, inputs), (reference, reference_inputs))
+    fastest = [math.inf, math.inf]
     for _ in range(warmup):
-        for side, side_inputs in sides:
-            time_calls(side, side_inputs, runs=0, warmup=1, threads=threads)
+        for index, (side, side_inputs) in enumerate(sides):
+            (took,) = time_calls(side, side_inputs, runs=1, warmup=0, threads=threads)
+            fastest[index] = min(fastest[index], took)
+    per_block = [_calls_filling(block_ms, t, calls, max_calls) for t in fastest]
     times: tuple[list[list[float]], list[list[float]]] = ([], [])
     for block in range(blocks):
         for index in (0, 1) if block % 2 == 0 else (1, 0):
             side, side_inputs = sides[index]
             times[index].append(
-                time_calls(side, side_inputs, runs=calls, warmup=1, threads=threads)
+                time_calls(side, side_inputs, runs=per_block[index], warmup=1, threads=threads)
             )
     first = inputs if isinstance(inputs, Tensor) else inputs[0]
     return RelativeTiming(
@@ -344,6 +367,13 @@ def measure_relative(
         batch=int(first.shape[0]),
         device=device_fingerprint(first.device.type, threads),
     )
+
+
+def _calls_filling(block_ms: float, call_ms: float, calls: int, max_calls: int) -> int:
+    """Calls of `call_ms` each that fill `block_ms`, between `calls` and `max_calls`."""
+    if not block_ms or not math.isfinite(call_ms) or call_ms <= 0:
+        return calls
+    return max(calls, min(math.ceil(block_ms / call_ms), max_calls))
 
 
 def ratio_statistics(own: list[list[float]], ref: list[list[float]]) -> dict[str, float]:

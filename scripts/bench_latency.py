@@ -1,23 +1,27 @@
 """Latency on a noisy machine: the relative protocol's noise floor beside the absolute one, and the
 predictors (FLOPs, lookup table, network) scored on the ratio, side by side.
 
-    .venv/bin/python scripts/bench_latency.py [--samples 60] [--synthetic 300] [--device cpu]
-                                              [--threads 1] [--reuse] [--records DIR]
+    .venv/bin/python scripts/bench_latency.py [--samples 60] [--test 40] [--synthetic 300]
+                                              [--device cpu] [--threads 1] [--reuse]
+                                              [--records DIR] [--models M ...]
 
 For zoo:resnet18 (1×3×224×224), zoo:mobilenet_v2 (1×3×224×224) and zoo:digits (1×1×8×8):
 1. Build a predictor as a user does: `profile` `--samples` random plans, the structured ones
    (uniform keeps 0.35–1 with 32- and 8-bit activations) and their single layers, each plan timed
-   interleaved with the uncompressed model (10 blocks of 3 calls each, `measure_relative`), in a
-   fresh process; then fit. Its seconds are the build time.
-2. Noise floor: a seeded 20% of the random plans, the structured plans and the presets (PQF
-   small and large, 8- and 4-bit weights, with keeps) measured again in another fresh process.
-   Share of plans whose second figure is within ±10% of the first, for the ratio (the new
-   protocol) and for the absolute median of the same calls (what a figure was before).
-3. Predictors fit on the other 80% of the random plans, the structured ones and the layers (plus
-   the synthetic layers), scored on the held-out plans' ratios: share within ±10%, MAPE and
-   Spearman's ρ. Structured plans and presets: each predicted against its second measurement
-   (as `compplan measure-latency` would give it), by predictors fit with and without them.
-4. Transfer: fit on resnet18 and digits (and the synthetic layers), scored on mobilenet_v2's plans.
+   interleaved with the uncompressed model (`measure_relative`, `profile`'s defaults), in a fresh
+   process; then fit. Its seconds are the build time.
+2. Test plans: `--test` random plans of another seed, the structured plans and the presets (PQF
+   small and large, 8- and 4-bit weights, with keeps), each measured twice, in fresh processes
+   minutes apart. Noise floor: the share of plans whose second figure is within ±10% of the
+   first, for the ratio (the relative protocol), for the absolute median of the same calls
+   (what a figure was before) and for the calibration units.
+3. Predictors fit on the build records (plus the synthetic layers), scored on the held-out
+   random test plans' ratios (the geometric mean of their two measurements; against one
+   measurement too): share within ±10%, MAPE and Spearman's ρ. Structured plans and presets:
+   each predicted against its test measurements, by predictors fit with and without the
+   structured records.
+4. Transfer: fit on resnet18 and digits (and the synthetic layers), scored on mobilenet_v2's test
+   plans (and its build plans, measured once).
 5. Throughput: 10,000 plans of mobilenet_v2 (53 layers) from arrays, 5 repeats.
 Records go to benchmarks/records/<device>/ (`--reuse` takes them from there). Prints everything
 and writes benchmarks/results/latency.json (latency_<device>.json for a device other than cpu).
@@ -29,6 +33,7 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +54,10 @@ from predictors.latency import (
     structured_plans,
     synthetic_layer_configs,
 )
-from predictors.profile import RATIO_STATISTIC, device_fingerprint
+from predictors.profile import BLOCK_MS, RATIO_STATISTIC, device_fingerprint
 from search_spaces import SearchSpace
+from search_spaces.discover import discover
+from search_spaces.model_spec import load_model
 from search_spaces.plan import Plan
 
 MODELS = {
@@ -89,24 +96,39 @@ def _source(rows: pd.DataFrame) -> pd.Series:
     return rows["plan"].map(lambda p: Plan.from_json(p).provenance.get("source", ""))
 
 
-def _held_out(n: int, seed: int = 0) -> np.ndarray:
-    """A seeded 20% of `n` random plans."""
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[: round(0.2 * n)])
+def _test_plans(model: str, shape: str, samples: int) -> list[Plan]:
+    """The plans every predictor is scored on: `samples` random plans of another seed than the
+    build's, the structured ones and the presets."""
+    loaded = load_model(model, input_shape=shape, pretrained=False)
+    graph = discover(loaded.module, loaded.example_inputs, model_name=model)
+    space = SearchSpace(graph)
+    plans = random_plans(space, samples, seed=1)
+    plans += structured_plans(space)
+    presets = [make_preset(graph, name, model=model) for name in PRESETS]
+    # Without the creation time, so that both measurements of a preset name one plan.
+    return plans + [replace(p, provenance={"source": p.provenance["source"]}) for p in presets]
 
 
 def _collect(args, records_dir: Path) -> dict[str, float]:
-    """Measure what is missing (or everything); returns the build seconds per records file."""
+    """Measure what is missing (or everything); returns the build seconds per records file.
+
+    Order: every model's build, every model's first test measurement, the synthetic layers,
+    every model's second test measurement, so that the two measurements of a plan lie minutes
+    apart, in other phases of the machine."""
     records_dir.mkdir(parents=True, exist_ok=True)
     seconds_file = records_dir / "seconds.json"
     seconds = json.loads(seconds_file.read_text()) if seconds_file.exists() else {}
     common = {"device": args.device, "threads": args.threads, "progress": True}
+
+    def missing(path: Path) -> bool:
+        return not (args.reuse and path.exists())
+
     for model, shape in MODELS.items():
         path = records_dir / f"{_name(model)}.parquet"
-        if not (args.reuse and path.exists()):
+        if missing(path):
             print(
-                f"profiling {model}: {args.samples} random plans, the structured ones and their "
-                "layers …",
+                f"building {model}'s predictor records: {args.samples} random plans, the "
+                "structured ones and their layers …",
                 flush=True,
             )
             start = time.perf_counter()
@@ -115,33 +137,33 @@ def _collect(args, records_dir: Path) -> dict[str, float]:
             records.attrs = {}
             save_records(records, path)
             seconds_file.write_text(json.dumps(seconds, indent=2))
-        again = records_dir / f"{_name(model)}_again.parquet"
-        if not (args.reuse and again.exists()):
-            first = load_records(path)
-            rows = first[first["record"] == "model"].reset_index(drop=True)
-            random_rows = rows[~_source(rows).str.startswith("structured")]
-            plans = _plans(random_rows.iloc[_held_out(len(random_rows))])
-            plans += _plans(rows[_source(rows).str.startswith("structured")])
-            graph = record_graphs(first)[(model, shape)]
-            plans += [make_preset(graph, name, model=model) for name in PRESETS]
-            print(
-                f"measuring {model}'s {len(plans)} held-out, structured and preset plans again, "
-                "in another process …",
-                flush=True,
-            )
-            measured = profile(
-                model, input_shape=shape, plans=plans, structured=False, layers=False, **common
-            )
-            measured.attrs = {}
-            save_records(measured, again)
+
+    def measure_tests(run: str) -> None:
+        for model, shape in MODELS.items():
+            path = records_dir / f"{_name(model)}_test_{run}.parquet"
+            if missing(path):
+                plans = _test_plans(model, shape, args.test)
+                print(
+                    f"measuring {model}'s {len(plans)} test plans (held-out random, structured, "
+                    f"presets), measurement {run}, in a fresh process …",
+                    flush=True,
+                )
+                measured = profile(
+                    model, input_shape=shape, plans=plans, structured=False, layers=False, **common
+                )
+                measured.attrs = {}
+                save_records(measured, path)
+
+    measure_tests("a")
     synthetic = records_dir / "synthetic_layers.parquet"
-    if not (args.reuse and synthetic.exists()):
+    if missing(synthetic):
         print(f"profiling {args.synthetic} synthetic layers …", flush=True)
         start = time.perf_counter()
         layers = profile_layers(synthetic_layer_configs(args.synthetic, seed=0), **common)
         seconds["synthetic_layers"] = time.perf_counter() - start
         save_records(layers, synthetic)
         seconds_file.write_text(json.dumps(seconds, indent=2))
+    measure_tests("b")
     return seconds
 
 
@@ -162,49 +184,68 @@ def _fit_all(train: pd.DataFrame, graphs) -> tuple[dict, dict[str, float]]:
     return fitted, seconds
 
 
-def _noise_floor(first: pd.DataFrame, again: pd.DataFrame) -> dict:
-    """The plans measured in both runs, by plan: the ratio's agreement and the absolute
-    median's (the old figure), on the same calls."""
-    both = first.merge(again, on="plan", suffixes=("", "_again"))
+def _noise_floor(a: pd.DataFrame, b: pd.DataFrame) -> dict:
+    """The test plans' two measurements, by plan: the ratio's agreement and the absolute
+    median's (the figure before the relative protocol), on the same calls."""
+    both = a.merge(b, on="plan", suffixes=("", "_b"))
     return {
         "plans": len(both),
-        "ratio": _scores(both["ratio_again"], both["ratio"]),
-        "absolute_median": _scores(both["median_ms_again"], both["median_ms"]),
-        "ms_through_the_run_reference": _scores(both["latency_ms_again"], both["latency_ms"]),
+        "ratio": _scores(both["ratio_b"], both["ratio"]),
+        "absolute_median": _scores(both["median_ms_b"], both["median_ms"]),
+        "ms_through_the_run_reference": _scores(both["latency_ms_b"], both["latency_ms"]),
+        "units": _scores(both["units_b"], both["units"]),
     }
 
 
-def _seen(name, model, shape, records, again, synthetic, graphs, seconds) -> dict:
+def _measured_twice(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """The test plans with `ratio` the geometric mean of their two measurements (the truth a
+    predictor is scored on), `ratio_a` and `ratio_b` beside it."""
+    both = a.merge(b[["plan", "ratio"]], on="plan", suffixes=("_a", "_b"))
+    both["ratio"] = np.sqrt(both["ratio_a"] * both["ratio_b"])
+    return both
+
+
+def _link(*runs: pd.DataFrame) -> list[float]:
+    """The uncompressed model's ratio to the calibration module, in each run."""
+    return [float(_models(r)["reference_units"].iloc[0]) for r in runs]
+
+
+def _seen(name, model, shape, records, test_a, test_b, synthetic, graphs, seconds) -> dict:
     rows = _models(records)
-    sources = _source(rows)
-    structured = rows[sources.str.startswith("structured")]
-    random_rows = rows[~sources.str.startswith("structured")].reset_index(drop=True)
-    test_idx = _held_out(len(random_rows))
-    train_random = random_rows.drop(index=test_idx)
-    test = random_rows.iloc[test_idx]
+    structured = rows[_source(rows).str.startswith("structured")]
+    random_rows = rows[_source(rows) == "search_space"]
     layers = _layers(records)
     graph = graphs[(model, shape)]
-    train = pd.concat([train_random, structured, layers, synthetic])
+    train = pd.concat([records, synthetic])
     fitted, fit_seconds = _fit_all(train, graphs)
+    tests = _measured_twice(_models(test_a), _models(test_b))
+    sources = _source(tests)
+    held = tests[sources == "search_space"]  # the random plans
     entry: dict = {
         "plans": {"random": len(random_rows), "structured": len(structured)},
         "layer_configs": len(layers),
+        "test_plans": {"random": len(held), "asked": len(tests) - len(held)},
         "ratio": _spread(rows["ratio"].tolist()),
         "reference_ms": float(rows["reference_ms"].iloc[0]),
+        "link_to_calibration": _link(records, test_a, test_b),
         "within_measurement_spread_median": float(rows["spread"].median()),
         "fit_seconds": fit_seconds,
-        "noise_floor": _noise_floor(rows, _models(again)),
+        "noise_floor": _noise_floor(_models(test_a), _models(test_b)),
         "held_out": {
-            kind: _scores(p.predict_ratio(graph, _plans(test)), test["ratio"].to_numpy())
+            kind: _scores(p.predict_ratio(graph, _plans(held)), held["ratio"].to_numpy())
+            for kind, p in fitted.items()
+        },
+        "held_out_against_one_measurement": {
+            kind: _scores(p.predict_ratio(graph, _plans(held)), held["ratio_a"].to_numpy())
             for kind, p in fitted.items()
         },
     }
-    # The plans users ask for, against their second measurement (as measure-latency gives it).
-    asked = _models(again)
-    asked = asked[~asked["plan"].isin(test["plan"])]
+    # The plans users ask for (uniform keeps, presets), against their test measurements.
+    asked = tests[sources != "search_space"]
     labels = _source(asked).tolist()
-    without = pd.concat([train_random, layers, synthetic])
-    plain = make_predictor("network").fit(without, graphs=graphs)
+    plain = make_predictor("network").fit(
+        pd.concat([random_rows, layers, synthetic]), graphs=graphs
+    )
     entry["asked_plans"] = {
         "network": _per_plan(fitted["network"], graph, asked, labels),
         "network_without_structured_records": _per_plan(plain, graph, asked, labels),
@@ -251,6 +292,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=60)
     parser.add_argument("--synthetic", type=int, default=300)
+    parser.add_argument("--test", type=int, default=40, help="held-out random plans per model")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reuse", action="store_true", help="use records already measured")
@@ -266,29 +308,35 @@ def main() -> None:
     seconds = _collect(args, records_dir)
 
     records = {_name(m): load_records(records_dir / f"{_name(m)}.parquet") for m in MODELS}
-    again = {_name(m): load_records(records_dir / f"{_name(m)}_again.parquet") for m in MODELS}
+    tests = {
+        _name(m): [load_records(records_dir / f"{_name(m)}_test_{r}.parquet") for r in "ab"]
+        for m in MODELS
+    }
     graphs = record_graphs(pd.concat(records.values()))
     synthetic = load_records(records_dir / "synthetic_layers.parquet")
     result: dict = {
         "device": device_fingerprint(args.device, args.threads),
         "protocol": {
-            "measurement": "interleaved with the uncompressed deployed model, 10 blocks of 3 "
-            "timed calls each after 5 warm-up calls of both (single layers: against a fixed "
-            "calibration module)",
+            "measurement": "interleaved with the uncompressed deployed model: 12 blocks of "
+            f"each side, at least 3 timed calls and {BLOCK_MS:g} ms each (a faster side takes "
+            "more calls, up to 64), in 3 rounds with both built afresh, 3 warm-up calls of "
+            "each per round (single layers and the link: against a fixed calibration module)",
             "statistic": RATIO_STATISTIC,
-            "random_plans_per_model": args.samples,
+            "build_plans_per_model": f"{args.samples} random (seed 0) and the structured ones",
             "structured_plans_per_model": len(
                 structured_plans(SearchSpace(graphs[next(iter(graphs))]))
             ),
             "synthetic_layers": args.synthetic,
-            "held_out": "a seeded 20% of each model's random plans",
+            "test_plans": f"{args.test} random (seed 1), the structured ones and the presets "
+            f"({', '.join(PRESETS)}), each measured twice in fresh processes minutes apart; a "
+            "predictor is scored against the geometric mean of the two measurements",
         },
         "seen": {},
     }
     for model, shape in MODELS.items():
         name = _name(model)
         result["seen"][name] = _seen(
-            name, model, shape, records[name], again[name], synthetic, graphs, seconds
+            name, model, shape, records[name], *tests[name], synthetic, graphs, seconds
         )
 
     if len(MODELS) < 3:
@@ -297,10 +345,16 @@ def main() -> None:
     train = pd.concat([records["resnet18"], records["digits"], synthetic])
     fitted, fit_seconds = _fit_all(train, graphs)
     mobile = _models(records["mobilenet_v2"])
+    mobile_tests = _measured_twice(*map(_models, tests["mobilenet_v2"]))
     graph = graphs[("zoo:mobilenet_v2", MODELS["zoo:mobilenet_v2"])]
     transfer: dict = {"train": ["zoo:resnet18", "zoo:digits", "synthetic layers"]}
     for kind, predictor in fitted.items():
-        transfer[kind] = _scores(predictor.predict_ratio(graph, _plans(mobile)), mobile["ratio"])
+        transfer[kind] = _scores(
+            predictor.predict_ratio(graph, _plans(mobile_tests)), mobile_tests["ratio"]
+        )
+        transfer[f"{kind}_on_build_plans"] = _scores(
+            predictor.predict_ratio(graph, _plans(mobile)), mobile["ratio"]
+        )
     transfer["fit_seconds"] = fit_seconds
     result["transfer_to_mobilenet_v2"] = transfer
     result["throughput"] = _throughput(fitted, graph, SearchSpace(graph))
@@ -333,6 +387,9 @@ def _print(result: dict) -> None:
         )
         print(line("noise floor: ratio (relative protocol)", noise["ratio"]))
         print(line("noise floor: absolute median (before)", noise["absolute_median"]))
+        print(line("noise floor: calibration units", noise["units"]))
+        link = ", ".join(f"{v:.3f}" for v in entry["link_to_calibration"])
+        print(f"  link to the calibration module (build, test a, test b): {link}")
         for kind in KINDS:
             print(line(f"{kind}, held-out ratios", entry["held_out"][kind]))
         for label, per in entry["asked_plans"].items():

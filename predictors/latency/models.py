@@ -144,11 +144,32 @@ def _references(records: pd.DataFrame, graphs) -> dict[str, float]:
     return found
 
 
-class _ModelRecords:
-    """Model records grouped by (model, input shape): graph, layer configs (plans × layers), ms,
-    and the records' positions among the model records."""
+def _target_column(records: pd.DataFrame) -> str:
+    """What a predictor fits: "units" (calibration-module units, one scale for every record:
+    `profile`) where every record has them, else "latency_ms" (records of an older compplan,
+    each run on the scale of its own phase)."""
+    has_units = "units" in records and pd.to_numeric(records["units"], errors="coerce").gt(0).all()
+    return "units" if has_units else "latency_ms"
 
-    def __init__(self, records: pd.DataFrame, graphs: dict[tuple[str, str], ModelGraph] | None):
+
+def _unit_ms(records: pd.DataFrame, column: str) -> float:
+    """Milliseconds of one unit of `column`: the calibration module's quiet time as the records
+    measured it (the median over records), or 1 for milliseconds."""
+    if column == "latency_ms":
+        return 1.0
+    return float((records["latency_ms"].astype(float) / records["units"].astype(float)).median())
+
+
+class _ModelRecords:
+    """Model records grouped by (model, input shape): graph, layer configs (plans × layers), the
+    target (`column`: units or ms), and the records' positions among the model records."""
+
+    def __init__(
+        self,
+        records: pd.DataFrame,
+        graphs: dict[tuple[str, str], ModelGraph] | None,
+        column: str = "latency_ms",
+    ):
         graphs = record_graphs(records, graphs)
         self.sets: list[tuple[str, ModelGraph, LayerConfigs, np.ndarray]] = []
         self.positions: list[np.ndarray] = []
@@ -157,18 +178,18 @@ class _ModelRecords:
             graph = graphs[(model, shape)]
             plans = [Plan.from_json(text) for text in group["plan"]]
             configs = plan_layer_configs(graph, plans)
-            self.sets.append(
-                (_model_label(graph), graph, configs, group["latency_ms"].to_numpy(float))
-            )
+            self.sets.append((_model_label(graph), graph, configs, group[column].to_numpy(float)))
             self.positions.append(group.index.to_numpy())
 
     def __len__(self) -> int:
         return sum(len(y) for *_, y in self.sets)
 
 
-def _layer_records(records: pd.DataFrame) -> tuple[LayerConfigs, np.ndarray]:
-    """The single-layer records' configurations and ms (none, for records of plans only: a file
-    of those has no layer columns at all)."""
+def _layer_records(
+    records: pd.DataFrame, column: str = "latency_ms"
+) -> tuple[LayerConfigs, np.ndarray]:
+    """The single-layer records' configurations and targets (`column`; none, for records of
+    plans only: a file of those has no layer columns at all)."""
     rows = records[records["record"] == "layer"]
     columns = {
         name: rows[name].to_numpy(float).astype(np.int64)
@@ -176,7 +197,7 @@ def _layer_records(records: pd.DataFrame) -> tuple[LayerConfigs, np.ndarray]:
         else np.zeros(0, dtype=np.int64)
         for name in LayerConfigs.__dataclass_fields__
     }
-    return LayerConfigs.from_columns(**columns), rows["latency_ms"].to_numpy(float)
+    return LayerConfigs.from_columns(**columns), rows[column].to_numpy(float)
 
 
 # -- the interface ------------------------------------------------------------------------------
@@ -203,13 +224,16 @@ class LatencyPredictor:
       `_state` and `_load_state`.
 
     What it learns is the ratio. Records carry each plan's ratio to the uncompressed model
-    (measured interleaved, so the machine's speed phases cancel) and the milliseconds it stands
-    for, one reference time per model and run; so a subclass fits milliseconds that are its
-    model's ratios scaled by one constant. `predict_ratio` is a plan's prediction over the
-    uncompressed plan's; `predict` is that ratio times the model's reference: the time measured
-    with the records (`references`, kept in the predictor's file) for a model they hold, the
-    uncompressed plan's prediction for any other. Both keep `additive`: the ratio divides a
-    model's every prediction by the same constant.
+    (measured interleaved, so the machine's speed phases cancel), the uncompressed model's ratio
+    to a fixed calibration module (measured interleaved too), and their product, the time in
+    calibration-module units, which single layers have as well: a subclass fits those units
+    (`unit`), one scale for every record, layers and models alike. (Records of an older
+    compplan have no units: then milliseconds, each model's ratios scaled by one constant.)
+    `predict_ratio` is a plan's prediction over the uncompressed plan's; `predict` is that ratio
+    times the model's reference: the time measured with the records (`references`, kept in the
+    predictor's file) for a model they hold, the uncompressed plan's prediction (× `unit_ms`)
+    for any other. Both keep `additive`: the ratio divides a model's every prediction by the
+    same constant.
     """
 
     kind: ClassVar[str] = ""
@@ -218,6 +242,8 @@ class LatencyPredictor:
     def __init__(self) -> None:
         self.fingerprint: dict[str, Any] = {}
         self.references: dict[str, float] = {}  # "model@input shape" → ms, as measured
+        self.unit = "latency_ms"  # the record column fit: "units" or "latency_ms"
+        self.unit_ms = 1.0  # milliseconds of one unit
         self.fitted = False
         self._uncompressed: dict[tuple[str, str], float] = {}
 
@@ -240,6 +266,8 @@ class LatencyPredictor:
         self.fingerprint = _records_fingerprint(records)
         graphs = record_graphs(records, graphs, trusted=trust_specs)
         self.references = _references(records, graphs)
+        self.unit = _target_column(records)
+        self.unit_ms = _unit_ms(records, self.unit)
         self._uncompressed = {}
         self._fit(records, graphs)
         self.fitted = True
@@ -262,7 +290,7 @@ class LatencyPredictor:
         label = _model_label(graph)
         if label in self.references:
             return self.references[label], "measured"
-        return self._base_of(graph), "predicted"
+        return self._base_of(graph) * self.unit_ms, "predicted"
 
     def _base_of(self, graph: ModelGraph) -> float:
         """The raw prediction of `graph`'s uncompressed plan (every layer as it is)."""
@@ -281,7 +309,7 @@ class LatencyPredictor:
         """(predicted, measured) ms for the model records, in their order (any models)."""
         if not self.fitted:
             raise PredictorError(f"the {self.kind} predictor is not fit yet")
-        models = _ModelRecords(records, graphs)
+        models = _ModelRecords(records, graphs, "latency_ms")
         predicted, measured = np.empty(len(models)), np.empty(len(models))
         for (_, graph, configs, y), at in zip(models.sets, models.positions, strict=True):
             scale = self.reference_ms(graph)[0] / self._base_of(graph)
@@ -299,6 +327,8 @@ class LatencyPredictor:
             "kind": self.kind,
             "fingerprint": self.fingerprint,
             "references": dict(self.references),
+            "unit": self.unit,
+            "unit_ms": self.unit_ms,
             "state": self._state(),
         }
 
@@ -327,7 +357,7 @@ class FlopsPredictor(LatencyPredictor):
     additive = True  # a·ΣMACs + b: a sum of per-layer terms and a constant
 
     def _fit(self, records, graphs) -> None:
-        models = _ModelRecords(records, graphs)
+        models = _ModelRecords(records, graphs, self.unit)
         if len(models) < 2:
             raise PredictorError("the FLOPs baseline needs at least 2 model records")
         macs = np.concatenate([c.macs.sum(axis=1) for _, _, c, _ in models.sets]).astype(float)
@@ -361,7 +391,7 @@ class LookupTablePredictor(LatencyPredictor):
     additive = True  # per-configuration table entries summed, plus a per-model constant
 
     def _fit(self, records, graphs) -> None:
-        layers, ms = _layer_records(records)
+        layers, ms = _layer_records(records, self.unit)
         if len(ms) == 0:
             raise PredictorError(
                 "the lookup table needs single-layer records: profile with layers on "
@@ -373,7 +403,7 @@ class LookupTablePredictor(LatencyPredictor):
         self.table = {tuple(int(v) for v in key): float(value) for key, value in table.items()}
         self._index()
         self.overheads: dict[str, float] = {}
-        models = _ModelRecords(records, graphs)
+        models = _ModelRecords(records, graphs, self.unit)
         for label, _, configs, y in models.sets:
             self.overheads[label] = float(np.median(y - self._sum(configs)))
 
@@ -506,8 +536,8 @@ class LatencyNetwork(LatencyPredictor):
 
         torch.manual_seed(self.config["seed"])
         self._build()
-        models = _ModelRecords(records, graphs)
-        layers, layer_ms = _layer_records(records)
+        models = _ModelRecords(records, graphs, self.unit)
+        layers, layer_ms = _layer_records(records, self.unit)
         if len(models) < 2:
             raise PredictorError("the network needs at least 2 model records")
         sets = []
@@ -666,5 +696,9 @@ def predictor_from_document(document: object, *, source: str = "predictor") -> L
     ):
         raise PredictorError(f"{source}: its reference latencies are damaged")
     predictor.references = {str(k): float(v) for k, v in references.items()}
+    unit, unit_ms = document.get("unit", "latency_ms"), document.get("unit_ms", 1.0)
+    if unit not in ("units", "latency_ms") or not isinstance(unit_ms, int | float) or unit_ms <= 0:
+        raise PredictorError(f"{source}: its unit is damaged")
+    predictor.unit, predictor.unit_ms = unit, float(unit_ms)
     predictor.fitted = True
     return predictor

@@ -7,9 +7,11 @@ interleaved with the uncompressed deployed model (`predictors.profile.measure_re
 record's figure is the ratio, which the machine's speed phases do not move, and its milliseconds
 are the ratio times the reference's quiet time over the run (`with_latency_ms`). It also times,
 alone, every distinct layer configuration those plans contain, against a fixed calibration module:
-the lookup table's entries and the network's per-layer supervision. `profile_layers` times any list
-of layer configurations, for example the random ones of `synthetic_layer_configs`, which teach the
-network layer kinds no profiled model has.
+the lookup table's entries and the network's per-layer supervision; and the uncompressed model
+against the calibration module (the link), so that every record has a time in one unit, the
+calibration module's (`units`), whatever phase of the machine each run met. `profile_layers`
+times any list of layer configurations, for example the random ones of
+`synthetic_layer_configs`, which teach the network layer kinds no profiled model has.
 
 Measurements run in fresh processes, one at a time (`processes`); `repeats` > 1 measures every plan
 in that many different processes and keeps the median ratio. With `processes=0` all runs in this
@@ -44,7 +46,7 @@ from predictors.latency.sampling import (
     structured_plans,
     synthetic_layer_configs,
 )
-from predictors.profile import MeasurementError, device_fingerprint
+from predictors.profile import BLOCK_MS, MeasurementError, device_fingerprint
 from search_spaces.plan import Plan
 
 __all__ = [
@@ -119,12 +121,14 @@ def _measure_jobs(
     report: Callable[[int, dict], None],
     progress: Callable[[], None] = lambda: None,
 ) -> None:
-    """Time each job ({"plan": json} or {"layer": config}) against its reference; report(index,
-    timing dict) once every round of it is done, and progress() after each job's round.
+    """Time each job ({"plan": json}, {"layer": config} or {"link": True}) against its
+    reference; report(index, timing dict) once every round of it is done, and progress() after
+    each job's round.
 
     A plan is timed interleaved with the uncompressed deployed model (same spec, inputs, batch,
     threads, device: `predictors.profile.measure_relative`), a single layer with the fixed
-    calibration module (`_calibration_module`): each job's figure is its ratio. Its blocks are
+    calibration module (`_calibration_module`), and the link, the uncompressed deployed model
+    with the calibration module: each job's figure is its ratio. Its blocks are
     split into `settings["rounds"]` rounds that go over every job in turn, each round with the
     module and the reference built afresh, so that a figure spans the run's phases and no one
     build's memory layout sets it. The timing dict holds the ratio, its spread, the reference and
@@ -145,7 +149,7 @@ def _measure_jobs(
 
     def reference_of(job: dict):
         """(the reference job's reference, its inputs, its name), built afresh."""
-        if "layer" in job:
+        if "layer" in job or "link" in job:
             return (*_calibration_module(device), "calibration")
         loaded, graph = model_and_graph()
         uncompressed = deployed_structure(
@@ -176,7 +180,7 @@ def _measure_jobs(
                 inputs_by_shape[shape] = torch.randn(*shape, device=device)
             return module, (inputs_by_shape[shape],)
         loaded, graph = model_and_graph()
-        plan = Plan.from_json(job["plan"])
+        plan = Plan(layers={}) if "link" in job else Plan.from_json(job["plan"])
         module = deployed_structure(loaded.module, plan, loaded.example_inputs, graph=graph)
         return module.to(device), inputs_of(loaded)
 
@@ -188,7 +192,7 @@ def _measure_jobs(
     for blocks in per_round:
         references: dict[str, tuple] = {}  # built afresh each round
         for index, job in enumerate(jobs):
-            kind = "layer" if "layer" in job else "plan"
+            kind = "plan" if "plan" in job else "calibration"
             if kind not in references:
                 references[kind] = reference_of(job)
             reference, reference_inputs, names[index] = references[kind]
@@ -204,6 +208,7 @@ def _measure_jobs(
                     threads=threads,
                     reference_inputs=reference_inputs,
                     min_blocks=1,
+                    block_ms=settings["block_ms"],
                 )
             )
             progress()
@@ -306,6 +311,7 @@ def _settings(model, input_shape, device, threads, blocks, calls, warmup, rounds
         "calls": calls,
         "warmup": warmup,
         "rounds": rounds,
+        "block_ms": BLOCK_MS,
     }
 
 
@@ -359,6 +365,17 @@ def with_latency_ms(rows: list[dict]) -> list[dict]:
     ]
 
 
+def _in_calibration_units(ratio: float, reference_units: float) -> dict[str, float]:
+    """A record's time in units of the calibration module's: its ratio to its reference times
+    the reference's own ratio to the calibration module (the link, measured interleaved too).
+
+    Every record of every run in one unit, free of the phase each run met: a model's records
+    and its single layers' agree in scale, and so do records of different models, which is
+    what lets a predictor learn from them together. `reference_ms` and `latency_ms` stay as
+    they were measured."""
+    return {"reference_units": reference_units, "units": ratio * reference_units}
+
+
 def _fingerprint_columns(device: str, threads: int) -> dict[str, Any]:
     fingerprint = device_fingerprint(device, threads)
     return {
@@ -402,6 +419,7 @@ def profile_layers(
             **config,
             "macs": config_macs(config),
             **timing,
+            **_in_calibration_units(timing["ratio"], 1.0),
             **fingerprint,
         }
         for config, timing in zip(rows_in, timed, strict=True)
@@ -463,8 +481,11 @@ def profile(
         (`ratio` to the `reference` ("model": the uncompressed deployed model; "calibration"),
         its `spread` across blocks, `reference_ms` (the reference's quiet time over the run),
         `latency_ms` = ratio × reference_ms, the absolute `median_ms`, `min_ms`, `max_ms`,
-        `runs` and `repeats_ratio`), the plan as JSON or the layer's configuration columns,
-        deployed MACs, and the device fingerprint
+        `runs` and `repeats_ratio`), the time in calibration-module units (`units` = ratio ×
+        `reference_units`, the uncompressed model's ratio to the calibration module, measured
+        interleaved in the same process: the scale predictors learn on, one for every record),
+        the plan as JSON or the layer's configuration columns, deployed MACs, and the device
+        fingerprint
         (`device`, `cpu`, `threads`, `torch`, `gpu`). `attrs["profile_seconds"]` is the time
         spent measuring. Save with `save_records`; summarize with `ProfileSummary.of`.
 
@@ -500,9 +521,8 @@ def profile(
         validate_plan(plan, graph)
     configs = plan_layer_configs(graph, plans)
     started = time.perf_counter()
-    timed = _timed_rows(
-        [{"plan": p.to_json()} for p in plans], settings, processes, repeats, "plans", progress
-    )
+    jobs = [{"plan": p.to_json()} for p in plans] + [{"link": True}]
+    *timed, link = _timed_rows(jobs, settings, processes, repeats, "plans", progress)
     fingerprint = _fingerprint_columns(device, threads)
     shape_text = "x".join(str(v) for v in shape)
     macs = configs.macs.sum(axis=1)
@@ -515,6 +535,7 @@ def profile(
                 "plan": p.to_json(),
                 "macs": int(macs[i]),
                 **timed[i],
+                **_in_calibration_units(timed[i]["ratio"], link["ratio"]),
                 **fingerprint,
             }
             for i, p in enumerate(plans)

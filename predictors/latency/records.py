@@ -106,7 +106,7 @@ def load_records(*paths: str | Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-_NUMBERS = ("latency_ms", "threads", "ratio", "reference_ms", *_LAYER_COLUMNS)
+_NUMBERS = ("latency_ms", "threads", "ratio", "reference_ms", "units", *_LAYER_COLUMNS)
 
 
 def _check_numbers(frame: pd.DataFrame, path: Path) -> None:
@@ -118,7 +118,7 @@ def _check_numbers(frame: pd.DataFrame, path: Path) -> None:
         rows = frame[layers] if column in _LAYER_COLUMNS else frame
         values = pd.to_numeric(rows[column], errors="coerce")
         bad = values.isna() | ~np.isfinite(values.fillna(0))
-        if column in ("latency_ms", "ratio", "reference_ms"):
+        if column in ("latency_ms", "ratio", "reference_ms", "units"):
             bad |= values <= 0
         if bad.any():
             row = int(bad.to_numpy().nonzero()[0][0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 
 import numpy as np
 import pytest
@@ -62,7 +63,7 @@ def test_measure_relative_interleaves_blocks_and_reports_the_ratio():
     log: list[str] = []
     small = _Counting(nn.Linear(64, 8), "A", log)
     large = _Counting(nn.Sequential(nn.Linear(64, 1024), nn.ReLU(), nn.Linear(1024, 8)), "B", log)
-    m = measure_relative(small, large, torch.randn(4, 64), blocks=4, calls=2, warmup=1)
+    m = measure_relative(small, large, torch.randn(4, 64), blocks=4, calls=2, warmup=1, block_ms=0)
     # Warm-up (one each), then blocks A B, B A, A B, B A of one untimed and 2 timed calls.
     assert "".join(log) == "AB" + "AAABBB" + "BBBAAA" + "AAABBB" + "BBBAAA"
     assert len(m.module_ms) == 8 and len(m.block_ratios) == 4 and m.statistic == "block_min"
@@ -79,6 +80,32 @@ def test_measure_relative_interleaves_blocks_and_reports_the_ratio():
         measure_relative(small, large, torch.randn(4, 64), blocks=3)
     with pytest.raises(MeasurementError, match="statistic"):
         measure_relative(small, large, torch.randn(4, 64), statistic="mean")
+
+
+class _Sleeping(nn.Module):
+    """A module whose call lasts about `ms` milliseconds."""
+
+    def __init__(self, ms: float):
+        super().__init__()
+        self.ms = ms
+
+    def forward(self, x):
+        time.sleep(self.ms / 1e3)
+        return x
+
+
+def test_a_fast_side_takes_enough_calls_to_fill_its_blocks():
+    fast, slow = nn.Identity(), _Sleeping(6.0)
+    m = measure_relative(fast, slow, torch.randn(1, 4), blocks=4, calls=2, block_ms=3.0)
+    # The slow side's two calls already fill 3 ms; the fast side's fill them up to the cap.
+    assert {len(b) for b in m.reference_blocks} == {2}
+    assert {len(b) for b in m.module_blocks} == {64}
+    capped = measure_relative(
+        fast, slow, torch.randn(1, 4), blocks=4, calls=2, block_ms=3.0, max_calls=10
+    )
+    assert {len(b) for b in capped.module_blocks} == {10}
+    fixed = measure_relative(fast, slow, torch.randn(1, 4), blocks=4, calls=2, block_ms=0)
+    assert {len(b) for b in fixed.module_blocks} == {2}
 
 
 def _shapes(model: nn.Module) -> list[tuple]:
