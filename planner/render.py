@@ -182,6 +182,8 @@ def profile_text(s: ProfileSummary, model: str, out: str) -> str:
             f"×{r['min']:.3f}–×{r['max']:.3f} of the uncompressed model's {s.reference_ms:.3f} "
             f"ms (median ×{r['median']:.3f})"
         )
+    if s.link is not None:
+        figures += f"; the uncompressed model takes {s.link:.2f} calibration-module units"
     return (
         f"measured {s.plans} plans of {model} and {s.layers} single layers{took} "
         f"on {device['cpu']} ({device['device']}, {device['threads']} thread(s)): {figures}, "
@@ -198,8 +200,15 @@ def fit_text(report: FitReport, out: str) -> str:
         lines.append(
             f"held-out {h.plans} plans: {h.within_10pct:.1%} within ±10%, mean error {h.mape:.1%}"
         )
+    unit = report.predictor.unit_ms
+    scale = (
+        f"in calibration-module units of {unit:.3f} ms"
+        if report.predictor.unit == "units"
+        else "in ms (records of an older compplan)"
+    )
     lines.append(
-        f"fit a {report.kind} predictor on {report.plans} plans in {report.fit_seconds:.1f} s "
-        f"for {device['cpu']} ({device['device']}, {device['threads']} thread(s)); wrote {out}"
+        f"fit a {report.kind} predictor on {report.plans} plans in {report.fit_seconds:.1f} s, "
+        f"{scale}, for {device['cpu']} ({device['device']}, {device['threads']} thread(s)); "
+        f"wrote {out}"
     )
     return "\n".join(lines)

@@ -274,6 +274,22 @@ def _per_plan(predictor, graph, rows: pd.DataFrame, labels: list[str]) -> dict:
     }
 
 
+def _network_transfer(train, graphs, graph, tests, seeds=(0, 1, 2)) -> dict:
+    """The network's transfer scores for several seeds of its initial weights (the transfer
+    moves with them), and their median share within ±10%."""
+    by_seed = {
+        seed: _scores(
+            make_predictor("network", seed=seed)
+            .fit(train, graphs=graphs)
+            .predict_ratio(graph, _plans(tests)),
+            tests["ratio"],
+        )
+        for seed in seeds
+    }
+    shares = [s["within_10pct"] for s in by_seed.values()]
+    return {"seeds": by_seed, "within_10pct": _spread(shares)}
+
+
 def _throughput(predictors: dict, graph, space, repeats: int = 5, n: int = 10_000) -> dict:
     plans = random_plans(space, n, seed=1)
     batch = LatencyBatch.from_plans(graph, plans)
@@ -356,6 +372,13 @@ def main() -> None:
             predictor.predict_ratio(graph, _plans(mobile)), mobile["ratio"]
         )
     transfer["fit_seconds"] = fit_seconds
+    transfer["network_by_seed"] = _network_transfer(train, graphs, graph, mobile_tests)
+    # With one measurement of the new model: its uncompressed plan, as `compplan profile
+    # --plan` of an empty plan gives it in seconds (the build's keep-1, 32-bit record).
+    uncompressed = mobile[_source(mobile) == "structured:keep=1,act_bits=32"]
+    transfer["network_by_seed_with_one_uncompressed_record"] = _network_transfer(
+        pd.concat([train, uncompressed]), graphs, graph, mobile_tests
+    )
     result["transfer_to_mobilenet_v2"] = transfer
     result["throughput"] = _throughput(fitted, graph, SearchSpace(graph))
     result["profile_seconds"] = seconds
@@ -402,6 +425,12 @@ def _print(result: dict) -> None:
     print("transfer: fit on resnet18 + digits (+ synthetic layers), tested on mobilenet_v2")
     for kind in KINDS:
         print(line(kind, transfer[kind]))
+    for label in ("network_by_seed", "network_by_seed_with_one_uncompressed_record"):
+        share = transfer[label]["within_10pct"]
+        print(
+            f"  {label}: within ±10% median {share['median']:.1%} "
+            f"({share['min']:.1%}–{share['max']:.1%}) over seeds 0, 1, 2"
+        )
     for kind, t in result["throughput"].items():
         if isinstance(t, dict):
             print(f"throughput {kind}: {t['plans_per_s_from_batch']['median']:,.0f} plans/s")

@@ -144,6 +144,8 @@ class ProfileSummary:
         device: the fingerprint the records were measured on (of the first record).
         ratio: {"min", "median", "max"} of the plans' ratios to the uncompressed model, and
         reference_ms: its time over the run; None for records without ratios (older ones).
+        link: the uncompressed model's time in calibration-module units (the median over the
+            records' models); None for records without units (older ones).
     """
 
     plans: int
@@ -154,6 +156,7 @@ class ProfileSummary:
     device: dict
     ratio: dict[str, float] | None = None
     reference_ms: float | None = None
+    link: float | None = None
 
     @classmethod
     def of(cls, records: pd.DataFrame) -> ProfileSummary:
@@ -173,6 +176,7 @@ class ProfileSummary:
             device=device,
             ratio=_range(models["ratio"]) if relative else None,
             reference_ms=float(models["reference_ms"].median()) if relative else None,
+            link=float(models["reference_units"].median()) if "reference_units" in models else None,
         )
 
     def to_dict(self) -> dict:

@@ -283,6 +283,24 @@ def test_lookup_table_is_exact_on_known_layers(known, digits_plans):
     assert predictor.misses == 0
 
 
+def test_records_in_calibration_units_agree_across_the_phases_of_their_runs(known, digits_plans):
+    # The plans were measured while the machine ran 30% slower than for the layers: their
+    # milliseconds disagree with the layers', their calibration units do not.
+    graph = known[0]
+    slow = known_records(graph, digits_plans, model_phase=1.3)
+    truth = slow[slow["record"] == "model"]["ratio"].to_numpy()
+    in_units = LookupTablePredictor().fit(slow)
+    assert in_units.unit == "units" and in_units.unit_ms == pytest.approx(1.0)
+    assert _error(in_units.predict_ratio(graph, digits_plans), truth).max() < 1e-9
+    # Milliseconds of an older compplan's records carry the phase into the fit.
+    old_records = known_records(graph, digits_plans, model_phase=1.3, units=False)
+    in_ms = LookupTablePredictor().fit(old_records)
+    assert in_ms.unit == "latency_ms" and in_ms.unit_ms == 1.0
+    assert _error(in_ms.predict_ratio(graph, digits_plans), truth).max() > 0.01
+    # Either way a seen model is priced through the reference measured with its plans.
+    assert in_units.reference_ms(graph) == (pytest.approx(slow["reference_ms"].iloc[0]), "measured")
+
+
 def test_network_learns_a_device(known):
     graph, records, test, truth = known
     network = LatencyNetwork(steps=800).fit(records)
@@ -296,7 +314,8 @@ def test_flops_baseline_fits_a_linear_device(digits, digits_plans):
     configs = plan_layer_configs(graph, digits_plans)
     macs = configs.macs.sum(axis=1)
     records = known_records(graph, digits_plans)
-    records.loc[records["record"] == "model", "latency_ms"] = 3e-6 * macs + 0.2
+    for column in ("latency_ms", "units"):  # the calibration module takes 1 ms
+        records.loc[records["record"] == "model", column] = 3e-6 * macs + 0.2
     predictor = FlopsPredictor().fit(records)
     assert predictor.ms_per_mac == pytest.approx(3e-6, rel=1e-6)
     assert predictor.offset_ms == pytest.approx(0.2, rel=1e-6)

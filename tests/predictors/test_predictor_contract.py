@@ -131,6 +131,7 @@ def test_a_prediction_is_its_ratio_times_the_reference_measured_with_the_records
     assert fitted.predict_ratio(digits_graph, [Plan(layers={})])[0] == pytest.approx(1.0)
     loaded = load_predictor(fitted.save(tmp_path / "p.json"))
     assert loaded.references == fitted.references
+    assert (loaded.unit, loaded.unit_ms) == (fitted.unit, fitted.unit_ms) == ("units", 1.0)
     assert np.allclose(loaded.predict_ratio(digits_graph, plans[30:]), ratios)
 
 
@@ -141,7 +142,7 @@ def test_a_model_the_records_do_not_hold_is_priced_through_its_predicted_referen
     reference, source = fitted.reference_ms(other)
     assert source == "predicted"
     raw_uncompressed = fitted._predict(other, plan_layer_configs(other, [Plan(layers={})]))[0]
-    assert reference == pytest.approx(raw_uncompressed)
+    assert reference == pytest.approx(raw_uncompressed * fitted.unit_ms)
     assert np.allclose(
         fitted.predict(other, plans[30:]), fitted.predict_ratio(other, plans[30:]) * reference
     )

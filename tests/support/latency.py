@@ -21,12 +21,23 @@ def known_latency(configs: LayerConfigs) -> np.ndarray:
 
 
 def known_records(
-    graph, plans, *, model: str = "zoo:digits", input_shape: str = "1x1x8x8", device: str = "cpu"
+    graph,
+    plans,
+    *,
+    model: str = "zoo:digits",
+    input_shape: str = "1x1x8x8",
+    device: str = "cpu",
+    model_phase: float = 1.0,
+    units: bool = True,
 ) -> pd.DataFrame:
     """Records as `profile` writes them, of a device whose times are `known_latency` summed plus
     `OVERHEAD_MS` per model: one "model" row per plan (its ratio to the uncompressed plan, whose
     time is the reference), then one "layer" row per distinct layer configuration of the plans
-    (against a calibration module of 1 ms)."""
+    (against a calibration module of 1 ms).
+
+    `model_phase`: the machine ran that many times slower while the plans were measured than
+    while the layers were: the plans' milliseconds carry it, their ratios and calibration units
+    (`units`; False drops those columns, as in an older compplan's records) do not."""
     configs = plan_layer_configs(graph, plans)
     totals = known_latency(configs).sum(axis=1) + OVERHEAD_MS
     reference = known_latency(plan_layer_configs(graph, [Plan(layers={})])).sum() + OVERHEAD_MS
@@ -37,10 +48,12 @@ def known_records(
             "record": "model",
             **where,
             "plan": p.to_json(),
-            "latency_ms": t,
+            "latency_ms": t * model_phase,
             "ratio": t / reference,
             "reference": "model",
-            "reference_ms": reference,
+            "reference_ms": reference * model_phase,
+            "reference_units": reference,  # the calibration module takes 1 ms
+            "units": t,
             **fingerprint,
         }
         for p, t in zip(plans, totals, strict=True)
@@ -49,6 +62,7 @@ def known_records(
     for i, ms in enumerate(known_latency(unique)):
         config = {k: int(v[i]) for k, v in unique.columns().items()}
         calibration = {"ratio": ms, "reference": "calibration", "reference_ms": 1.0}
+        calibration |= {"reference_units": 1.0, "units": ms}
         rows.append(
             {
                 "record": "layer",
@@ -60,4 +74,5 @@ def known_records(
                 **fingerprint,
             }
         )
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    return frame if units else frame.drop(columns=["reference_units", "units"])
