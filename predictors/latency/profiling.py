@@ -103,8 +103,10 @@ def _layer_module(config: dict[str, int], device: str):
 
 
 def _calibration_module(device: str):
-    """The fixed yardstick single layers are timed against: two 3×3 convolutions on 32×32 maps
-    (14 MMACs, about a millisecond on one CPU thread), and its input."""
+    """The fixed yardstick single layers and the link are timed against: two 3×3 convolutions
+    on 32×32 maps (14 MMACs, 0.3–0.4 ms on one thread of this 2-core CPU), and its input. Its
+    time is the unit of every record's `units`: change it and records made before and after no
+    longer share a scale."""
     import torch
     from torch import nn
 
