@@ -351,7 +351,9 @@ class LatencyPredictor:
 
 
 class FlopsPredictor(LatencyPredictor):
-    """Latency linear in the deployed MACs: `a · MACs + b`, fit for the least relative error."""
+    """Latency linear in the deployed MACs: `a · MACs + b`, fit for the least relative error
+    (`ms_per_mac` and `offset_ms` are in the predictor's `unit`: per calibration-module unit for
+    records that have units)."""
 
     kind = "flops"
     additive = True  # a·ΣMACs + b: a sum of per-layer terms and a constant
