@@ -309,9 +309,9 @@ def measure_relative(
 
     A side faster than `block_ms / calls` takes more calls per block, as many as fill
     `block_ms` (by its fastest warm-up call; at most `max_calls`): a block's fastest call is
-    the figure, and of a fraction of a millisecond three calls are too few to hold one free of
-    the interrupts a shared machine sends (zoo:digits' plans, single small layers). Both sides'
-    blocks then last about as long, so they still share their moment.
+    the figure, and the more calls a block holds, the likelier one of them met no interrupt
+    (zoo:digits' plans, single small layers). Both sides' blocks then last about as long, so
+    they still share their moment.
 
     Args:
         module: what is measured (a plan's deployed form, one layer).
@@ -330,10 +330,11 @@ def measure_relative(
             always `calls`) and the most calls that may take.
 
     Raises:
-        MeasurementError: fewer than `min_blocks` blocks, 1 call or 1 thread, or an unknown
-            statistic.
+        MeasurementError: fewer than `min_blocks` blocks, 1 call or 1 thread, a negative
+            warmup or `block_ms`, or an unknown statistic.
     """
-    if blocks < min_blocks or calls < 1 or threads < 1 or warmup < 0 or (block_ms or 0) < 0:
+    block_ms = BLOCK_MS if block_ms is None else block_ms
+    if blocks < min_blocks or calls < 1 or threads < 1 or warmup < 0 or block_ms < 0:
         raise MeasurementError(
             f"blocks must be at least {min_blocks}, calls and threads at least 1, warmup and "
             f"block_ms at least 0 (got blocks={blocks}, calls={calls}, threads={threads}, "
@@ -343,7 +344,6 @@ def measure_relative(
         raise MeasurementError(
             f"unknown ratio statistic {statistic!r}; choose from {', '.join(RATIO_STATISTICS)}"
         )
-    block_ms = BLOCK_MS if block_ms is None else block_ms
     reference_inputs = inputs if reference_inputs is None else reference_inputs
     sides = ((module, inputs), (reference, reference_inputs))
     fastest = [math.inf, math.inf]

@@ -138,11 +138,15 @@ def _collect(args, records_dir: Path) -> dict[str, float]:
             save_records(records, path)
             seconds_file.write_text(json.dumps(seconds, indent=2))
 
+    test_plans: dict[str, list[Plan]] = {}  # drawn once, measured twice
+
     def measure_tests(run: str) -> None:
         for model, shape in MODELS.items():
             path = records_dir / f"{_name(model)}_test_{run}.parquet"
             if missing(path):
-                plans = _test_plans(model, shape, args.test)
+                if model not in test_plans:
+                    test_plans[model] = _test_plans(model, shape, args.test)
+                plans = test_plans[model]
                 print(
                     f"measuring {model}'s {len(plans)} test plans (held-out random, structured, "
                     f"presets), measurement {run}, in a fresh process …",
