@@ -133,7 +133,7 @@ class Problem:
         ):
             raise BudgetError(
                 f"latency budget {budget.latency_ms:g} ms is below the fastest plan this space "
-                f"reaches by the predictor, {reachable.latency_ms:.3g} ms; raise the budget or "
+                f"reaches by the predictor, {reachable.latency_ms:.6g} ms; raise the budget or "
                 "allow lower keep ratios"
             )
         if budget.macs is not None and reachable.macs is not None and budget.macs < reachable.macs:

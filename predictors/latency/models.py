@@ -119,7 +119,7 @@ def record_graphs(
 
     found = dict(graphs or {})
     rows = records[records["record"] == "model"]
-    for model, shape in rows[["model", "input_shape"]].drop_duplicates().itertuples(index=False):
+    for (model, shape), group in rows.groupby(["model", "input_shape"], sort=False):
         if (model, shape) not in found:
             if not trusted and not str(model).startswith("zoo:"):
                 raise PredictorError(
@@ -127,9 +127,22 @@ def record_graphs(
                     "pass --trust-specs (trust_specs=True to fit or fit_predictor in Python) if "
                     "you trust the records"
                 )
-            loaded = load_model(model, input_shape=shape, pretrained=False)
+            loaded = load_model(
+                model, input_shape=shape, pretrained=False, inputs=_example_ids(group, shape)
+            )
             found[(model, shape)] = discover(loaded.module, loaded.example_inputs, model_name=model)
     return found
+
+
+def _example_ids(rows: pd.DataFrame, shape: str):
+    """Zero token ids of `shape` for a model the records say takes integer inputs (id 0 is in
+    every vocabulary; discovery needs the shapes, not the values), else None (random floats)."""
+    import torch
+
+    dtype = str(rows["input_dtype"].iloc[0]) if "input_dtype" in rows else "float32"
+    if not dtype.startswith(("int", "uint")):
+        return None
+    return torch.zeros(*map(int, shape.split("x")), dtype=getattr(torch, dtype))
 
 
 def _references(records: pd.DataFrame, graphs) -> dict[str, float]:
@@ -168,7 +181,7 @@ class _ModelRecords:
         self,
         records: pd.DataFrame,
         graphs: dict[tuple[str, str], ModelGraph] | None,
-        column: str = "latency_ms",
+        column: str,
     ):
         graphs = record_graphs(records, graphs)
         self.sets: list[tuple[str, ModelGraph, LayerConfigs, np.ndarray]] = []
@@ -185,9 +198,7 @@ class _ModelRecords:
         return sum(len(y) for *_, y in self.sets)
 
 
-def _layer_records(
-    records: pd.DataFrame, column: str = "latency_ms"
-) -> tuple[LayerConfigs, np.ndarray]:
+def _layer_records(records: pd.DataFrame, column: str) -> tuple[LayerConfigs, np.ndarray]:
     """The single-layer records' configurations and targets (`column`; none, for records of
     plans only: a file of those has no layer columns at all)."""
     rows = records[records["record"] == "layer"]

@@ -488,7 +488,8 @@ def profile(
         interleaved in the same process: the scale predictors learn on, one for every record),
         the plan as JSON or the layer's configuration columns, deployed MACs, and the device
         fingerprint
-        (`device`, `cpu`, `threads`, `torch`, `gpu`). `attrs["profile_seconds"]` is the time
+        (`device`, `cpu`, `threads`, `torch`, `gpu`); a model record also has the input's
+        `input_dtype` ("int64" for token ids). `attrs["profile_seconds"]` is the time
         spent measuring. Save with `save_records`; summarize with `ProfileSummary.of`.
 
     Raises:
@@ -534,6 +535,7 @@ def profile(
                 "record": "model",
                 "model": model,
                 "input_shape": shape_text,
+                "input_dtype": str(loaded.example_inputs[0].dtype).removeprefix("torch."),
                 "plan": p.to_json(),
                 "macs": int(macs[i]),
                 **timed[i],

@@ -141,7 +141,7 @@ def test_profile_records_plans_and_their_layers(measured, digits, digits_plans):
     assert np.allclose(measured["units"], measured["ratio"] * measured["reference_units"])
     assert set(measured["device"]) == {"cpu"} and set(measured["threads"]) == {1}
     assert set(measured["torch"]) == {torch.__version__}
-    assert (models["input_shape"] == "1x1x8x8").all()
+    assert (models["input_shape"] == "1x1x8x8").all() and (models["input_dtype"] == "float32").all()
 
 
 def test_structured_plans_are_uniform_keeps_with_and_without_8_bit_inputs(digits):
@@ -299,6 +299,30 @@ def test_records_in_calibration_units_agree_across_the_phases_of_their_runs(know
     assert _error(in_ms.predict_ratio(graph, digits_plans), truth).max() > 0.01
     # Either way a seen model is priced through the reference measured with its plans.
     assert in_units.reference_ms(graph) == (pytest.approx(slow["reference_ms"].iloc[0]), "measured")
+
+
+_TOKEN_MODEL = """
+from torch import nn
+
+def build():
+    return nn.Sequential(nn.Embedding(100, 16), nn.Flatten(), nn.Linear(16 * 12, 4))
+"""
+
+
+def test_records_of_a_token_id_model_rebuild_its_graph_on_ids(tmp_path):
+    # Fitting rediscovers each model the records name; a user's model of token ids must get
+    # ids, not the random floats a shape alone would give it.
+    source = tmp_path / "tokens.py"
+    source.write_text(_TOKEN_MODEL)
+    spec = f"{source}:build"
+    ids = torch.zeros(1, 12, dtype=torch.int64)
+    loaded = load_model(spec, inputs=ids)
+    graph = discover(loaded.module, loaded.example_inputs, model_name=spec)
+    plans = random_plans(SearchSpace(graph), 6, seed=0)
+    records = known_records(graph, plans, model=spec, input_shape="1x12")
+    records["input_dtype"] = "int64"
+    predictor = FlopsPredictor().fit(records, trust_specs=True)  # rebuilt from the spec
+    assert np.isfinite(predictor.predict_ratio(graph, plans)).all()
 
 
 def test_network_learns_a_device(known):
