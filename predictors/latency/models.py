@@ -19,9 +19,12 @@ which is what lets it price an unseen architecture.
 
 There is no learned map from a layer's time alone to its time inside a model: it is learned only
 from the profiled models' layers and extrapolated badly to other kinds (fit on ResNet-18 and
-digits, it priced MobileNetV2 1.8× too slow; without it, 15% MAPE). Since the deployed activation
-quantizer's cost no longer depends on the data (`engine.frozen_quantizer`), a layer takes about
-the same time alone as inside a model.
+digits, it priced MobileNetV2 1.8× too slow; without it, 15% MAPE). What lies outside the layers
+(activations, residual adds, pooling, dispatch) is 30–36% of ResNet-18's, MobileNetV2's and
+digits' time, and the glue learns it from the models' records; how it moves with a plan differs
+between architectures, which is why the network carries poorly to one it never saw.
+
+The records → training-set steps all three share live in `predictors.latency.training_sets`.
 """
 
 from __future__ import annotations
@@ -42,7 +45,18 @@ from predictors.latency.features import (
     features,
     plan_layer_configs,
 )
-from predictors.latency.records import FINGERPRINT_COLUMNS
+from predictors.latency.training_sets import (
+    ModelRecords,
+    PredictorError,
+    input_elements,
+    layer_records,
+    measured_references,
+    model_label,
+    record_graphs,
+    records_fingerprint,
+    target_column,
+    unit_ms_of,
+)
 from search_spaces.graph import ModelGraph
 from search_spaces.output_file import write_text_atomically
 from search_spaces.plan import Plan
@@ -63,152 +77,6 @@ FORMAT = "compplan-latency-predictor"
 VERSION = 2  # 2: no in-model correction in the network
 
 Plans = Sequence[Plan] | LatencyBatch
-
-
-class PredictorError(ValueError):
-    """A predictor that cannot be fit, loaded or used as asked; the message says why."""
-
-
-# -- records → training sets --------------------------------------------------------------------
-
-
-def _records_fingerprint(records: pd.DataFrame) -> dict[str, Any]:
-    devices = records[list(FINGERPRINT_COLUMNS)].astype(str).drop_duplicates()
-    if len(devices) > 1:
-        listed = "; ".join(", ".join(row) for row in devices.itertuples(index=False))
-        raise PredictorError(
-            f"the records come from {len(devices)} devices ({listed}); a predictor is for one "
-            "device and thread count: fit one per device"
-        )
-    row = devices.iloc[0].to_dict()
-    row["threads"] = int(row["threads"])
-    return row
-
-
-def _model_label(graph: ModelGraph) -> str:
-    """The model and the shape of its first layer's input: "zoo:digits@1x1x8x8"."""
-    first = next(iter(graph.layers.values()))
-    return f"{graph.model_name}@{'x'.join(map(str, first.input_shape))}"
-
-
-def _input_elements(graph: ModelGraph) -> int:
-    first = next(iter(graph.layers.values()))
-    return math.prod(first.input_shape)
-
-
-def record_graphs(
-    records: pd.DataFrame,
-    graphs: dict[tuple[str, str], ModelGraph] | None = None,
-    *,
-    trusted: bool = False,
-) -> dict[tuple[str, str], ModelGraph]:
-    """The graph of every (model, input shape) the model records name: those in `graphs`, the
-    others discovered from their model specs (structure only, nothing trained).
-
-    Args:
-        trusted: build models from specs that import and run code ("file.py:build", a
-            package's callable). A records file is data, and anyone who can edit it chose its
-            `model` column: without trust only zoo models are built (`compplan fit-latency
-            --trust-specs`), or the graphs given.
-
-    Raises:
-        PredictorError: a spec of code without `trusted`.
-    """
-    from search_spaces.discover import discover
-    from search_spaces.model_spec import load_model
-
-    found = dict(graphs or {})
-    rows = records[records["record"] == "model"]
-    for (model, shape), group in rows.groupby(["model", "input_shape"], sort=False):
-        if (model, shape) not in found:
-            if not trusted and not str(model).startswith("zoo:"):
-                raise PredictorError(
-                    f"the records name the model spec {model!r}, which imports and runs code: "
-                    "pass --trust-specs (trust_specs=True to fit or fit_predictor in Python) if "
-                    "you trust the records"
-                )
-            loaded = load_model(
-                model, input_shape=shape, pretrained=False, inputs=_example_ids(group, shape)
-            )
-            found[(model, shape)] = discover(loaded.module, loaded.example_inputs, model_name=model)
-    return found
-
-
-def _example_ids(rows: pd.DataFrame, shape: str):
-    """Zero token ids of `shape` for a model the records say takes integer inputs (id 0 is in
-    every vocabulary; discovery needs the shapes, not the values), else None (random floats)."""
-    import torch
-
-    dtype = str(rows["input_dtype"].iloc[0]) if "input_dtype" in rows else "float32"
-    if not dtype.startswith(("int", "uint")):
-        return None
-    return torch.zeros(*map(int, shape.split("x")), dtype=getattr(torch, dtype))
-
-
-def _references(records: pd.DataFrame, graphs) -> dict[str, float]:
-    """Each model's reference time in `records` ("model@shape" → median ms), for records that
-    carry one (an older compplan's have no ratio: then none)."""
-    rows = records[records["record"] == "model"]
-    if "reference_ms" not in rows or not rows["reference_ms"].notna().all():
-        return {}
-    found = {}
-    for (model, shape), group in rows.groupby(["model", "input_shape"], sort=False):
-        found[_model_label(graphs[(model, shape)])] = float(group["reference_ms"].median())
-    return found
-
-
-def _target_column(records: pd.DataFrame) -> str:
-    """What a predictor fits: "units" (calibration-module units, one scale for every record:
-    `profile`) where every record has them, else "latency_ms" (records of an older compplan,
-    each run on the scale of its own phase)."""
-    has_units = "units" in records and pd.to_numeric(records["units"], errors="coerce").gt(0).all()
-    return "units" if has_units else "latency_ms"
-
-
-def _unit_ms(records: pd.DataFrame, column: str) -> float:
-    """Milliseconds of one unit of `column`: the calibration module's quiet time as the records
-    measured it (the median over records), or 1 for milliseconds."""
-    if column == "latency_ms":
-        return 1.0
-    return float((records["latency_ms"].astype(float) / records["units"].astype(float)).median())
-
-
-class _ModelRecords:
-    """Model records grouped by (model, input shape): graph, layer configs (plans × layers), the
-    target (`column`: units or ms), and the records' positions among the model records."""
-
-    def __init__(
-        self,
-        records: pd.DataFrame,
-        graphs: dict[tuple[str, str], ModelGraph] | None,
-        column: str,
-    ):
-        graphs = record_graphs(records, graphs)
-        self.sets: list[tuple[str, ModelGraph, LayerConfigs, np.ndarray]] = []
-        self.positions: list[np.ndarray] = []
-        rows = records[records["record"] == "model"].reset_index(drop=True)
-        for (model, shape), group in rows.groupby(["model", "input_shape"], sort=False):
-            graph = graphs[(model, shape)]
-            plans = [Plan.from_json(text) for text in group["plan"]]
-            configs = plan_layer_configs(graph, plans)
-            self.sets.append((_model_label(graph), graph, configs, group[column].to_numpy(float)))
-            self.positions.append(group.index.to_numpy())
-
-    def __len__(self) -> int:
-        return sum(len(y) for *_, y in self.sets)
-
-
-def _layer_records(records: pd.DataFrame, column: str) -> tuple[LayerConfigs, np.ndarray]:
-    """The single-layer records' configurations and targets (`column`; none, for records of
-    plans only: a file of those has no layer columns at all)."""
-    rows = records[records["record"] == "layer"]
-    columns = {
-        name: rows[name].to_numpy(float).astype(np.int64)
-        if name in rows
-        else np.zeros(0, dtype=np.int64)
-        for name in LayerConfigs.__dataclass_fields__
-    }
-    return LayerConfigs.from_columns(**columns), rows[column].to_numpy(float)
 
 
 # -- the interface ------------------------------------------------------------------------------
@@ -274,11 +142,11 @@ class LatencyPredictor:
         """
         if records.empty:
             raise PredictorError("no records to fit on")
-        self.fingerprint = _records_fingerprint(records)
+        self.fingerprint = records_fingerprint(records)
         graphs = record_graphs(records, graphs, trusted=trust_specs)
-        self.references = _references(records, graphs)
-        self.unit = _target_column(records)
-        self.unit_ms = _unit_ms(records, self.unit)
+        self.references = measured_references(records, graphs)
+        self.unit = target_column(records)
+        self.unit_ms = unit_ms_of(records, self.unit)
         self._uncompressed = {}
         self._fit(records, graphs)
         self.fitted = True
@@ -298,14 +166,14 @@ class LatencyPredictor:
     def reference_ms(self, graph: ModelGraph) -> tuple[float, str]:
         """The uncompressed model's latency that ratios are times of, and where it comes
         from: "measured" (with the records, for a model they hold) or "predicted"."""
-        label = _model_label(graph)
+        label = model_label(graph)
         if label in self.references:
             return self.references[label], "measured"
         return self._base_of(graph) * self.unit_ms, "predicted"
 
     def _base_of(self, graph: ModelGraph) -> float:
         """The raw prediction of `graph`'s uncompressed plan (every layer as it is)."""
-        key = (_model_label(graph), graph.fingerprint)
+        key = (model_label(graph), graph.fingerprint)
         if key not in self._uncompressed:
             configs = plan_layer_configs(graph, [Plan(layers={})])
             self._uncompressed[key] = float(self._predict(graph, configs)[0])
@@ -320,7 +188,7 @@ class LatencyPredictor:
         """(predicted, measured) ms for the model records, in their order (any models)."""
         if not self.fitted:
             raise PredictorError(f"the {self.kind} predictor is not fit yet")
-        models = _ModelRecords(records, graphs, "latency_ms")
+        models = ModelRecords(records, graphs, "latency_ms")
         predicted, measured = np.empty(len(models)), np.empty(len(models))
         for (_, graph, configs, y), at in zip(models.sets, models.positions, strict=True):
             scale = self.reference_ms(graph)[0] / self._base_of(graph)
@@ -370,7 +238,7 @@ class FlopsPredictor(LatencyPredictor):
     additive = True  # a·ΣMACs + b: a sum of per-layer terms and a constant
 
     def _fit(self, records, graphs) -> None:
-        models = _ModelRecords(records, graphs, self.unit)
+        models = ModelRecords(records, graphs, self.unit)
         if len(models) < 2:
             raise PredictorError("the FLOPs baseline needs at least 2 model records")
         macs = np.concatenate([c.macs.sum(axis=1) for _, _, c, _ in models.sets]).astype(float)
@@ -404,7 +272,7 @@ class LookupTablePredictor(LatencyPredictor):
     additive = True  # per-configuration table entries summed, plus a per-model constant
 
     def _fit(self, records, graphs) -> None:
-        layers, ms = _layer_records(records, self.unit)
+        layers, ms = layer_records(records, self.unit)
         if len(ms) == 0:
             raise PredictorError(
                 "the lookup table needs single-layer records: profile with layers on "
@@ -416,7 +284,7 @@ class LookupTablePredictor(LatencyPredictor):
         self.table = {tuple(int(v) for v in key): float(value) for key, value in table.items()}
         self._index()
         self.overheads: dict[str, float] = {}
-        models = _ModelRecords(records, graphs, self.unit)
+        models = ModelRecords(records, graphs, self.unit)
         for label, _, configs, y in models.sets:
             self.overheads[label] = float(np.median(y - self._sum(configs)))
 
@@ -463,7 +331,7 @@ class LookupTablePredictor(LatencyPredictor):
 
     def _predict(self, graph, configs) -> np.ndarray:
         self.misses = 0
-        overhead = self.overheads.get(_model_label(graph))
+        overhead = self.overheads.get(model_label(graph))
         if overhead is None:  # an unseen model: the typical overhead
             overhead = float(np.median(list(self.overheads.values()))) if self.overheads else 0.0
         return self._sum(configs) + overhead
@@ -541,7 +409,7 @@ class LatencyNetwork(LatencyPredictor):
     def _overhead_of(self, graph: ModelGraph):
         import torch
 
-        z = torch.tensor([[math.log2(_input_elements(graph)) / 20.0]])
+        z = torch.tensor([[math.log2(input_elements(graph)) / 20.0]])
         return self.overhead(z).exp().reshape(())
 
     def _fit(self, records, graphs) -> None:
@@ -549,8 +417,8 @@ class LatencyNetwork(LatencyPredictor):
 
         torch.manual_seed(self.config["seed"])
         self._build()
-        models = _ModelRecords(records, graphs, self.unit)
-        layers, layer_ms = _layer_records(records, self.unit)
+        models = ModelRecords(records, graphs, self.unit)
+        layers, layer_ms = layer_records(records, self.unit)
         if len(models) < 2:
             raise PredictorError("the network needs at least 2 model records")
         sets = []
