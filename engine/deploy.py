@@ -4,8 +4,9 @@
 call. `deployed(model)` returns a copy in which each planned layer is an ordinary Conv1d, Conv2d
 or Linear holding its decoded weight (with its activation quantizer in front where it has one, in
 its unit's deployed form, whose cost does not depend on the data:
-`search_spaces.methods.deployed_layer`), BatchNorms
-are folded, and pruned channels are gone. Its outputs equal the frozen model's up to
+`search_spaces.methods.deployed_layer`), BatchNorms are folded to a scale and a shift per
+channel (their own elementwise step: not merged into the layer's weights, as a runtime that fuses
+them would), and pruned channels are gone. Its outputs equal the frozen model's up to
 float rounding; its speed is what a latency model should learn (no speed-up is assumed from low
 bit-widths that the device cannot use).
 """

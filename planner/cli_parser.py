@@ -304,6 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="network (default): an MLP over layer features, summed; lookup: per-layer measured "
         "times, summed; flops: linear in MACs",
     )
+    fit.add_argument(
+        "--for-other-models",
+        action="store_true",
+        help="network only: price each activation quantizer from its input's size and bits "
+        "alone, so that the predictor carries better to models the records do not hold "
+        "(it fits the profiled ones a little less closely)",
+    )
     number(fit, "--holdout", 0.2, "share of the plans held out to report accuracy on, 0 skips it")
     number(fit, "--seed", 0, "seeds the split and the network")
     fit.add_argument(

@@ -179,11 +179,14 @@ def _layers(records: pd.DataFrame) -> pd.DataFrame:
     return records[records["record"] == "layer"]
 
 
-def _fit_all(train: pd.DataFrame, graphs) -> tuple[dict, dict[str, float]]:
+def _fit_all(train: pd.DataFrame, graphs, **network) -> tuple[dict, dict[str, float]]:
+    """Every kind fit on `train`; `network`: the network's options."""
     fitted, seconds = {}, {}
     for kind in KINDS:
         start = time.perf_counter()
-        fitted[kind] = make_predictor(kind).fit(train, graphs=graphs)
+        fitted[kind] = make_predictor(kind, **(network if kind == "network" else {})).fit(
+            train, graphs=graphs
+        )
         seconds[kind] = time.perf_counter() - start
     return fitted, seconds
 
@@ -278,12 +281,12 @@ def _per_plan(predictor, graph, rows: pd.DataFrame, labels: list[str]) -> dict:
     }
 
 
-def _network_transfer(train, graphs, graph, tests, seeds=(0, 1, 2)) -> dict:
+def _network_transfer(train, graphs, graph, tests, seeds=(0, 1, 2), **options) -> dict:
     """The network's transfer scores for several seeds of its initial weights (the transfer
     moves with them), and their median share within ±10%."""
     by_seed = {
         seed: _scores(
-            make_predictor("network", seed=seed)
+            make_predictor("network", seed=seed, **options)
             .fit(train, graphs=graphs)
             .predict_ratio(graph, _plans(tests)),
             tests["ratio"],
@@ -363,7 +366,10 @@ def main() -> None:
         _print(result)
         return
     train = pd.concat([records["resnet18"], records["digits"], synthetic])
-    fitted, fit_seconds = _fit_all(train, graphs)
+    # As `compplan fit-latency --for-other-models` fits it: the quantizer priced by its input's
+    # size and bits alone.
+    for_others = {"quantizer_by_elements": True}
+    fitted, fit_seconds = _fit_all(train, graphs, **for_others)
     mobile = _models(records["mobilenet_v2"])
     mobile_tests = _measured_twice(*map(_models, tests["mobilenet_v2"]))
     graph = graphs[("zoo:mobilenet_v2", MODELS["zoo:mobilenet_v2"])]
@@ -376,12 +382,17 @@ def main() -> None:
             predictor.predict_ratio(graph, _plans(mobile)), mobile["ratio"]
         )
     transfer["fit_seconds"] = fit_seconds
-    transfer["network_by_seed"] = _network_transfer(train, graphs, graph, mobile_tests)
+    transfer["network_by_seed"] = _network_transfer(
+        train, graphs, graph, mobile_tests, **for_others
+    )
+    transfer["network_by_seed_as_for_its_own_models"] = _network_transfer(
+        train, graphs, graph, mobile_tests
+    )
     # With one measurement of the new model: its uncompressed plan, as `compplan profile
     # --plan` of an empty plan gives it in seconds (the build's keep-1, 32-bit record).
     uncompressed = mobile[_source(mobile) == "structured:keep=1,act_bits=32"]
     transfer["network_by_seed_with_one_uncompressed_record"] = _network_transfer(
-        pd.concat([train, uncompressed]), graphs, graph, mobile_tests
+        pd.concat([train, uncompressed]), graphs, graph, mobile_tests, **for_others
     )
     result["transfer_to_mobilenet_v2"] = transfer
     result["throughput"] = _throughput(fitted, graph, SearchSpace(graph))
@@ -426,10 +437,14 @@ def _print(result: dict) -> None:
     transfer = result.get("transfer_to_mobilenet_v2")
     if transfer is None:
         return
-    print("transfer: fit on resnet18 + digits (+ synthetic layers), tested on mobilenet_v2")
+    print(
+        "transfer: fit on resnet18 + digits (+ synthetic layers), tested on mobilenet_v2; "
+        "the network as --for-other-models fits it"
+    )
     for kind in KINDS:
         print(line(kind, transfer[kind]))
-    for label in ("network_by_seed", "network_by_seed_with_one_uncompressed_record"):
+    labels = ("by_seed", "by_seed_as_for_its_own_models", "by_seed_with_one_uncompressed_record")
+    for label in (f"network_{label}" for label in labels):
         share = transfer[label]["within_10pct"]
         print(
             f"  {label}: within ±10% median {share['median']:.1%} "

@@ -76,6 +76,18 @@ def test_fit_then_predict(records, tmp_path, capsys, kind):
         assert half["ratio"] < full["ratio"]
 
 
+def test_a_network_for_other_models_saves_its_quantizer_head(records, tmp_path, capsys):
+    predictor = tmp_path / "others.json"
+    argv = ["fit-latency", str(records), "--out", str(predictor), "--holdout", "0"]
+    assert main([*argv, "--for-other-models"]) == 0
+    state = json.loads(predictor.read_text())["state"]
+    assert state["config"]["quantizer_by_elements"] is True
+    assert any(".quantizer." in name for name in state["tensors"])
+    capsys.readouterr()
+    assert main([*argv, "--for-other-models", "--kind", "lookup"]) == 2
+    assert "setting of the network" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

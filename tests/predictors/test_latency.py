@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -35,7 +36,7 @@ from predictors.latency import (
 from predictors.latency.features import plan_layer_configs
 from predictors.latency.profiling import STRUCTURED_KEEPS
 from predictors.size import layer_bits
-from search_spaces import PlanError, SearchSpace, discover
+from search_spaces import LayerPlan, N2UQConfig, Plan, PlanError, SearchSpace, discover
 from search_spaces.model_spec import load_model
 
 DIGITS = "zoo:digits"
@@ -331,6 +332,45 @@ def test_network_learns_a_device(known):
     error = _error(network.predict(graph, test), truth)
     assert np.mean(error <= 0.10) >= 0.9, error
     assert network.training_log[-1]["loss"] < network.training_log[0]["loss"]
+
+
+def test_network_prices_a_quantizer_on_a_layer_kind_never_quantized_in_its_records(digits):
+    """The activation quantizer is priced from its input's elements and bits alone, so its cost
+    learned on conv layers carries to a Linear whose input no record quantized."""
+    _, graph = digits
+    linears = {name for name, spec in graph.layers.items() if spec.kind == "linear"}
+
+    def unquantized_linears(plan: Plan) -> Plan:
+        layers = {
+            name: replace(layer, activations=None) if name in linears else layer
+            for name, layer in plan.layers.items()
+        }
+        return Plan(layers=layers)
+
+    plans = [unquantized_linears(p) for p in random_plans(SearchSpace(graph), 40, seed=5)]
+    network = LatencyNetwork(steps=800, quantizer_by_elements=True)
+    network.fit(known_records(graph, plans))
+    bits = N2UQConfig(bits=4)
+    plain = Plan(layers={})
+    quantized = Plan(layers={name: LayerPlan(activations=bits) for name in linears})
+    plain_ms, quantized_ms = network.predict(graph, [plain, quantized])
+    truth = 0.1 * len(linears)  # the made-up device: 0.1 ms per quantized input
+    assert quantized_ms - plain_ms == pytest.approx(truth, rel=0.25)
+
+
+def test_a_version_2_network_file_loads_as_an_ensemble_of_one(known, tmp_path):
+    graph, records, test, _ = known
+    network = LatencyNetwork(steps=50, members=1).fit(records)
+    document = network.to_document()
+    document["version"] = 2  # as the compplan before ensembles wrote it: no "members." prefix
+    tensors = document["state"]["tensors"]
+    document["state"]["tensors"] = {k.removeprefix("members.0."): v for k, v in tensors.items()}
+    del document["state"]["config"]["members"]
+    path = tmp_path / "v2.json"
+    path.write_text(json.dumps(document))
+    loaded = load_predictor(path)
+    assert loaded.config["members"] == 1
+    np.testing.assert_allclose(loaded.predict(graph, test), network.predict(graph, test))
 
 
 def test_flops_baseline_fits_a_linear_device(digits, digits_plans):
