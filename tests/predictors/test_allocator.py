@@ -47,7 +47,11 @@ def _free_heap_bytes_after_a_large_block(mode: str) -> tuple[str, int]:
     return out[0], int(out[1])
 
 
-@pytest.mark.skipif(not GLIBC, reason="the allocator setting is glibc's (mallopt, mallinfo2)")
+@pytest.mark.skipif(
+    not GLIBC,
+    reason="mallopt and mallinfo2 are glibc's: on another C library compplan leaves the "
+    "allocator as it is",
+)
 def test_a_measuring_process_keeps_a_freed_activation_for_the_next_call():
     agreed, kept = _free_heap_bytes_after_a_large_block("keep")
     _, default = _free_heap_bytes_after_a_large_block("default")
