@@ -264,14 +264,14 @@ def _fit_latency(args: argparse.Namespace) -> int:
     from predictors.latency import fit_predictor, load_records
     from search_spaces.output_file import check_output_path
 
+    if args.for_other_models and args.kind != "network":
+        raise PlannerError(
+            "--for-other-models is a setting of the network: drop it, or use --kind network"
+        )
     check_output_path(args.out, "--out")
     records = load_records(*args.records)
     settings = {"holdout": args.holdout, "seed": args.seed, "trust_specs": args.trust_specs}
     if args.for_other_models:
-        if args.kind != "network":
-            raise PlannerError(
-                "--for-other-models is a setting of the network: drop it, or use --kind network"
-            )
         settings["quantizer_by_elements"] = True
     report = fit_predictor(records, args.kind, **settings)
     out = str(report.predictor.save(args.out))
