@@ -5,10 +5,11 @@ call. `deployed(model)` returns a copy in which each planned layer is an ordinar
 or Linear holding its decoded weight (with its activation quantizer in front where it has one, in
 its unit's deployed form, whose cost does not depend on the data:
 `search_spaces.methods.deployed_layer`), BatchNorms are folded to a scale and a shift per
-channel (their own elementwise step: not merged into the layer's weights, as a runtime that fuses
-them would), and pruned channels are gone. Its outputs equal the frozen model's up to
-float rounding; its speed is what a latency model should learn (no speed-up is assumed from low
-bit-widths that the device cannot use).
+channel and, where one is the only reader of a convolution's output, merged into that
+convolution's weight and bias as inference runtimes do (`engine.merge_batchnorm`; elsewhere, for
+example after a Linear, it stays its own elementwise step), and pruned channels are gone. Its
+outputs equal the frozen model's up to float rounding; its speed is what a latency model should
+learn (no speed-up is assumed from low bit-widths that the device cannot use).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 
 from engine.export import freeze_
 from engine.layers import PlannedLayer, plain_layer
+from engine.merge_batchnorm import merge_batchnorms_
 from search_spaces.graph import ModelGraph
 from search_spaces.methods import deployed_layer
 from search_spaces.plan import Plan
@@ -33,6 +35,7 @@ def deployed(model: nn.Module) -> nn.Module:
         if isinstance(module, PlannedLayer):
             plain = deployed_layer(plain_layer(module), module.act_config, module.act_quant)
             copy_.set_submodule(name, plain)
+    merge_batchnorms_(copy_)
     return copy_.eval()
 
 
@@ -47,9 +50,10 @@ def deployed_structure(
 
     Latency depends on the structure, not on the weight values: channels pruned as the plan says,
     a (frozen) activation quantizer in front of each layer whose input it quantizes, BatchNorms
-    folded, every layer an ordinary dense layer (VQ and b-bit weights are decoded to floats on a
-    device without low-bit kernels). This gives the same layer shapes and operations as
-    `deployed(model after apply_plan_)` in a fraction of the time, for profiling many plans.
+    folded and merged as `deployed` merges them, every layer an ordinary dense layer (VQ and
+    b-bit weights are decoded to floats on a device without low-bit kernels). This gives the
+    same layer shapes and operations as `deployed(model after apply_plan_)` in a fraction of the
+    time, for profiling many plans.
     `model` is not changed. Pass `graph` (the model's, from `discover`) to skip discovering it
     again when building many plans of one model.
     """
@@ -70,4 +74,6 @@ def deployed_structure(
         if layer_plan.activations is not None:
             layer = copy_.get_submodule(name)
             copy_.set_submodule(name, deployed_layer(layer, layer_plan.activations))
-    return freeze_(copy_)
+    freeze_(copy_)
+    merge_batchnorms_(copy_)
+    return copy_

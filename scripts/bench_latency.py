@@ -394,6 +394,9 @@ def main() -> None:
     transfer["network_by_seed_with_one_uncompressed_record"] = _network_transfer(
         pd.concat([train, uncompressed]), graphs, graph, mobile_tests, **for_others
     )
+    transfer["network_by_seed_as_for_its_own_models_with_one_uncompressed_record"] = (
+        _network_transfer(pd.concat([train, uncompressed]), graphs, graph, mobile_tests)
+    )
     result["transfer_to_mobilenet_v2"] = transfer
     result["throughput"] = _throughput(fitted, graph, SearchSpace(graph))
     result["profile_seconds"] = seconds
@@ -443,7 +446,12 @@ def _print(result: dict) -> None:
     )
     for kind in KINDS:
         print(line(kind, transfer[kind]))
-    labels = ("by_seed", "by_seed_as_for_its_own_models", "by_seed_with_one_uncompressed_record")
+    labels = (
+        "by_seed",
+        "by_seed_as_for_its_own_models",
+        "by_seed_with_one_uncompressed_record",
+        "by_seed_as_for_its_own_models_with_one_uncompressed_record",
+    )
     for label in (f"network_{label}" for label in labels):
         share = transfer[label]["within_10pct"]
         print(

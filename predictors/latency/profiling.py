@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from predictors.latency.features import KINDS, LayerConfigs, plan_layer_configs
+from predictors.latency.records import DEPLOYED_FORM
 from predictors.latency.sampling import (
     STRUCTURED_KEEPS,
     config_macs,
@@ -386,6 +387,7 @@ def _fingerprint_columns(device: str, threads: int) -> dict[str, Any]:
         "threads": fingerprint["threads"],
         "torch": fingerprint["torch"],
         "gpu": fingerprint.get("gpu", ""),
+        "deployed_form": DEPLOYED_FORM,
     }
 
 
@@ -488,7 +490,8 @@ def profile(
         interleaved in the same process: the scale predictors learn on, one for every record),
         the plan as JSON or the layer's configuration columns, deployed MACs, and the device
         fingerprint
-        (`device`, `cpu`, `threads`, `torch`, `gpu`); a model record also has the input's
+        (`device`, `cpu`, `threads`, `torch`, `gpu`) and the `deployed_form` timed
+        (`records.DEPLOYED_FORM`); a model record also has the input's
         `input_dtype` ("int64" for token ids). `attrs["profile_seconds"]` is the time
         spent measuring. Save with `save_records`; summarize with `ProfileSummary.of`.
 

@@ -19,6 +19,7 @@ from predictors.latency.features import LayerConfigs
 from search_spaces.output_file import write_atomically, write_text_atomically
 
 __all__ = [
+    "DEPLOYED_FORM",
     "FINGERPRINT_COLUMNS",
     "ProfileSummary",
     "RecordsError",
@@ -31,6 +32,11 @@ FINGERPRINT_COLUMNS = ("device", "cpu", "threads", "torch", "gpu")
 _REQUIRED = ("record", "model", "input_shape", "plan", "latency_ms", *FINGERPRINT_COLUMNS)
 _LAYER_COLUMNS = tuple(LayerConfigs.__dataclass_fields__)
 _FORMATS = {".parquet": "parquet", ".csv": "csv"}
+# What `engine.deploy` builds and `profile` times, in the `deployed_form` column of every record:
+# 1 (no column; compplan before it) ran each BatchNorm as its own scale-shift step, 2 merges a
+# BatchNorm into the convolution it follows. A model with BatchNorms runs faster in form 2, so
+# records of the two forms do not mix.
+DEPLOYED_FORM = 2
 
 
 class RecordsError(ValueError):
@@ -101,12 +107,22 @@ def load_records(*paths: str | Path) -> pd.DataFrame:
         unknown = set(frame["record"]) - {"model", "layer"}
         if unknown:
             raise RecordsError(f"{path}: unknown record kinds {sorted(unknown)}")
+        if "deployed_form" not in frame.columns:
+            frame["deployed_form"] = 1
         _check_numbers(frame, path)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
 
-_NUMBERS = ("latency_ms", "threads", "ratio", "reference_ms", "units", *_LAYER_COLUMNS)
+_NUMBERS = (
+    "latency_ms",
+    "threads",
+    "ratio",
+    "reference_ms",
+    "units",
+    "deployed_form",
+    *_LAYER_COLUMNS,
+)
 
 
 def _check_numbers(frame: pd.DataFrame, path: Path) -> None:

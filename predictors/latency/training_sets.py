@@ -7,6 +7,7 @@ from them so that each predictor there reads as its own fit and prediction.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from predictors.latency.features import LayerConfigs, plan_layer_configs
-from predictors.latency.records import FINGERPRINT_COLUMNS
+from predictors.latency.records import DEPLOYED_FORM, FINGERPRINT_COLUMNS
 from search_spaces.graph import ModelGraph
 from search_spaces.plan import Plan
 
@@ -31,13 +32,29 @@ __all__ = [
     "unit_ms_of",
 ]
 
+logger = logging.getLogger("compplan")
+
 
 class PredictorError(ValueError):
     """A predictor that cannot be fit, loaded or used as asked; the message says why."""
 
 
 def records_fingerprint(records: pd.DataFrame) -> dict[str, Any]:
-    """The one device fingerprint every record shares; records of several devices are refused."""
+    """The one device fingerprint every record shares; records of several devices, or of two
+    deployed forms, are refused; records of an older deployed form are fit with a warning."""
+    forms = sorted({int(form) for form in records.get("deployed_form", [DEPLOYED_FORM])})
+    if len(forms) > 1:
+        raise PredictorError(
+            f"the records time {len(forms)} deployed forms ({', '.join(map(str, forms))}; "
+            f"{DEPLOYED_FORM} is this compplan's): BatchNorms ran as their own step in the "
+            "older ones, so they do not mix: profile those models again"
+        )
+    if forms[0] < DEPLOYED_FORM:
+        logger.warning(
+            "these records have no deployed_form 2 (measured by a compplan that ran each "
+            "BatchNorm as its own step): models with BatchNorms now run faster than they say; "
+            "profile them again"
+        )
     devices = records[list(FINGERPRINT_COLUMNS)].astype(str).drop_duplicates()
     if len(devices) > 1:
         listed = "; ".join(", ".join(row) for row in devices.itertuples(index=False))

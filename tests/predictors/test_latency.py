@@ -35,6 +35,7 @@ from predictors.latency import (
 )
 from predictors.latency.features import plan_layer_configs
 from predictors.latency.profiling import STRUCTURED_KEEPS
+from predictors.latency.records import DEPLOYED_FORM
 from predictors.size import layer_bits
 from search_spaces import LayerPlan, N2UQConfig, Plan, PlanError, SearchSpace, discover
 from search_spaces.model_spec import load_model
@@ -428,3 +429,19 @@ def test_real_records_fit_every_predictor(measured, digits):
         assert np.isfinite(predicted).all() and (predicted > 0).all()
         # Within a factor of 2 of what was measured, on the plans it was fit on.
         assert np.all(np.abs(np.log(predicted / models["latency_ms"].to_numpy())) < np.log(2))
+
+
+def test_records_of_an_older_deployed_form_warn_and_do_not_mix(measured, tmp_path, caplog):
+    """Records profiled before BatchNorms were merged into their convolutions (no
+    `deployed_form` column) time a slower form: fitting them says so, mixing them is refused."""
+    assert set(measured["deployed_form"]) == {DEPLOYED_FORM}
+    older = save_records(measured.drop(columns="deployed_form"), tmp_path / "older.parquet")
+    current = save_records(measured, tmp_path / "current.parquet")
+    with caplog.at_level("WARNING", logger="compplan"):
+        LookupTablePredictor().fit(load_records(current))
+    assert "deployed_form" not in caplog.text
+    with caplog.at_level("WARNING", logger="compplan"):
+        LookupTablePredictor().fit(load_records(older))
+    assert "profile them again" in caplog.text
+    with pytest.raises(PredictorError, match="2 deployed forms"):
+        LookupTablePredictor().fit(load_records(older, current))
