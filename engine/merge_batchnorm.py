@@ -24,6 +24,7 @@ import torch
 from torch import fx, nn
 
 from engine.layers import FoldedBatchNorm
+from search_spaces.discover import shared_parameters
 
 __all__ = ["merge_batchnorms_"]
 
@@ -47,7 +48,7 @@ def merge_batchnorms_(model: nn.Module) -> int:
     pairs = _traced_pairs(model)
     if pairs is None:
         pairs = _sequential_pairs(model)
-    shared = _shared_weights(model)
+    shared = shared_parameters(model)
     merged = 0
     for conv_name, bn_name in pairs:
         conv = model.get_submodule(conv_name)
@@ -117,16 +118,6 @@ def _sequential_pairs(model: nn.Module) -> list[tuple[str, str]]:
                 prefix = f"{name}." if name else ""
                 pairs.append((prefix + conv_key, prefix + bn_key))
     return pairs
-
-
-def _shared_weights(model: nn.Module) -> set[int]:
-    """ids of convolution weights held by more than one module."""
-    holders: dict[int, int] = {}
-    for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if isinstance(weight, torch.Tensor):
-            holders[id(weight)] = holders.get(id(weight), 0) + 1
-    return {key for key, count in holders.items() if count > 1}
 
 
 def _merge(conv: nn.Module, bn: FoldedBatchNorm) -> None:

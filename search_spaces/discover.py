@@ -29,7 +29,7 @@ from search_spaces.graph import CouplingGroup, InputTie, KeptModule, LayerSpec, 
 from search_spaces.graph_cache import cache_key, load_graph, save_graph
 from search_spaces.macs import layer_macs
 
-__all__ = ["COMPRESSIBLE_TYPES", "DiscoveryError", "discover"]
+__all__ = ["COMPRESSIBLE_TYPES", "DiscoveryError", "discover", "shared_parameters"]
 
 logger = logging.getLogger("compplan")
 
@@ -254,7 +254,7 @@ def _classify(
 ) -> tuple[dict[str, LayerSpec], list[KeptModule]]:
     """Sort modules with parameters into compressible layers, attached BatchNorms and kept ones."""
     seen: set[int] = set()
-    shared = _shared_weights(model)
+    shared = shared_parameters(model)
     ties = _weight_ties(model, calls, shared)
     tied_to = {tied: owner for owner, names in ties.items() for tied in names}
     candidates: dict[str, LayerSpec] = {}
@@ -370,7 +370,7 @@ def _weight_ties(model: nn.Module, calls: dict[str, _Call], shared: set[int]) ->
     return ties
 
 
-def _shared_weights(model: nn.Module) -> set[int]:
+def shared_parameters(model: nn.Module) -> set[int]:
     """ids of parameters registered on more than one module (tied weights)."""
     owners: dict[int, int] = {}
     for module in model.modules():
