@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="network only: price each activation quantizer from its input's size and bits "
         "alone, for a model the records hold only its uncompressed plan of (compplan preset "
         "--preset keep:1, then compplan profile --plan it --no-structured --no-layers: seconds); "
-        "with no record of the model at all, leave it off",
+        "measure that one record first: with no record of the model neither setting is reliable",
     )
     number(fit, "--holdout", 0.2, "share of the plans held out to report accuracy on, 0 skips it")
     number(fit, "--seed", 0, "seeds the split and the network")

@@ -372,10 +372,11 @@ class LatencyNetwork(LatencyPredictor):
         quantizer_by_elements: price each activation quantizer by a head of its own, from its
             input's element count and bits alone (`compplan fit-latency --for-other-models`),
             for a model of which the records hold only the uncompressed plan: fit on ResNet-18,
-            digits and that one MobileNetV2 record, it put 84.5% of MobileNetV2's plans within
-            ±10%, against 79% without the option; with no record of the model at all it did
-            worse (33% against 72%), and it fits the profiled models less closely
-            (`scripts/bench_latency.py`).
+            digits and that one MobileNetV2 record, it put 84.5% and 88% of MobileNetV2's plans
+            within ±10% (two record sets of the bench), against 79% and 86% without the option.
+            With no record of the model at all neither setting is reliable: 33% and 53% with
+            it, 72% and 26% without, on the same two record sets (`scripts/bench_latency.py`).
+            It fits the profiled models less closely.
 
     Both losses are squared errors of log latency, so the fit is for relative error, as the ±10%
     measure is.
