@@ -313,8 +313,8 @@ def _warn_if_extrapolated(reference_source: str, model_spec: str) -> None:
         f"warning: the predictor's records hold no plan of {model_spec}, so its latency is "
         "extrapolated from other models (on MobileNetV2, from ResNet-18 and digits: 26-72% of "
         "plans within 10%); measure its uncompressed plan (compplan preset --preset keep:1, "
-        "then compplan profile --plan it --no-structured --no-layers) and fit again with "
-        "--for-other-models",
+        "then compplan profile --plan it --no-structured --no-layers) and fit again (a network "
+        "with --for-other-models)",
         file=sys.stderr,
     )
 
