@@ -285,7 +285,6 @@ def _predict_latency(args: argparse.Namespace) -> int:
     plan, _, graph = _plan_and_graph(args, pretrained=False)
     ratio = float(predictor.predict_ratio(graph, [plan])[0])
     reference_ms, source = predictor.reference_ms(graph)
-    _warn_if_extrapolated(source, args.model)
     device = predictor.fingerprint
     text = (
         f"{args.plan or args.preset} on {args.model}: ×{ratio:.3f} of the uncompressed model, "
@@ -302,21 +301,6 @@ def _predict_latency(args: argparse.Namespace) -> int:
         "kind": predictor.kind,
     }
     return _output(args, {**document, "device": device}, text)
-
-
-def _warn_if_extrapolated(reference_source: str, model_spec: str) -> None:
-    """Say on stderr when the predictor's records hold no plan of the model: its ratios are then
-    priced from other architectures, which is not reliable (README, `fit-latency`)."""
-    if reference_source != "predicted":
-        return
-    print(
-        f"warning: the predictor's records hold no plan of {model_spec}, so its latency is "
-        "extrapolated from other models (on MobileNetV2, from ResNet-18 and digits: 26-72% of "
-        "plans within 10%); measure its uncompressed plan (compplan preset --preset keep:1, "
-        "then compplan profile --plan it --no-structured --no-layers) and fit again (a network "
-        "with --for-other-models)",
-        file=sys.stderr,
-    )
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -360,8 +344,7 @@ def _search_config(args: argparse.Namespace, graph, task: str | None):
     latency = predictor and predictor.to_document()
     latency_ms = None
     if args.latency_budget is not None:
-        reference, source = predictor.reference_ms(graph) if predictor else (None, "")
-        _warn_if_extrapolated(source, args.model)
+        reference = predictor.reference_ms(graph)[0] if predictor else None
         latency_ms = parse_latency(args.latency_budget, reference)
     ray = RaySettings(args.address, args.cpus_per_trial, args.gpus_per_trial, args.ray_results)
     return SearchConfig(

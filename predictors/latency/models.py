@@ -30,6 +30,7 @@ The records → training-set steps all three share live in `predictors.latency.t
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,6 +80,9 @@ VERSION = 3  # 2: no in-model correction in the network; 3: an ensemble, the qua
 READS = (2, 3)  # a version-2 network is an ensemble of one member
 
 Plans = Sequence[Plan] | LatencyBatch
+
+logger = logging.getLogger("compplan")
+_warned_extrapolated: set[str] = set()  # once a process: a search loads its predictor twice
 
 
 # -- the interface ------------------------------------------------------------------------------
@@ -174,9 +178,22 @@ class LatencyPredictor:
         return self._base_of(graph) * self.unit_ms, "predicted"
 
     def _base_of(self, graph: ModelGraph) -> float:
-        """The raw prediction of `graph`'s uncompressed plan (every layer as it is)."""
-        key = (model_label(graph), graph.fingerprint)
+        """The raw prediction of `graph`'s uncompressed plan (every layer as it is). The first
+        time in a process for a model the records hold no plan of, warns that its ratios are
+        extrapolated."""
+        label = model_label(graph)
+        key = (label, graph.fingerprint)
         if key not in self._uncompressed:
+            if label not in self.references and label not in _warned_extrapolated:
+                _warned_extrapolated.add(label)
+                logger.warning(
+                    "the latency predictor's records hold no plan of %s, so its latency is "
+                    "extrapolated from other models, which is not reliable (README, Latency); "
+                    "measure its uncompressed plan (compplan preset --preset keep:1, then "
+                    "compplan profile --plan it --no-structured --no-layers) and fit again (a "
+                    "network with --for-other-models)",
+                    label,
+                )
             configs = plan_layer_configs(graph, [Plan(layers={})])
             self._uncompressed[key] = float(self._predict(graph, configs)[0])
         return self._uncompressed[key]

@@ -76,19 +76,24 @@ def test_fit_then_predict(records, tmp_path, capsys, kind):
         assert half["ratio"] < full["ratio"]
 
 
-def test_a_model_the_records_do_not_hold_is_predicted_with_a_warning(records, tmp_path, capsys):
+def test_a_model_the_records_do_not_hold_is_predicted_with_a_warning(
+    records, tmp_path, capsys, caplog, monkeypatch
+):
+    import predictors.latency.models as models
+
+    monkeypatch.setattr(models, "_warned_extrapolated", set())  # as in a fresh process
     predictor = tmp_path / "flops.json"
     assert main(["fit-latency", str(records), "--kind", "flops", "--out", str(predictor)]) == 0
     capsys.readouterr()
     argv = ["predict-latency", "--predictor", str(predictor), "--preset", "keep:0.5", "--json"]
-    assert main([*argv, "--model", "zoo:digits"]) == 0
-    captured = capsys.readouterr()
-    assert json.loads(captured.out)["reference"] == "measured" and "warning" not in captured.err
-    assert main([*argv, "--model", "zoo:mnist1d"]) == 0
-    captured = capsys.readouterr()
-    assert json.loads(captured.out)["reference"] == "predicted"
-    assert "records hold no plan of zoo:mnist1d" in captured.err
-    assert "--for-other-models" in captured.err
+    with caplog.at_level("WARNING", logger="compplan"):
+        assert main([*argv, "--model", "zoo:digits"]) == 0
+    assert _json(capsys)["reference"] == "measured" and "records hold no plan" not in caplog.text
+    with caplog.at_level("WARNING", logger="compplan"):
+        assert main([*argv, "--model", "zoo:mnist1d"]) == 0
+    assert _json(capsys)["reference"] == "predicted"
+    assert "records hold no plan of zoo:mnist1d" in caplog.text
+    assert "--for-other-models" in caplog.text
 
 
 def test_a_network_for_other_models_saves_its_quantizer_head(records, tmp_path, capsys):
