@@ -21,7 +21,10 @@ For zoo:resnet18 (1×3×224×224), zoo:mobilenet_v2 (1×3×224×224) and zoo:dig
    each predicted against its test measurements, by predictors fit with and without the
    structured records.
 4. Transfer: fit on resnet18 and digits (and the synthetic layers), scored on mobilenet_v2's test
-   plans (and its build plans, measured once).
+   plans (and its build plans, measured once); then the network again with the build records of
+   three zoo families added (`FAMILIES`: efficientnet_tiny's MBConv blocks, regnet_tiny's grouped
+   convolutions, convnext_tiny's depthwise 7x7 at 224x224, `--samples` random plans and the
+   structured ones each), as a user who profiles them on their device would fit it.
 5. Throughput: 10,000 plans of mobilenet_v2 (53 layers) from arrays, 5 repeats.
 Records go to benchmarks/records/<device>/ (`--reuse` takes them from there). Prints everything
 and writes benchmarks/results/latency.json (latency_<device>.json for a device other than cpu).
@@ -64,6 +67,12 @@ MODELS = {
     "zoo:resnet18": "1x3x224x224",
     "zoo:mobilenet_v2": "1x3x224x224",
     "zoo:digits": "1x1x8x8",
+}
+# Build records only, for the transfer: architectures with the block kinds a new model may share.
+FAMILIES = {
+    "zoo:efficientnet_tiny": "1x3x224x224",
+    "zoo:regnet_tiny": "1x3x224x224",
+    "zoo:convnext_tiny": "1x3x224x224",
 }
 KINDS = ("flops", "lookup", "network")
 PRESETS = ("pqf-small", "pqf-large", "bits:8", "bits:4", "pqf-small+keep:0.5", "bits:8+keep:0.65")
@@ -167,6 +176,16 @@ def _collect(args, records_dir: Path) -> dict[str, float]:
         seconds["synthetic_layers"] = time.perf_counter() - start
         save_records(layers, synthetic)
         seconds_file.write_text(json.dumps(seconds, indent=2))
+    for model, shape in FAMILIES.items():
+        path = records_dir / f"{_name(model)}.parquet"
+        if missing(path):
+            print(f"profiling {model} for the transfer …", flush=True)
+            start = time.perf_counter()
+            records = profile(model, input_shape=shape, samples=args.samples, seed=0, **common)
+            seconds[path.stem] = time.perf_counter() - start
+            records.attrs = {}
+            save_records(records, path)
+            seconds_file.write_text(json.dumps(seconds, indent=2))
     measure_tests("b")
     return seconds
 
@@ -335,7 +354,8 @@ def main() -> None:
         _name(m): [load_records(records_dir / f"{_name(m)}_test_{r}.parquet") for r in "ab"]
         for m in MODELS
     }
-    graphs = record_graphs(pd.concat(records.values()))
+    families = [load_records(records_dir / f"{_name(m)}.parquet") for m in FAMILIES]
+    graphs = record_graphs(pd.concat([*records.values(), *families]))
     synthetic = load_records(records_dir / "synthetic_layers.parquet")
     result: dict = {
         "device": device_fingerprint(args.device, args.threads),
@@ -397,6 +417,15 @@ def main() -> None:
     transfer["network_by_seed_as_for_its_own_models_with_one_uncompressed_record"] = (
         _network_transfer(pd.concat([train, uncompressed]), graphs, graph, mobile_tests)
     )
+    # The same with the zoo families' records: the block kinds MobileNetV2 shares with them.
+    with_families = pd.concat([train, *families])
+    transfer["train_with_families"] = [*transfer["train"], *FAMILIES]
+    transfer["network_by_seed_with_families_as_for_its_own_models"] = _network_transfer(
+        with_families, graphs, graph, mobile_tests
+    )
+    transfer["network_by_seed_with_families"] = _network_transfer(
+        with_families, graphs, graph, mobile_tests, **for_others
+    )
     result["transfer_to_mobilenet_v2"] = transfer
     result["throughput"] = _throughput(fitted, graph, SearchSpace(graph))
     result["profile_seconds"] = seconds
@@ -451,6 +480,8 @@ def _print(result: dict) -> None:
         "by_seed_as_for_its_own_models",
         "by_seed_with_one_uncompressed_record",
         "by_seed_as_for_its_own_models_with_one_uncompressed_record",
+        "by_seed_with_families_as_for_its_own_models",
+        "by_seed_with_families",
     )
     for label in (f"network_{label}" for label in labels):
         share = transfer[label]["within_10pct"]
