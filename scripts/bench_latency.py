@@ -121,7 +121,8 @@ def _test_plans(model: str, shape: str, samples: int) -> list[Plan]:
 def _collect(args, records_dir: Path) -> dict[str, float]:
     """Measure what is missing (or everything); returns the build seconds per records file.
 
-    Order: every model's build, every model's first test measurement, the synthetic layers,
+    Order: every model's build, every model's first test measurement, the synthetic layers, the
+    families' builds,
     every model's second test measurement, so that the two measurements of a plan lie minutes
     apart, in other phases of the machine."""
     records_dir.mkdir(parents=True, exist_ok=True)
@@ -132,12 +133,12 @@ def _collect(args, records_dir: Path) -> dict[str, float]:
     def missing(path: Path) -> bool:
         return not (args.reuse and path.exists())
 
-    for model, shape in MODELS.items():
+    def build(model: str, shape: str, purpose: str) -> None:
         path = records_dir / f"{_name(model)}.parquet"
         if missing(path):
             print(
-                f"building {model}'s predictor records: {args.samples} random plans, the "
-                "structured ones and their layers …",
+                f"building {model}'s {purpose}: {args.samples} random plans, the structured "
+                "ones and their layers …",
                 flush=True,
             )
             start = time.perf_counter()
@@ -146,6 +147,9 @@ def _collect(args, records_dir: Path) -> dict[str, float]:
             records.attrs = {}
             save_records(records, path)
             seconds_file.write_text(json.dumps(seconds, indent=2))
+
+    for model, shape in MODELS.items():
+        build(model, shape, "predictor records")
 
     test_plans: dict[str, list[Plan]] = {}  # drawn once, measured twice
 
@@ -177,15 +181,7 @@ def _collect(args, records_dir: Path) -> dict[str, float]:
         save_records(layers, synthetic)
         seconds_file.write_text(json.dumps(seconds, indent=2))
     for model, shape in FAMILIES.items():
-        path = records_dir / f"{_name(model)}.parquet"
-        if missing(path):
-            print(f"profiling {model} for the transfer …", flush=True)
-            start = time.perf_counter()
-            records = profile(model, input_shape=shape, samples=args.samples, seed=0, **common)
-            seconds[path.stem] = time.perf_counter() - start
-            records.attrs = {}
-            save_records(records, path)
-            seconds_file.write_text(json.dumps(seconds, indent=2))
+        build(model, shape, "records for the transfer")
     measure_tests("b")
     return seconds
 
