@@ -122,9 +122,8 @@ def _collect(args, records_dir: Path) -> dict[str, float]:
     """Measure what is missing (or everything); returns the build seconds per records file.
 
     Order: every model's build, every model's first test measurement, the synthetic layers, the
-    families' builds,
-    every model's second test measurement, so that the two measurements of a plan lie minutes
-    apart, in other phases of the machine."""
+    families' builds, every model's second test measurement, so that the two measurements of a
+    plan lie minutes apart, in other phases of the machine."""
     records_dir.mkdir(parents=True, exist_ok=True)
     seconds_file = records_dir / "seconds.json"
     seconds = json.loads(seconds_file.read_text()) if seconds_file.exists() else {}
