@@ -188,7 +188,8 @@ class LatencyPredictor:
                 _warned_extrapolated.add(label)
                 logger.warning(
                     "the latency predictor's records hold no plan of %s, so its latency is "
-                    "extrapolated from other models, which is not reliable (README, Latency); "
+                    "extrapolated from other models, which holds only where they share its block "
+                    "kinds (README, Latency); "
                     "measure its uncompressed plan (compplan preset --preset keep:1, then "
                     "compplan profile --plan it --no-structured --no-layers) and fit again (a "
                     "network with --for-other-models)",
