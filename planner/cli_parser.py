@@ -310,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="network only: price each activation quantizer from its input's size and bits "
         "alone, for a model the records hold only its uncompressed plan of (compplan preset "
         "--preset keep:1, then compplan profile --plan it --no-structured --no-layers: seconds); "
-        "measure that one record first: with no record of the model neither setting is reliable",
+        "with no record of it, leave it off and fit on records of models that share its block "
+        "kinds (README, Latency)",
     )
     number(fit, "--holdout", 0.2, "share of the plans held out to report accuracy on, 0 skips it")
     number(fit, "--seed", 0, "seeds the split and the network")

@@ -189,10 +189,9 @@ class LatencyPredictor:
                 logger.warning(
                     "the latency predictor's records hold no plan of %s, so its latency is "
                     "extrapolated from other models, which holds only where they share its block "
-                    "kinds (README, Latency); "
-                    "measure its uncompressed plan (compplan preset --preset keep:1, then "
-                    "compplan profile --plan it --no-structured --no-layers) and fit again (a "
-                    "network with --for-other-models)",
+                    "kinds (README, Latency); measure its uncompressed plan (compplan preset "
+                    "--preset keep:1, then compplan profile --plan it --no-structured "
+                    "--no-layers) and fit again (a network with --for-other-models)",
                     label,
                 )
             configs = plan_layer_configs(graph, [Plan(layers={})])
@@ -392,9 +391,10 @@ class LatencyNetwork(LatencyPredictor):
             for a model of which the records hold only the uncompressed plan: fit on ResNet-18,
             digits and that one MobileNetV2 record, it put 84.5% and 88% of MobileNetV2's plans
             within ±10% (two record sets of the bench), against 79% and 86% without the option.
-            With no record of the model at all neither setting is reliable: 33% and 53% with
-            it, 72% and 26% without, on the same two record sets (`scripts/bench_latency.py`).
-            It fits the profiled models less closely.
+            With no record of the model at all: 33% and 53% with it, 72% and 26% without, on
+            the same two record sets; with records of three zoo families added (efficientnet_tiny
+            shares MobileNetV2's MBConv blocks), 79% with it and 93% without
+            (`scripts/bench_latency.py`). It fits the profiled models less closely.
 
     Both losses are squared errors of log latency, so the fit is for relative error, as the ±10%
     measure is.
