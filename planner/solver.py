@@ -82,6 +82,7 @@ class ExactSolver:
             base, deltas = self.latency_deltas(acts)
             limits["latency"] = budget.latency_ms - base
             uses["latency"] = deltas
+        self._check_reachable(uses, limits, base if budget.latency_ms is not None else 0.0)
         try:
             solution = solve_choices(costs, uses, limits)
         except InfeasibleBudget as error:
@@ -103,6 +104,30 @@ class ExactSolver:
             "feasible": evaluation.feasible,
             "seconds": solution.seconds,
         }
+
+    def _check_reachable(
+        self, uses: Mapping[str, Mapping[str, np.ndarray]], limits: Mapping[str, float], base: float
+    ) -> None:
+        """Raise `BudgetError` in the budget's own units (bytes, ms) when even the least plan at
+        keep 1 misses it; `limits` are relative (what the layers' options may add to the bytes
+        kept whole, to the base plan's latency) and would read as meaningless deltas."""
+        budget, graph = self.problem.budget, self.problem.graph
+        for name, limit in limits.items():
+            least = sum(float(np.min(values)) for values in uses[name].values())
+            if least <= limit * (1 + 1e-12):
+                continue
+            if name == "size":
+                reach = (graph.kept_bits + least) / 8
+                raise BudgetError(
+                    f"exact solver: the size budget {budget.size_bytes:,.0f} bytes is below the "
+                    f"least any plan with every keep ratio at 1 reaches ({reach:,.0f} bytes); "
+                    "only pruning goes lower"
+                )
+            raise BudgetError(
+                f"exact solver: the latency budget {budget.latency_ms:g} ms is below the least any "
+                f"plan with every keep ratio at 1 reaches ({base + least:.4g} ms predicted); "
+                "only pruning goes lower"
+            )
 
     def capped_errors(self, cap: float) -> dict[str, np.ndarray]:
         """The proxy's option errors, plus `BALANCE_PENALTY` for every option that compresses

@@ -150,6 +150,47 @@ def test_exact_solver_meets_a_latency_budget_and_beats_every_sampled_plan(digits
     assert feasible["value"].min() >= exact["proxy"] - 1e-9
 
 
+class _MacsLatency:
+    """A stand-in device where pruning pays: each layer costs its MACs / 10⁵ ms plus its input's
+    bits / 8 ms."""
+
+    def predict(self, graph, plans):
+        batch = plans if isinstance(plans, LatencyBatch) else LatencyBatch.from_plans(graph, plans)
+        macs = plan_layer_configs(graph, batch).macs / 1e5
+        return (macs + batch.act_bits / 8).sum(axis=1).astype(float)
+
+
+def test_a_latency_budget_only_pruning_reaches_is_refused_by_the_exact_solver_in_ms(digits_keep1):
+    """The solver's limits are deltas from a base plan; its refusal speaks in the budget's ms."""
+    from planner.budgets import BudgetError
+
+    loaded, _, _ = digits_keep1
+    latency = _MacsLatency()
+    at_keep_1 = Planner(
+        loaded.module,
+        loaded.example_inputs,
+        knobs={"keep": (1.0,)},
+        storage="memory",
+        latency=latency,
+    ).problem.reachable.latency_ms
+    pruned = Planner(loaded.module, loaded.example_inputs, storage="memory", latency=latency)
+    assert pruned.problem.reachable.latency_ms < at_keep_1
+    limit = (pruned.problem.reachable.latency_ms + at_keep_1) / 2
+    planner = Planner(
+        loaded.module,
+        loaded.example_inputs,
+        budget=Budget(latency_ms=limit),
+        storage="memory",
+        latency=latency,
+    )
+    with pytest.raises(BudgetError) as refusal:
+        planner.exact()
+    message = str(refusal.value)
+    assert f"the latency budget {limit:g} ms is below the least any plan with every keep" in message
+    reached = float(message.split("reaches (")[1].split(" ms")[0])
+    assert reached == pytest.approx(at_keep_1, rel=1e-3)
+
+
 @pytest.mark.slow
 def test_a_budget_only_pruning_reaches_keeps_every_repaired_trial_feasible(digits_keep1):
     """Below the smallest plan at keep 1, repair lowers the keep ratios too; the exact solver
