@@ -1,8 +1,8 @@
 """Latency records as training sets: the graphs of the models they name, each model's plans and
 their targets, the single layers, and the scale (`units` or ms) a predictor fits them in.
 
-What the predictors of `predictors.latency.models` share before any of them learns; kept apart
-from them so that each predictor there reads as its own fit and prediction.
+What the predictors (`predictors.latency.flops`, `.lookup`, `.network`) share before any of them
+learns; kept apart from them so that each reads as its own fit and prediction.
 """
 
 from __future__ import annotations

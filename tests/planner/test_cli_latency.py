@@ -79,7 +79,7 @@ def test_fit_then_predict(records, tmp_path, capsys, kind):
 def test_a_model_the_records_do_not_hold_is_predicted_with_a_warning(
     records, tmp_path, capsys, caplog, monkeypatch
 ):
-    import predictors.latency.models as models
+    import predictors.latency.predictor as models
 
     monkeypatch.setattr(models, "_warned_extrapolated", set())  # as in a fresh process
     predictor = tmp_path / "flops.json"
