@@ -55,11 +55,12 @@ class LatencyNetwork(LatencyPredictor):
         quantizer_by_elements: price each activation quantizer by a head of its own, from its
             input's element count and bits alone (`compplan fit-latency --for-other-models`),
             for a model of which the records hold only the uncompressed plan: fit on ResNet-18,
-            digits and that one MobileNetV2 record, it put 84.5% and 88% of MobileNetV2's plans
-            within ±10% (two record sets of the bench), against 79% and 86% without the option.
-            With no record of the model at all: 33% and 53% with it, 72% and 26% without, on
-            the same two record sets; with records of three zoo families added (efficientnet_tiny
-            shares MobileNetV2's MBConv blocks), 79% with it and 93% without
+            digits and that one MobileNetV2 record, it put 84.5%, 88% and 81% of MobileNetV2's
+            plans within ±10% (three record sets of the bench), against 79%, 86% and 62%
+            without the option. With no record of the model at all: 33%, 53% and 22% with it,
+            72%, 26% and 24% without; with records of three zoo families added
+            (efficientnet_tiny shares MobileNetV2's MBConv blocks), 79% and 91% with it, 93% and
+            95% without (two record sets)
             (`scripts/bench_latency.py`). It fits the profiled models less closely.
 
     Both losses are squared errors of log latency, so the fit is for relative error, as the ±10%

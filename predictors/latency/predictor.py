@@ -152,9 +152,10 @@ class LatencyPredictor:
                 logger.warning(
                     "the latency predictor's records hold no plan of %s, so its latency is "
                     "extrapolated from other models, which holds only where they share its block "
-                    "kinds (README, Latency); measure its uncompressed plan (compplan preset "
+                    "kinds: profile it, or models of its block kinds (README, Latency: the zoo "
+                    "families), and fit again; its uncompressed plan alone (compplan preset "
                     "--preset keep:1, then compplan profile --plan it --no-structured "
-                    "--no-layers) and fit again (a network with --for-other-models)",
+                    "--no-layers) fit with --for-other-models helps less",
                     label,
                 )
             configs = plan_layer_configs(graph, [Plan(layers={})])
