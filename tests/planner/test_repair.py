@@ -121,19 +121,22 @@ def test_repaired_trials_keep_the_budget_and_their_plan_is_what_was_scored(digit
     assert not plain.search(n_trials=30).trials["feasible"].all()
 
 
-class _AdditiveLatency:
-    """A stand-in device: each layer costs its input's bits / 8 ms and its deployed weight bits
-    / 32 ms (1 ms: every deployed weight is decoded to floats)."""
+class _StandInLatency:
+    """A stand-in device: each layer costs its input's bits / 8 ms plus its deployed
+    configuration's `column` / `per_ms` ms."""
+
+    def __init__(self, column: str, per_ms: float):
+        self.column, self.per_ms = column, per_ms
 
     def predict(self, graph, plans):
         batch = plans if isinstance(plans, LatencyBatch) else LatencyBatch.from_plans(graph, plans)
-        weights = plan_layer_configs(graph, batch).weight_bits / 32
-        return (weights + batch.act_bits / 8).sum(axis=1).astype(float)
+        layers = getattr(plan_layer_configs(graph, batch), self.column) / self.per_ms
+        return (layers + batch.act_bits / 8).sum(axis=1).astype(float)
 
 
 def test_exact_solver_meets_a_latency_budget_and_beats_every_sampled_plan(digits_keep1):
     _, graph, _ = digits_keep1
-    latency = _AdditiveLatency()
+    latency = _StandInLatency("weight_bits", 32)  # 1 ms a layer: weights decode to floats
     size = graph.baseline_bits / 8 / 20
     free = _planner(digits_keep1, Budget(size_bytes=size), latency=latency).exact()
     # Halfway to the fastest plan: some layers must take lower activation bits.
@@ -150,22 +153,12 @@ def test_exact_solver_meets_a_latency_budget_and_beats_every_sampled_plan(digits
     assert feasible["value"].min() >= exact["proxy"] - 1e-9
 
 
-class _MacsLatency:
-    """A stand-in device where pruning pays: each layer costs its MACs / 10⁵ ms plus its input's
-    bits / 8 ms."""
-
-    def predict(self, graph, plans):
-        batch = plans if isinstance(plans, LatencyBatch) else LatencyBatch.from_plans(graph, plans)
-        macs = plan_layer_configs(graph, batch).macs / 1e5
-        return (macs + batch.act_bits / 8).sum(axis=1).astype(float)
-
-
 def test_a_latency_budget_only_pruning_reaches_is_refused_by_the_exact_solver_in_ms(digits_keep1):
     """The solver's limits are deltas from a base plan; its refusal speaks in the budget's ms."""
     from planner.budgets import BudgetError
 
     loaded, _, _ = digits_keep1
-    latency = _MacsLatency()
+    latency = _StandInLatency("macs", 1e5)  # pruning pays
     at_keep_1 = Planner(
         loaded.module,
         loaded.example_inputs,
