@@ -202,3 +202,5 @@ def test_a_budget_only_pruning_reaches_keeps_every_repaired_trial_feasible(digit
     assert result.trials["feasible"].all()
     assert any("keep" in str(r) for r in result.trials["repaired"].dropna())
     assert "params" not in result.exact and "keep ratio at 1" in result.exact["note"]
+    # In bytes, and without the "exact solver:" the report already prints before it.
+    assert result.exact["note"].startswith(f"the size budget {budget.size_bytes:,.0f} bytes")
