@@ -23,7 +23,16 @@ __all__ = ["ExactSolution", "InfeasibleBudget", "solve_choices", "undominated"]
 
 
 class InfeasibleBudget(ValueError):
-    """No choice of options meets the budgets."""
+    """No choice of options meets the budgets.
+
+    Attributes:
+        budget: the budget even the least choice misses (None: the solver found none).
+        least: that least choice's summed use, in the units of `solve_choices`' `limits`.
+    """
+
+    def __init__(self, message: str, *, budget: str | None = None, least: float = 0.0):
+        super().__init__(message)
+        self.budget, self.least = budget, least
 
 
 @dataclass(frozen=True)
@@ -81,7 +90,9 @@ def solve_choices(
         least = sum(float(np.min(uses[budget][name])) for name in names)
         if least > limit * (1 + 1e-12):
             raise InfeasibleBudget(
-                f"the {budget} budget {limit:g} is below the least any plan reaches ({least:g})"
+                f"the {budget} budget {limit:g} is below the least any plan reaches ({least:g})",
+                budget=budget,
+                least=least,
             )
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     c = np.concatenate([np.asarray(costs[name], dtype=float) for name in names])

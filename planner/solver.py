@@ -69,7 +69,7 @@ class ExactSolver:
             # Choice index = position · len(acts) + act index.
             costs[name] = (weight[:, None] + act[None, :]).ravel()
             sizes[name] = np.repeat(problem.options[name].bits[frontier], len(acts[name]))
-        limits, uses = {}, {}
+        limits, uses, base_ms = {}, {}, 0.0
         if budget.size_bytes is not None:
             limits["size"] = budget.size_bytes * 8 - problem.graph.kept_bits
             uses["size"] = sizes
@@ -79,14 +79,13 @@ class ExactSolver:
                     f"the exact solver needs an additive latency predictor, and the "
                     f"{problem.latency.kind} predictor is not one; the search runs unseeded"
                 )
-            base, deltas = self.latency_deltas(acts)
-            limits["latency"] = budget.latency_ms - base
+            base_ms, deltas = self.latency_deltas(acts)
+            limits["latency"] = budget.latency_ms - base_ms
             uses["latency"] = deltas
-        self._check_reachable(uses, limits, base if budget.latency_ms is not None else 0.0)
         try:
             solution = solve_choices(costs, uses, limits)
         except InfeasibleBudget as error:
-            raise BudgetError(f"exact solver: {error} with every keep ratio at 1") from None
+            raise self._refusal(error, base_ms) from None
         positions, act_bits = {}, {}
         for name, choice in solution.chosen.items():
             position, act = divmod(choice, len(acts[name]))
@@ -105,29 +104,24 @@ class ExactSolver:
             "seconds": solution.seconds,
         }
 
-    def _check_reachable(
-        self, uses: Mapping[str, Mapping[str, np.ndarray]], limits: Mapping[str, float], base: float
-    ) -> None:
-        """Raise `BudgetError` in the budget's own units (bytes, ms) when even the least plan at
-        keep 1 misses it; `limits` are relative (what the layers' options may add to the bytes
-        kept whole, to the base plan's latency) and would read as meaningless deltas."""
+    def _refusal(self, error: InfeasibleBudget, base_ms: float) -> BudgetError:
+        """`error` in the budget's own units (bytes, ms): the solver's limits are relative
+        (what the layers' options may add to the bytes kept whole, to the base plan's latency)
+        and would read as meaningless deltas."""
         budget, graph = self.problem.budget, self.problem.graph
-        for name, limit in limits.items():
-            least = sum(float(np.min(values)) for values in uses[name].values())
-            if least <= limit * (1 + 1e-12):
-                continue
-            if name == "size":
-                reach = (graph.kept_bits + least) / 8
-                raise BudgetError(
-                    f"exact solver: the size budget {budget.size_bytes:,.0f} bytes is below the "
-                    f"least any plan with every keep ratio at 1 reaches ({reach:,.0f} bytes); "
-                    "only pruning goes lower"
-                )
-            raise BudgetError(
-                f"exact solver: the latency budget {budget.latency_ms:g} ms is below the least any "
-                f"plan with every keep ratio at 1 reaches ({base + least:.4g} ms predicted); "
-                "only pruning goes lower"
+        if error.budget == "size":
+            return BudgetError(
+                f"the size budget {budget.size_bytes:,.0f} bytes is below the least any plan "
+                f"with every keep ratio at 1 reaches ({(graph.kept_bits + error.least) / 8:,.0f} "
+                "bytes); only pruning goes lower"
             )
+        if error.budget == "latency":
+            return BudgetError(
+                f"the latency budget {budget.latency_ms:g} ms is below the least any plan with "
+                f"every keep ratio at 1 reaches ({base_ms + error.least:.4g} ms predicted); only "
+                "pruning goes lower"
+            )
+        return BudgetError(f"{error} with every keep ratio at 1")
 
     def capped_errors(self, cap: float) -> dict[str, np.ndarray]:
         """The proxy's option errors, plus `BALANCE_PENALTY` for every option that compresses

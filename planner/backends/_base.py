@@ -118,8 +118,7 @@ def exact_answer(config: SearchConfig, solver: ExactSolver) -> dict[str, Any]:
         return solver.solve()
     except BudgetError as error:
         log.info("not seeding with the exact solver: %s", error)
-        # The report prints "exact solver: no seed: <note>"; the error's own prefix would repeat.
-        return {"note": f"{str(error).removeprefix('exact solver: ')}; the search ran unseeded"}
+        return {"note": f"{error}; the search ran unseeded"}
 
 
 def exact_seed(config: SearchConfig, solver: ExactSolver) -> dict[str, Any] | None:
