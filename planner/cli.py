@@ -228,7 +228,9 @@ def _measure_latency(args: argparse.Namespace) -> int:
     from planner.render import measurement_text
 
     plan, loaded, graph = _plan_and_graph(args)
-    settings = {k: vars(args)[k] for k in ("batch", "threads", "blocks", "calls", "rounds")}
+    settings = {
+        k: vars(args)[k] for k in ("batch", "threads", "blocks", "calls", "rounds", "min_time_ms")
+    }
     m = measure_plan_latency(loaded.module, loaded.example_inputs, plan, graph=graph, **settings)
     return _output(args, m.to_dict(), measurement_text(m, f"{args.plan} on {args.model}"))
 
@@ -242,7 +244,9 @@ def _profile(args: argparse.Namespace) -> int:
     check_records_path(args.out)  # refuse a bad path before measuring for minutes
     check_output_path(args.out, "--out")
     same = ("input_shape", "samples", "seed", "synthetic_layers", "device", "threads", "blocks")
-    settings = {k: vars(args)[k] for k in (*same, "calls", "rounds", "processes", "repeats")}
+    settings = {
+        k: vars(args)[k] for k in (*same, "calls", "rounds", "min_time_ms", "processes", "repeats")
+    }
     records = profile(
         args.model,
         inputs=args.inputs,

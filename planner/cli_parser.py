@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         number(sub, "--calls", 3, what)
         what = "split the blocks into this many rounds, each with the models built afresh"
         number(sub, "--rounds", 3, what)
+        what = (
+            "time the uncompressed model at least this long per plan, in ms: a fast model "
+            "takes more blocks, so its ratio is no noisier than a slow one's; 0: --blocks only"
+        )
+        # predictors.profile.MIN_TIME_MS, written out: importing it would load torch for --help.
+        number(sub, "--min-time-ms", 1000.0, what)
 
     def task_options(sub: argparse.ArgumentParser, *, trust: bool) -> None:
         group = sub.add_argument_group("your data (see the end of `compplan --help`)")

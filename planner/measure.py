@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from engine.deploy import deployed_structure
-from predictors.profile import MeasurementError, RelativeTiming, measure_relative
+from predictors.profile import MIN_TIME_MS, MeasurementError, RelativeTiming, measure_relative
 from search_spaces.plan import Plan
 
 if TYPE_CHECKING:
@@ -37,12 +37,14 @@ def measure_plan_latency(
     blocks: int = 12,
     calls: int = 3,
     rounds: int = 3,
+    min_time_ms: float = MIN_TIME_MS,
     graph: ModelGraph | None = None,
 ) -> RelativeTiming:
     """The latency of `plan`'s deployed form of `model` (pruned channels removed, weights
     decoded, activation quantizers in place) as its ratio to the uncompressed deployed model,
     timed interleaved with it in `blocks` blocks of `calls` calls (`measure_relative`), split
-    into `rounds` rounds with both built afresh (as `compplan profile` measures), on
+    into `rounds` rounds with both built afresh (as `compplan profile` measures), with the
+    uncompressed model timed for at least `min_time_ms` in all (more blocks for a fast model), on
     random inputs of the example's shape at `batch`; integer inputs (token ids) are the
     example's own, repeated to `batch`. Its `latency_ms` is the ratio times the uncompressed
     model's quiet time in this measurement.
@@ -51,7 +53,7 @@ def measure_plan_latency(
 
     Raises:
         MeasurementError: batch or threads below 1, fewer than 4 blocks or 1 call, or rounds
-            outside 1..blocks.
+            outside 1..blocks, or a negative min_time_ms.
         PlanError: the plan does not fit the model.
     """
     if batch < 1:
@@ -61,9 +63,10 @@ def measure_plan_latency(
         inputs = torch.randn(batch, *first.shape[1:])
     else:  # random ids could fall outside the vocabulary; the example's are valid
         inputs = first[:1].repeat(batch, *[1] * (first.ndim - 1))
-    if blocks < 4 or not 1 <= rounds <= blocks:
+    if blocks < 4 or not 1 <= rounds <= blocks or min_time_ms < 0:
         raise MeasurementError(
-            f"blocks must be at least 4 and rounds in 1..blocks (got {blocks} and {rounds})"
+            "blocks must be at least 4, rounds in 1..blocks and min_time_ms at least 0 (got "
+            f"{blocks}, {rounds} and {min_time_ms})"
         )
     parts = []
     for r in range(rounds):
@@ -79,6 +82,7 @@ def measure_plan_latency(
                 calls=calls,
                 threads=threads,
                 min_blocks=1,
+                min_time_ms=min_time_ms / rounds,
             )
         )
     return RelativeTiming.combine(parts)

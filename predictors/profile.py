@@ -27,6 +27,7 @@ from predictors.allocator import keep_freed_memory
 
 __all__ = [
     "BLOCK_MS",
+    "MIN_TIME_MS",
     "RATIO_STATISTIC",
     "RATIO_STATISTICS",
     "MeasurementError",
@@ -177,6 +178,14 @@ RATIO_STATISTIC = "block_min"
 # `calls` takes more calls per block.
 BLOCK_MS = 2.0
 
+# The least time the reference is timed for over a plan's measurement (`measure_relative`): a
+# model faster than this over its blocks takes more blocks. A ratio's noise falls with the blocks
+# it is the median of; 12 blocks of 3 calls time ResNet-18 (30 ms) for 1 s but MobileNetV2 (13 ms)
+# for 0.5 s and digits (0.6 ms) for 0.03 s, which is why their ratios moved twice as much between
+# processes (standard deviation of the log ratio, one process, same plan: digits 4.2% at 12
+# blocks, 2.5% at 36; MobileNetV2 5.4% and 2.9%).
+MIN_TIME_MS = 1000.0
+
 
 @dataclass(frozen=True)
 class RelativeTiming:
@@ -308,6 +317,7 @@ def measure_relative(
     min_blocks: int = 4,
     block_ms: float | None = None,
     max_calls: int = 64,
+    min_time_ms: float = 0.0,
 ) -> RelativeTiming:
     """Time `module` against `reference` interleaved in short blocks; the ratio is the figure.
 
@@ -320,6 +330,11 @@ def measure_relative(
     the figure, and the more calls a block holds, the likelier one of them met no interrupt
     (zoo:digits' plans, single small layers). Both sides' blocks then last about as long, so
     they still share their moment.
+
+    A reference whose `blocks` blocks would last less than `min_time_ms` in all (by its fastest
+    warm-up call) takes as many more blocks as reach it: the figure is a median over blocks,
+    and a fast model's few short blocks leave it noisy (`MIN_TIME_MS`). The reference sets the
+    count, not the module, so a plan's measurement lasts about `min_time_ms` × (1 + its ratio).
 
     Args:
         module: what is measured (a plan's deployed form, one layer).
@@ -336,17 +351,27 @@ def measure_relative(
             `RelativeTiming.combine`).
         block_ms, max_calls: the least duration of a side's block (default `BLOCK_MS`; 0:
             always `calls`) and the most calls that may take.
+        min_time_ms: the least time the reference's timed calls take in all (0: `blocks`
+            blocks whatever they last; `MIN_TIME_MS` is what plans are measured with).
 
     Raises:
         MeasurementError: fewer than `min_blocks` blocks, 1 call or 1 thread, a negative
-            warmup or `block_ms`, or an unknown statistic.
+            warmup, `block_ms` or `min_time_ms`, or an unknown statistic.
     """
     block_ms = BLOCK_MS if block_ms is None else block_ms
-    if blocks < min_blocks or calls < 1 or threads < 1 or warmup < 0 or block_ms < 0:
+    if (
+        blocks < min_blocks
+        or calls < 1
+        or threads < 1
+        or warmup < 0
+        or block_ms < 0
+        or min_time_ms < 0
+    ):
         raise MeasurementError(
-            f"blocks must be at least {min_blocks}, calls and threads at least 1, warmup and "
-            f"block_ms at least 0 (got blocks={blocks}, calls={calls}, threads={threads}, "
-            f"warmup={warmup}, block_ms={block_ms})"
+            f"blocks must be at least {min_blocks}, calls and threads at least 1, warmup, "
+            f"block_ms and min_time_ms at least 0 (got blocks={blocks}, calls={calls}, "
+            f"threads={threads}, warmup={warmup}, block_ms={block_ms}, "
+            f"min_time_ms={min_time_ms})"
         )
     if statistic not in RATIO_STATISTICS:
         raise MeasurementError(
@@ -360,6 +385,7 @@ def measure_relative(
             (took,) = time_calls(side, side_inputs, runs=1, warmup=0, threads=threads)
             fastest[index] = min(fastest[index], took)
     per_block = [_calls_filling(block_ms, t, calls, max_calls) for t in fastest]
+    blocks = _blocks_lasting(min_time_ms, per_block[1] * fastest[1], blocks)
     times: tuple[list[list[float]], list[list[float]]] = ([], [])
     for block in range(blocks):
         for index in (0, 1) if block % 2 == 0 else (1, 0):
@@ -382,6 +408,13 @@ def _calls_filling(block_ms: float, call_ms: float, calls: int, max_calls: int) 
     if not block_ms or not math.isfinite(call_ms) or call_ms <= 0:
         return calls
     return max(calls, min(math.ceil(block_ms / call_ms), max_calls))
+
+
+def _blocks_lasting(min_time_ms: float, block_ms: float, blocks: int) -> int:
+    """Blocks of `block_ms` each that last `min_time_ms` in all, and at least `blocks`."""
+    if not min_time_ms or not math.isfinite(block_ms) or block_ms <= 0:
+        return blocks
+    return max(blocks, math.ceil(min_time_ms / block_ms))
 
 
 def ratio_statistics(own: list[list[float]], ref: list[list[float]]) -> dict[str, float]:

@@ -47,7 +47,7 @@ from predictors.latency.sampling import (
     structured_plans,
     synthetic_layer_configs,
 )
-from predictors.profile import MeasurementError, device_fingerprint
+from predictors.profile import MIN_TIME_MS, MeasurementError, device_fingerprint
 from search_spaces.plan import Plan
 
 __all__ = [
@@ -129,9 +129,10 @@ def _measure_jobs(
     each job's round.
 
     A plan is timed interleaved with the uncompressed deployed model (same spec, inputs, batch,
-    threads, device: `predictors.profile.measure_relative`), a single layer with the fixed
-    calibration module (`_calibration_module`), and the link, the uncompressed deployed model
-    with the calibration module: each job's figure is its ratio. Its blocks are
+    threads, device: `predictors.profile.measure_relative`; the model timed for at least
+    `settings["min_time_ms"]` over all rounds, more blocks for a fast one), a single layer
+    with the fixed calibration module (`_calibration_module`), and the link, the uncompressed
+    deployed model with the calibration module: each job's figure is its ratio. Its blocks are
     split into `settings["rounds"]` rounds that go over every job in turn, each round with the
     module and the reference built afresh, so that a figure spans the run's phases and no one
     build's memory layout sets it. The timing dict holds the ratio, its spread, the reference and
@@ -149,6 +150,10 @@ def _measure_jobs(
     model: list = []  # [loaded model, graph], built on the first plan job
     inputs_by_shape: dict[tuple, Any] = {}
     rounds = max(1, min(settings.get("rounds", 1), settings["blocks"]))
+    # A plan's least time over all its rounds, shared out; single layers and the link keep
+    # their block count (the calibration module is short, the count would time the other side
+    # for minutes; hundreds of layers are profiled).
+    min_time_ms = settings.get("min_time_ms", 0.0) / rounds
 
     def reference_of(job: dict):
         """(the reference job's reference, its inputs, its name), built afresh."""
@@ -211,6 +216,7 @@ def _measure_jobs(
                     threads=threads,
                     reference_inputs=reference_inputs,
                     min_blocks=1,
+                    min_time_ms=min_time_ms if kind == "plan" else 0.0,
                 )
             )
             progress()
@@ -288,12 +294,15 @@ def _worker_timings(jobs: list[dict], settings: dict):
             raise ProfileError(f"a measuring process failed: {last}")
 
 
-def _settings(model, input_shape, device, threads, blocks, calls, warmup, rounds) -> dict:
-    if blocks < 4 or calls < 1 or warmup < 0 or not 1 <= rounds <= blocks:
+def _settings(
+    model, input_shape, device, threads, blocks, calls, warmup, rounds, min_time_ms=0.0
+) -> dict:
+    if blocks < 4 or calls < 1 or warmup < 0 or not 1 <= rounds <= blocks or min_time_ms < 0:
         raise MeasurementError(
             "a relative measurement takes at least 4 blocks of at least 1 call, in 1 to blocks "
-            f"rounds, and warmup 0 or more (got blocks={blocks}, calls={calls}, rounds={rounds}, "
-            f"warmup={warmup})"
+            "rounds, and warmup and min_time_ms 0 or more (got "
+            f"blocks={blocks}, calls={calls}, rounds={rounds}, warmup={warmup}, "
+            f"min_time_ms={min_time_ms})"
         )
     if threads < 1:
         raise MeasurementError(f"threads must be at least 1 (got {threads})")
@@ -313,6 +322,7 @@ def _settings(model, input_shape, device, threads, blocks, calls, warmup, rounds
         "calls": calls,
         "warmup": warmup,
         "rounds": rounds,
+        "min_time_ms": min_time_ms,
     }
 
 
@@ -446,6 +456,7 @@ def profile(
     calls: int = 3,
     warmup: int = 3,
     rounds: int = 3,
+    min_time_ms: float = MIN_TIME_MS,
     processes: int = 1,
     repeats: int = 1,
     structured: bool = True,
@@ -470,6 +481,9 @@ def profile(
             into `rounds` rounds over all plans (each after `warmup` untimed calls of both,
             the module and the reference built afresh), so that a figure spans the run; each
             layer likewise against a fixed calibration module.
+        min_time_ms: the least time the uncompressed model is timed for in each plan's
+            measurement: a fast model takes more blocks (`predictors.profile.MIN_TIME_MS`;
+            0: `blocks` whatever they last). Single layers keep `blocks`.
         processes: split the work across this many fresh processes, run one at a time (0: here).
         repeats: measure everything this many times, in different processes; keep the median.
         structured: also measure the plans users ask for (`structured_plans`: uniform keeps,
@@ -516,7 +530,9 @@ def profile(
         inputs = str(Path(inputs).resolve())  # the measuring processes may start elsewhere
     loaded = load_model(model, input_shape=input_shape, pretrained=False, inputs=inputs)
     shape = tuple(loaded.example_inputs[0].shape)
-    settings = _settings(model, list(shape), device, threads, blocks, calls, warmup, rounds)
+    settings = _settings(
+        model, list(shape), device, threads, blocks, calls, warmup, rounds, min_time_ms
+    )
     settings["inputs"] = inputs
     graph = discover(loaded.module, loaded.example_inputs, model_name=model)
     space = space or SearchSpace(graph)

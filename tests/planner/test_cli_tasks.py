@@ -127,7 +127,8 @@ def test_a_token_id_transformer_through_every_command(capsys, project, tmp_path)
     assert code == 0 and json.loads(stdout)["latency_ms"] > 0, err
     code, stdout, err = run(
         capsys, "profile", "--model", model, "--inputs", ids, "--samples", "3", "--no-layers",
-        "--no-structured", "--blocks", "4", "--rounds", "1", "--out", tmp_path / "r.parquet",
+        "--no-structured", "--blocks", "4", "--rounds", "1", "--min-time-ms", "0",
+        "--out", tmp_path / "r.parquet",
         "--json",
     )  # fmt: skip
     assert code == 0 and json.loads(stdout)["plans"] == 3, err

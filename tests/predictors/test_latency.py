@@ -59,7 +59,15 @@ def digits_plans(digits):
 @pytest.fixture(scope="module")
 def measured(digits_plans):
     """Real records of 6 digits plans and their layers, measured in this process."""
-    return profile(DIGITS, plans=digits_plans[:6], structured=False, processes=0, progress=False)
+    # 12 blocks whatever they last (min_time_ms=0): the records' form, not their precision.
+    return profile(
+        DIGITS,
+        plans=digits_plans[:6],
+        structured=False,
+        processes=0,
+        progress=False,
+        min_time_ms=0,
+    )
 
 
 # -- configurations -----------------------------------------------------------------------------

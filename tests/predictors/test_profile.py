@@ -108,6 +108,32 @@ def test_a_fast_side_takes_enough_calls_to_fill_its_blocks():
     assert {len(b) for b in fixed.module_blocks} == {2}
 
 
+def test_a_fast_reference_takes_enough_blocks_to_be_timed_min_time_ms():
+    reference, slow = _Sleeping(2.0), _Sleeping(8.0)
+    kw = {"blocks": 4, "calls": 2, "warmup": 1, "block_ms": 0}
+    # A block of the reference lasts 2 calls of at least 2 ms (a sleep is never shorter than
+    # asked): 60 ms takes at most 15 of them, and more than the 4 asked for.
+    timed = measure_relative(slow, reference, torch.randn(1, 4), min_time_ms=60.0, **kw)
+    assert 4 < timed.blocks <= 15
+    reference_ms = sum(t for block in timed.reference_blocks for t in block)
+    assert reference_ms > 0.9 * 60.0
+    # The reference sets the count, not the module: a slow reference needs no more blocks.
+    assert measure_relative(reference, slow, torch.randn(1, 4), min_time_ms=60.0, **kw).blocks == 4
+    assert measure_relative(slow, reference, torch.randn(1, 4), **kw).blocks == 4
+    with pytest.raises(MeasurementError, match="min_time_ms"):
+        measure_relative(slow, reference, torch.randn(1, 4), min_time_ms=-1.0, **kw)
+
+
+def test_the_cli_times_plans_for_min_time_ms_by_default():
+    from planner.cli_parser import build_parser
+    from predictors.profile import MIN_TIME_MS
+
+    parser = build_parser()
+    for argv in (["measure-latency", "--plan", "p"], ["profile", "--out", "r.parquet"]):
+        args = parser.parse_args([*argv, "--model", "zoo:digits"])
+        assert args.min_time_ms == MIN_TIME_MS
+
+
 def _shapes(model: nn.Module) -> list[tuple]:
     return [
         (type(m).__name__, tuple(m.weight.shape))
@@ -144,10 +170,15 @@ def test_measure_latency_cli(capsys, tmp_path):
     )
     capsys.readouterr()
     argv = ["measure-latency", "--model", "zoo:resnet18", "--input-shape", "1,3,64,64"]
-    assert main([*argv, "--plan", str(plan), "--blocks", "4", "--json"]) == 0
+    assert main([*argv, "--plan", str(plan), "--blocks", "4", "--min-time-ms", "0", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert {"latency_ms", "spread", "reference_ms", "ratio", "ratios", "device"} <= set(result)
     # no timing comparison here: speed is shown by benchmarks, not by tests on a noisy machine
     assert result["latency_ms"] == pytest.approx(result["ratio"] * result["reference_ms"])
     assert result["blocks"] == 4 and result["calls"] == 3 and result["ratio"] > 0
+    # A least time the 4 blocks of a 64×64 ResNet-18 (a few ms a call) fall short of adds blocks.
+    assert (
+        main([*argv, "--plan", str(plan), "--blocks", "4", "--min-time-ms", "150", "--json"]) == 0
+    )
+    assert json.loads(capsys.readouterr().out)["blocks"] > 4
     assert main([*argv, "--plan", str(plan), "--blocks", "3"]) == 2
