@@ -181,9 +181,10 @@ BLOCK_MS = 2.0
 # The least time the reference is timed for over a plan's measurement (`measure_relative`): a
 # model faster than this over its blocks takes more blocks. A ratio's noise falls with the blocks
 # it is the median of; 12 blocks of 3 calls time ResNet-18 (30 ms) for 1 s but MobileNetV2 (13 ms)
-# for 0.5 s and digits (0.6 ms) for 0.03 s, which is why their ratios moved twice as much between
-# processes (standard deviation of the log ratio, one process, same plan: digits 4.2% at 12
-# blocks, 2.5% at 36; MobileNetV2 5.4% and 2.9%).
+# for 0.5 s and digits (0.6 ms) for 0.03 s, and their ratios moved more between processes
+# (log-ratio standard deviation 5.2% and 5.5% against ResNet-18's 4.1%, bench run 3). The same
+# plan measured six times in one process: MobileNetV2 5.2% at 12 blocks, 2.75% at this least
+# time; digits 4.4% and 3.0%.
 MIN_TIME_MS = 1000.0
 
 
