@@ -177,8 +177,9 @@ def test_measure_latency_cli(capsys, tmp_path):
     assert result["latency_ms"] == pytest.approx(result["ratio"] * result["reference_ms"])
     assert result["blocks"] == 4 and result["calls"] == 3 and result["ratio"] > 0
     # A least time the 4 blocks of a 64×64 ResNet-18 (a few ms a call) fall short of adds blocks.
-    assert (
-        main([*argv, "--plan", str(plan), "--blocks", "4", "--min-time-ms", "150", "--json"]) == 0
-    )
+    # One round, so the whole 600 ms is one round's: 4 blocks of 3 calls reach it only at 50 ms
+    # a call (150 ms split over 3 rounds was reached at 17 ms a call on a loaded machine).
+    least = ["--blocks", "4", "--rounds", "1", "--min-time-ms", "600"]
+    assert main([*argv, "--plan", str(plan), *least, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["blocks"] > 4
     assert main([*argv, "--plan", str(plan), "--blocks", "3"]) == 2
