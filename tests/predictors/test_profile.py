@@ -110,7 +110,7 @@ def test_a_fast_side_takes_enough_calls_to_fill_its_blocks():
 
 def test_a_fast_reference_takes_enough_blocks_to_be_timed_min_time_ms():
     reference, slow = _Sleeping(2.0), _Sleeping(8.0)
-    kw = {"blocks": 4, "calls": 2, "warmup": 1, "block_ms": 0}
+    kw = {"blocks": 4, "calls": 2, "warmup": 3, "block_ms": 0}  # the fastest of 3 sets the count
     # A block of the reference lasts 2 calls of at least 2 ms (a sleep is never shorter than
     # asked): 60 ms takes at most 15 of them, and more than the 4 asked for.
     timed = measure_relative(slow, reference, torch.randn(1, 4), min_time_ms=60.0, **kw)
