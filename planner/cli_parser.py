@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def blocks_and_calls(sub: argparse.ArgumentParser) -> None:
         what = "blocks of the plan and of the uncompressed model, timed in turn (at least 4)"
-        number(sub, "--blocks", 12, what)
+        # predictors.profile.BLOCKS, written out: importing it would load torch for --help.
+        number(sub, "--blocks", 8, what)
         what = "the fewest timed calls per block (a fast side takes enough to fill 2 ms)"
         number(sub, "--calls", 3, what)
         what = "split the blocks into this many rounds, each with the models built afresh"

@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from engine.deploy import deployed_structure
-from predictors.profile import MIN_TIME_MS, MeasurementError, RelativeTiming, measure_relative
+from predictors.profile import (
+    BLOCKS,
+    MIN_TIME_MS,
+    MeasurementError,
+    RelativeTiming,
+    measure_relative,
+)
 from search_spaces.plan import Plan
 
 if TYPE_CHECKING:
@@ -34,7 +40,7 @@ def measure_plan_latency(
     *,
     batch: int = 1,
     threads: int = 1,
-    blocks: int = 12,
+    blocks: int = BLOCKS,
     calls: int = 3,
     rounds: int = 3,
     min_time_ms: float = MIN_TIME_MS,

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from predictors.allocator import keep_freed_memory
 
 __all__ = [
+    "BLOCKS",
     "BLOCK_MS",
     "MIN_TIME_MS",
     "RATIO_STATISTIC",
@@ -178,13 +179,20 @@ RATIO_STATISTIC = "block_min"
 # `calls` takes more calls per block.
 BLOCK_MS = 2.0
 
+# The fewest blocks of each side in a relative measurement (`measure_relative`, `profile`,
+# `compplan measure-latency`); a plan's measurement also lasts `MIN_TIME_MS`, which sets the
+# count for every model that runs under ~40 ms a call. Only a slower one (ResNet-18 in the
+# machine's slow phases) takes fewer blocks than the 12 before: scripts/bench_protocol.py
+# measures both side by side.
+BLOCKS = 8
+
 # The least time the reference is timed for over a plan's measurement (`measure_relative`): a
 # model faster than this over its blocks takes more blocks. A ratio's noise falls with the blocks
-# it is the median of; 12 blocks of 3 calls time ResNet-18 (30 ms) for 1 s but MobileNetV2 (13 ms)
-# for 0.5 s and digits (0.6 ms) for 0.03 s, and their ratios moved more between processes
-# (log-ratio standard deviation 5.2% and 5.5% against ResNet-18's 4.1%, bench run 3). The same
-# plan measured six times in one process: MobileNetV2 5.2% at 12 blocks, 2.75% at this least
-# time; digits 4.4% and 3.0%.
+# it is the median of; 12 blocks of 3 calls (the count before `BLOCKS`) time ResNet-18 (30 ms)
+# for 1 s but MobileNetV2 (13 ms) for 0.5 s and digits (0.6 ms) for 0.03 s, and their ratios
+# moved more between processes (log-ratio standard deviation 5.2% and 5.5% against ResNet-18's
+# 4.1%, bench run 3). The same plan measured six times in one process: MobileNetV2 5.2% at 12
+# blocks, 2.75% at this least time; digits 4.4% and 3.0%.
 MIN_TIME_MS = 1000.0
 
 
@@ -309,9 +317,9 @@ def measure_relative(
     reference: nn.Module,
     inputs: Tensor | tuple[Tensor, ...],
     *,
-    blocks: int = 12,
+    blocks: int = BLOCKS,
     calls: int = 3,
-    warmup: int = 5,
+    warmup: int = 2,
     threads: int = 1,
     statistic: str = RATIO_STATISTIC,
     reference_inputs: Tensor | tuple[Tensor, ...] | None = None,
@@ -319,12 +327,14 @@ def measure_relative(
     block_ms: float | None = None,
     max_calls: int = 64,
     min_time_ms: float = 0.0,
+    block_warmup: int = 1,
 ) -> RelativeTiming:
     """Time `module` against `reference` interleaved in short blocks; the ratio is the figure.
 
     Both warm up first (`warmup` calls each, alternating), then `blocks` blocks of each run in
     the order A B, B A, A B, ... (so that neither side always runs first after the switch),
-    each block one untimed call and `calls` timed ones. On CUDA every call is synchronised.
+    each block `calls` timed calls, after `block_warmup` untimed ones. On CUDA every call is
+    synchronised.
 
     A side faster than `block_ms / calls` takes more calls per block, as many as fill
     `block_ms` (by its fastest warm-up call; at most `max_calls`): a block's fastest call is
@@ -342,8 +352,8 @@ def measure_relative(
         reference: what it is measured against (the uncompressed deployed model of the same
             spec, inputs, batch, threads and device; or a fixed calibration module).
         inputs: the module's input batch (and the reference's, unless `reference_inputs`).
-        blocks, calls: blocks of each side and the fewest timed calls per block (12 × 3 by
-            default).
+        blocks, calls: blocks of each side and the fewest timed calls per block (8 × 3 by
+            default: `BLOCKS`).
         warmup: untimed calls of each before the first block (at least 1 for `block_ms`).
         threads: torch's intra-op threads while timing.
         statistic: the figure (`RATIO_STATISTICS`).
@@ -354,6 +364,11 @@ def measure_relative(
             always `calls`) and the most calls that may take.
         min_time_ms: the least time the reference's timed calls take in all (0: `blocks`
             blocks whatever they last; `MIN_TIME_MS` is what plans are measured with).
+        block_warmup: untimed calls of a side at the start of each of its blocks: after the
+            switch from the other side, a whole model's first call runs on caches the other
+            filled, and without it a block of 3 calls has 2 clean ones to take the fastest of
+            (the same plans' ratios spread 2–3× more, `scripts/bench_protocol.py`). A single
+            layer against the calibration module needs none (`profile` passes 0 for them).
 
     Raises:
         MeasurementError: fewer than `min_blocks` blocks, 1 call or 1 thread, a negative
@@ -364,15 +379,13 @@ def measure_relative(
         blocks < min_blocks
         or calls < 1
         or threads < 1
-        or warmup < 0
-        or block_ms < 0
-        or min_time_ms < 0
+        or min(warmup, block_warmup, block_ms, min_time_ms) < 0
     ):
         raise MeasurementError(
             f"blocks must be at least {min_blocks}, calls and threads at least 1, warmup, "
-            f"block_ms and min_time_ms at least 0 (got blocks={blocks}, calls={calls}, "
-            f"threads={threads}, warmup={warmup}, block_ms={block_ms}, "
-            f"min_time_ms={min_time_ms})"
+            f"block_warmup, block_ms and min_time_ms at least 0 (got blocks={blocks}, "
+            f"calls={calls}, threads={threads}, warmup={warmup}, block_warmup={block_warmup}, "
+            f"block_ms={block_ms}, min_time_ms={min_time_ms})"
         )
     if statistic not in RATIO_STATISTICS:
         raise MeasurementError(
@@ -392,7 +405,13 @@ def measure_relative(
         for index in (0, 1) if block % 2 == 0 else (1, 0):
             side, side_inputs = sides[index]
             times[index].append(
-                time_calls(side, side_inputs, runs=per_block[index], warmup=1, threads=threads)
+                time_calls(
+                    side,
+                    side_inputs,
+                    runs=per_block[index],
+                    warmup=block_warmup,
+                    threads=threads,
+                )
             )
     first = inputs if isinstance(inputs, Tensor) else inputs[0]
     return RelativeTiming(

@@ -24,7 +24,8 @@ For zoo:resnet18 (1×3×224×224), zoo:mobilenet_v2 (1×3×224×224) and zoo:dig
    plans (and its build plans, measured once); then the network again with the build records of
    three zoo families added (`FAMILIES`: efficientnet_tiny's MBConv blocks, regnet_tiny's grouped
    convolutions, convnext_tiny's depthwise 7x7 at 224x224, `--samples` random plans and the
-   structured ones each), as a user who profiles them on their device would fit it.
+   structured ones each), as a user who profiles them on their device would fit it; and with
+   one record of mobilenet_v2 (its uncompressed plan, seconds to measure) beside them or alone.
 5. Throughput: 10,000 plans of mobilenet_v2 (53 layers) from arrays, 5 repeats.
 Records go to benchmarks/records/<device>/ (`--reuse` takes them from there). Prints everything
 and writes benchmarks/results/latency.json (latency_<device>.json for a device other than cpu).
@@ -424,6 +425,14 @@ def main() -> None:
     transfer["network_by_seed_with_families"] = _network_transfer(
         with_families, graphs, graph, mobile_tests, **for_others
     )
+    # Both: the families' block kinds, and the scale of the new model in this phase.
+    with_both = pd.concat([with_families, uncompressed])
+    transfer["network_by_seed_with_families_and_one_uncompressed_record_as_for_its_own_models"] = (
+        _network_transfer(with_both, graphs, graph, mobile_tests)
+    )
+    transfer["network_by_seed_with_families_and_one_uncompressed_record"] = _network_transfer(
+        with_both, graphs, graph, mobile_tests, **for_others
+    )
     result["transfer_to_mobilenet_v2"] = transfer
     result["throughput"] = _throughput(fitted, graph, SearchSpace(graph))
     result["profile_seconds"] = seconds
@@ -480,6 +489,8 @@ def _print(result: dict) -> None:
         "by_seed_as_for_its_own_models_with_one_uncompressed_record",
         "by_seed_with_families_as_for_its_own_models",
         "by_seed_with_families",
+        "by_seed_with_families_and_one_uncompressed_record_as_for_its_own_models",
+        "by_seed_with_families_and_one_uncompressed_record",
     )
     for label in (f"network_{label}" for label in labels):
         share = transfer[label]["within_10pct"]

@@ -17,7 +17,7 @@ def _json(capsys) -> dict:
 def records(tmp_path_factory):
     path = tmp_path_factory.mktemp("latency") / "digits.parquet"
     argv = ["profile", "--model", "zoo:digits", "--samples", "8", "--processes", "0"]
-    # 12 blocks whatever they last: these tests read the records' form, not their precision.
+    # BLOCKS blocks whatever they last: these tests read the records' form, not their precision.
     argv += ["--min-time-ms", "0"]
     assert main([*argv, "--synthetic-layers", "3", "--out", str(path), "--json"]) == 0
     return path

@@ -36,6 +36,7 @@ from predictors.latency import (
 from predictors.latency.features import plan_layer_configs
 from predictors.latency.profiling import STRUCTURED_KEEPS
 from predictors.latency.records import DEPLOYED_FORM
+from predictors.profile import BLOCKS
 from predictors.size import layer_bits
 from search_spaces import LayerPlan, N2UQConfig, Plan, PlanError, SearchSpace, discover
 from search_spaces.model_spec import load_model
@@ -59,7 +60,7 @@ def digits_plans(digits):
 @pytest.fixture(scope="module")
 def measured(digits_plans):
     """Real records of 6 digits plans and their layers, measured in this process."""
-    # 12 blocks whatever they last (min_time_ms=0): the records' form, not their precision.
+    # BLOCKS blocks whatever they last (min_time_ms=0): the records' form, not their precision.
     return profile(
         DIGITS,
         plans=digits_plans[:6],
@@ -137,9 +138,9 @@ def test_profile_records_plans_and_their_layers(measured, digits, digits_plans):
     assert len(models) == 6
     unique, _ = plan_layer_configs(graph, digits_plans[:6]).unique()
     assert len(layers) == len(unique.kind)
-    # 12 blocks of at least 3 calls; a fast layer takes more, to fill its blocks.
-    assert (measured["latency_ms"] > 0).all() and (measured["runs"] >= 36).all()
-    assert (layers["runs"] > 36).any()
+    # BLOCKS blocks of at least 3 calls; a fast layer takes more, to fill its blocks.
+    assert (measured["latency_ms"] > 0).all() and (measured["runs"] >= 3 * BLOCKS).all()
+    assert (layers["runs"] > 3 * BLOCKS).any()
     # Each figure is a ratio to its reference, in ms through that reference's time over the run.
     assert set(models["reference"]) == {"model"} and set(layers["reference"]) == {"calibration"}
     for _, group in measured.groupby("reference"):

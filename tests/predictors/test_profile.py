@@ -78,6 +78,19 @@ def test_measure_relative_interleaves_blocks_and_reports_the_ratio():
     assert m.to_dict()["ratio"] == m.ratio and "module_ms" not in m.to_dict()
     with pytest.raises(MeasurementError, match="at least 4"):
         measure_relative(small, large, torch.randn(4, 64), blocks=3)
+    with pytest.raises(MeasurementError, match="block_warmup"):
+        measure_relative(small, large, torch.randn(4, 64), block_warmup=-1)
+
+
+def test_measure_relative_can_open_blocks_without_an_untimed_call():
+    log: list[str] = []
+    small = _Counting(nn.Linear(64, 8), "A", log)
+    large = _Counting(nn.Linear(64, 64), "B", log)
+    kw = {"blocks": 4, "calls": 2, "warmup": 1, "block_ms": 0, "block_warmup": 0}
+    m = measure_relative(small, large, torch.randn(4, 64), **kw)
+    # As single layers are timed: each block its timed calls alone.
+    assert "".join(log) == "AB" + "AABB" + "BBAA" + "AABB" + "BBAA"
+    assert {len(b) for b in m.module_blocks + m.reference_blocks} == {2}
     with pytest.raises(MeasurementError, match="statistic"):
         measure_relative(small, large, torch.randn(4, 64), statistic="mean")
 
