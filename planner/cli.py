@@ -232,7 +232,9 @@ def _measure_latency(args: argparse.Namespace) -> int:
         k: vars(args)[k] for k in ("batch", "threads", "blocks", "calls", "rounds", "min_time_ms")
     }
     m = measure_plan_latency(loaded.module, loaded.example_inputs, plan, graph=graph, **settings)
-    return _output(args, m.to_dict(), measurement_text(m, f"{args.plan} on {args.model}"))
+    return _output(
+        args, m.to_dict(), measurement_text(m, f"{args.plan or args.preset} on {args.model}")
+    )
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -247,12 +249,15 @@ def _profile(args: argparse.Namespace) -> int:
     settings = {
         k: vars(args)[k] for k in (*same, "calls", "rounds", "min_time_ms", "processes", "repeats")
     }
+    plans = [Plan.load(p) for p in args.plan] if args.plan else None
+    if args.uncompressed_only:
+        plans = [Plan(layers={}, provenance={"source": "uncompressed"})]
     records = profile(
         args.model,
         inputs=args.inputs,
-        plans=[Plan.load(p) for p in args.plan] if args.plan else None,
-        structured=not args.no_structured,
-        layers=not args.no_layers,
+        plans=plans,
+        structured=not (args.no_structured or args.uncompressed_only),
+        layers=not (args.no_layers or args.uncompressed_only),
         progress=_progress_shown(args),
         **settings,
     )

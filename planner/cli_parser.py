@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         "phases do not move; its ms are the ratio times the uncompressed model's quiet time.",
         json=text,
     )
-    latency.add_argument("--plan", required=True, metavar="FILE", help="the plan file")
+    plan_or_preset(latency)
     number(latency, "--batch", 1, "batch size")
     number(latency, "--threads", 1, "torch threads")
     blocks_and_calls(latency)
@@ -278,7 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--out", required=True, metavar="FILE", help="records (.parquet, .csv)")
     number(profile, "--samples", 100, "random plans to measure")
     what = "measure this plan file instead of random plans (repeatable)"
-    profile.add_argument("--plan", action="append", metavar="FILE", help=what)
+    plans = profile.add_mutually_exclusive_group()
+    plans.add_argument("--plan", action="append", metavar="FILE", help=what)
+    what = (
+        "measure only the uncompressed plan, no layers (seconds): the one record of a model "
+        "you have no other records of, to fit beside records of models sharing its block "
+        "kinds, such as the zoo families (README, Latency)"
+    )
+    plans.add_argument("--uncompressed-only", action="store_true", help=what)
     profile.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     number(profile, "--threads", 1, "torch threads while timing")
     blocks_and_calls(profile)
@@ -315,10 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--for-other-models",
         action="store_true",
         help="network only: price each activation quantizer from its input's size and bits "
-        "alone, for a model the records hold only its uncompressed plan of (compplan preset "
-        "--preset keep:1, then compplan profile --plan it --no-structured --no-layers: seconds); "
-        "with no record of it, leave it off and fit on records of models that share its block "
-        "kinds (README, Latency)",
+        "alone, for a model the records hold only its uncompressed plan of (compplan profile "
+        "--uncompressed-only) and no models of its block kinds; beside records of models that "
+        "share its block kinds, leave it off (README, Latency)",
     )
     number(fit, "--holdout", 0.2, "share of the plans held out to report accuracy on, 0 skips it")
     number(fit, "--seed", 0, "seeds the split and the network")

@@ -184,11 +184,14 @@ def profile_text(s: ProfileSummary, model: str, out: str) -> str:
         )
     if s.link is not None:
         figures += f"; the uncompressed model takes {s.link:.2f} calibration-module units"
+    # One plan fits no predictor alone: it is the record that goes beside other models'.
+    records = out if s.plans > 1 else f"OTHER_MODELS.parquet ... {out}"
+    plans = "1 plan" if s.plans == 1 else f"{s.plans} plans"
     return (
-        f"measured {s.plans} plans of {model} and {s.layers} single layers{took} "
+        f"measured {plans} of {model} and {s.layers} single layers{took} "
         f"on {device['cpu']} ({device['device']}, {device['threads']} thread(s)): {figures}, "
         f"spread within a measurement {s.spread_median:.1%}\nwrote {out}; next: compplan "
-        f"fit-latency {out} --out latency.json{trust}"
+        f"fit-latency {records} --out latency.json{trust}"
     )
 
 

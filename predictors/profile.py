@@ -366,9 +366,11 @@ def measure_relative(
             blocks whatever they last; `MIN_TIME_MS` is what plans are measured with).
         block_warmup: untimed calls of a side at the start of each of its blocks: after the
             switch from the other side, a whole model's first call runs on caches the other
-            filled, and without it a block of 3 calls has 2 clean ones to take the fastest of
-            (the same plans' ratios spread 2–3× more, `scripts/bench_protocol.py`). A single
-            layer against the calibration module needs none (`profile` passes 0 for them).
+            filled, and without it a block of 3 calls has 2 clean ones to take the fastest of.
+            In one of two runs of `scripts/bench_protocol.py` the same plans' ratios spread
+            2–3× more without it (in the other, no more), so plans keep it. A single layer
+            against the calibration module fills its blocks with many calls and spread no
+            more without it in either run: `profile` passes 0 for them.
 
     Raises:
         MeasurementError: fewer than `min_blocks` blocks, 1 call or 1 thread, a negative

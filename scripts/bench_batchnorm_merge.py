@@ -5,9 +5,10 @@
 For zoo:resnet18, zoo:mobilenet_v2 (1×3×224×224) and zoo:digits (1×1×8×8), uncompressed: the
 deployed form with each BatchNorm its own scale-shift step (`engine.export.freeze_`, what
 compplan deployed before) against the same with them merged (`engine.merge_batchnorm`), timed
-interleaved (`predictors.profile.measure_relative`, 12 blocks each), `--repeats` times in this
-process. Prints the merged/separate ratio's median and range per model, how many BatchNorms
-merged and the largest output difference, and writes benchmarks/results/batchnorm_merge.json.
+interleaved (`predictors.profile.measure_relative`, its default blocks: 12 when last run),
+`--repeats` times in this process. Prints the merged/separate ratio's median and range per
+model, how many BatchNorms merged and the largest output difference, and writes
+benchmarks/results/batchnorm_merge.json.
 """
 
 from __future__ import annotations

@@ -58,7 +58,13 @@ from predictors.latency import (
     structured_plans,
     synthetic_layer_configs,
 )
-from predictors.profile import BLOCK_MS, MIN_TIME_MS, RATIO_STATISTIC, device_fingerprint
+from predictors.profile import (
+    BLOCK_MS,
+    BLOCKS,
+    MIN_TIME_MS,
+    RATIO_STATISTIC,
+    device_fingerprint,
+)
 from search_spaces import SearchSpace
 from search_spaces.discover import discover
 from search_spaces.model_spec import load_model
@@ -356,12 +362,13 @@ def main() -> None:
     result: dict = {
         "device": device_fingerprint(args.device, args.threads),
         "protocol": {
-            "measurement": "interleaved with the uncompressed deployed model: 12 blocks of "
-            f"each side, at least 3 timed calls and {BLOCK_MS:g} ms each (a faster side takes "
-            "more calls, up to 64), and more blocks where 12 time the uncompressed model for "
-            f"under {MIN_TIME_MS:g} ms, in 3 rounds with both built afresh, 3 warm-up calls of "
-            "each per round (single layers and the link: 12 blocks against a fixed calibration "
-            "module)",
+            "measurement": f"interleaved with the uncompressed deployed model: {BLOCKS} "
+            "blocks of each side, each an untimed call and at least 3 timed calls and "
+            f"{BLOCK_MS:g} ms (a faster side takes more calls, up to 64), and more blocks where "
+            f"{BLOCKS} time the uncompressed model for under {MIN_TIME_MS:g} ms, in 3 rounds "
+            "with both built afresh, 2 warm-up calls of each per round (single layers: "
+            f"{BLOCKS} blocks without the untimed call against a fixed calibration module; the "
+            "link: the uncompressed model likewise, with it)",
             "min_time_ms": MIN_TIME_MS,
             "statistic": RATIO_STATISTIC,
             "build_plans_per_model": f"{args.samples} random (seed 0) and the structured ones",

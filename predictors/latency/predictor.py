@@ -151,11 +151,10 @@ class LatencyPredictor:
                 _warned_extrapolated.add(label)
                 logger.warning(
                     "the latency predictor's records hold no plan of %s, so its latency is "
-                    "extrapolated from other models, which holds only where they share its block "
-                    "kinds: profile it, or models of its block kinds (README, Latency: the zoo "
-                    "families), and fit again; its uncompressed plan alone (compplan preset "
-                    "--preset keep:1, then compplan profile --plan it --no-structured "
-                    "--no-layers) fit with --for-other-models helps less",
+                    "extrapolated from other models and may miss by more than 10%%: measure its "
+                    "uncompressed plan (compplan profile --uncompressed-only, seconds) and fit "
+                    "again with that record beside records of models of its block kinds "
+                    "(README, Latency: the zoo families), or profile it",
                     label,
                 )
             configs = plan_layer_configs(graph, [Plan(layers={})])

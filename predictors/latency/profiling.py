@@ -218,7 +218,8 @@ def _measure_jobs(
                     min_blocks=1,
                     min_time_ms=min_time_ms if kind == "plan" else 0.0,
                     # A single layer's blocks open without an untimed call: they fill 2 ms
-                    # with many calls, and spread no more for it (`scripts/bench_protocol.py`).
+                    # with many calls, and spread no more for it (`scripts/bench_protocol.py`:
+                    # half the time).
                     block_warmup=0 if "layer" in job else 1,
                 )
             )

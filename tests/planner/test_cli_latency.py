@@ -95,7 +95,40 @@ def test_a_model_the_records_do_not_hold_is_predicted_with_a_warning(
         assert main([*argv, "--model", "zoo:mnist1d"]) == 0
     assert _json(capsys)["reference"] == "predicted"
     assert "records hold no plan of zoo:mnist1d" in caplog.text
-    assert "--for-other-models" in caplog.text
+    assert "--uncompressed-only" in caplog.text
+
+
+def test_the_warning_s_advice_one_uncompressed_record_makes_the_model_measured(
+    records, tmp_path, capsys, caplog, monkeypatch
+):
+    import predictors.latency.predictor as models
+    from predictors.latency import load_records
+
+    monkeypatch.setattr(models, "_warned_extrapolated", set())  # as in a fresh process
+    own = tmp_path / "mnist1d.parquet"
+    argv = ["profile", "--model", "zoo:mnist1d", "--uncompressed-only", "--out", str(own)]
+    assert main([*argv, "--processes", "0", "--min-time-ms", "0"]) == 0
+    out = capsys.readouterr().out
+    # One record fits nothing alone: the next command puts it beside other models' records.
+    assert "measured 1 plan of zoo:mnist1d" in out and f"OTHER_MODELS.parquet ... {own}" in out
+    frame = load_records(own)
+    assert list(frame["record"]) == ["model"]  # one plan, no single layers
+    assert json.loads(frame["plan"].iloc[0])["layers"] == {}
+    assert 0.5 < frame["ratio"].iloc[0] < 2  # the uncompressed model against itself
+    predictor = tmp_path / "flops.json"
+    assert (
+        main(["fit-latency", str(records), str(own), "--kind", "flops", "--out", str(predictor)])
+        == 0
+    )
+    capsys.readouterr()
+    argv = ["predict-latency", "--predictor", str(predictor), "--model", "zoo:mnist1d"]
+    with caplog.at_level("WARNING", logger="compplan"):
+        assert main([*argv, "--preset", "keep:0.5", "--json"]) == 0
+    assert _json(capsys)["reference"] == "measured" and "records hold no plan" not in caplog.text
+    # It measures one plan: the user's plan files are another request.
+    conflicting = ["profile", "--model", "zoo:mnist1d", "--uncompressed-only", "--plan", "p.json"]
+    assert main([*conflicting, "--out", str(own)]) == 2
+    assert "not allowed with" in capsys.readouterr().err
 
 
 def test_a_network_for_other_models_saves_its_quantizer_head(records, tmp_path, capsys):

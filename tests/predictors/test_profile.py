@@ -196,3 +196,6 @@ def test_measure_latency_cli(capsys, tmp_path):
     assert main([*argv, "--plan", str(plan), *least, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["blocks"] > 4
     assert main([*argv, "--plan", str(plan), "--blocks", "3"]) == 2
+    # A preset by name, as predict-latency takes it, without writing its file first.
+    assert main([*argv, "--preset", "keep:0.5", "--blocks", "4", "--min-time-ms", "0"]) == 0
+    assert "keep:0.5 on zoo:resnet18" in capsys.readouterr().out
