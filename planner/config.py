@@ -148,7 +148,8 @@ class SearchConfig:
         real: the real objective's settings.
         sampler: "tpe", "nsga2" or "random".
         pareto: minimize (proxy, size[, latency]) together; the Pareto front is the answer.
-        repair: move each proposal onto the size budget's edge before scoring it.
+        repair: move each proposal onto the size budget's edge, and prune it under the latency
+            budget, before scoring it.
         seed_exact: seed the study with the exact solver's answer.
         backend: "optuna" (trials here, kept in `storage`) or "ray" (Ray Tune).
         ray: the Ray backend's settings.

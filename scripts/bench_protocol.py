@@ -15,7 +15,10 @@ model and protocol:
 - the seconds a measurement takes, over the protocol before's (median and range over repeats);
 - the spread of a plan's ratio over the repeats (standard deviation of its log): the noise a
   figure carries, which a cheaper protocol must not raise;
-- the shift (each plan's median ratio over its median ratio before, minus 1).
+- the shift (each plan's median ratio over its median ratio before, minus 1);
+- the same spread by each of `RATIO_STATISTICS`, taken from the very same measurements (the
+  figure `RATIO_STATISTIC` picks, against the others), and of the plan's own absolute time
+  (its blocks' median fastest call) for comparison.
 Prints the figures and writes benchmarks/results/protocol.json.
 """
 
@@ -34,7 +37,14 @@ from engine.deploy import deployed_structure
 from predictors.latency import random_plans, structured_plans
 from predictors.latency.features import plan_layer_configs
 from predictors.latency.profiling import _calibration_module, _layer_module
-from predictors.profile import BLOCKS, MIN_TIME_MS, device_fingerprint, measure_relative
+from predictors.profile import (
+    BLOCKS,
+    MIN_TIME_MS,
+    RATIO_STATISTIC,
+    RATIO_STATISTICS,
+    device_fingerprint,
+    measure_relative,
+)
 from search_spaces import SearchSpace
 from search_spaces.discover import discover
 from search_spaces.model_spec import load_model
@@ -61,6 +71,13 @@ def _spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def _sd_log(per_pair: list[list[float]]) -> dict:
+    """Each pair's standard deviation of the log of its figures over the repeats, and their
+    median and mean."""
+    each = [float(np.std(np.log(r), ddof=1)) for r in per_pair]
+    return {"median": statistics.median(each), "mean": float(np.mean(each)), "each": each}
+
+
 def _side_by_side(pairs, repeats: int, **common) -> dict:
     """Time each (module, reference, inputs, reference inputs) by every protocol, `repeats`
     times, the protocols' order rotating each repeat; the seconds, spreads and shifts, each
@@ -68,6 +85,12 @@ def _side_by_side(pairs, repeats: int, **common) -> dict:
     names = list(PROTOCOLS)
     ratios = {name: [[] for _ in pairs] for name in names}
     seconds = {name: [] for name in names}
+    # Every statistic (and the absolute time) of the same measurements: what the chosen one
+    # is worth against the others, with nothing else different.
+    figures = {
+        name: {kind: [[] for _ in pairs] for kind in (*RATIO_STATISTICS, "absolute")}
+        for name in names
+    }
     for repeat in range(repeats):
         shift = repeat % len(names)
         for name in names[shift:] + names[:shift]:
@@ -82,20 +105,21 @@ def _side_by_side(pairs, repeats: int, **common) -> dict:
                     **common,
                 )
                 ratios[name][i].append(timing.ratio)
+                for kind, ratio in timing.ratios.items():
+                    figures[name][kind][i].append(ratio)
+                fastest = [min(block) for block in timing.module_blocks]
+                figures[name]["absolute"][i].append(statistics.median(fastest))
             seconds[name].append(time.perf_counter() - started)
-    spread = {
-        name: [float(np.std(np.log(r), ddof=1)) for r in per_pair]
-        for name, per_pair in ratios.items()
-    }
     entry: dict = {
         "pairs": len(pairs),
         "repeats": repeats,
         "seconds_per_measurement": {
             name: statistics.median(s) / len(pairs) for name, s in seconds.items()
         },
-        "ratio_spread_sd_log": {
-            name: {"median": statistics.median(s), "mean": float(np.mean(s)), "each": s}
-            for name, s in spread.items()
+        "ratio_spread_sd_log": {name: _sd_log(per_pair) for name, per_pair in ratios.items()},
+        "spread_sd_log_by_statistic": {
+            name: {kind: _sd_log(per_pair) for kind, per_pair in by_kind.items()}
+            for name, by_kind in figures.items()
         },
         "seconds_over_before": {},
         "shift_over_before": {},
@@ -181,6 +205,15 @@ def _print(model: str, what: str, entry: dict) -> None:
             f"({time_ratio['min']:.2f}–{time_ratio['max']:.2f}); spread "
             f"{sd[name]['median']:.2%}; shift {entry['shift_over_before'][name]['median']:+.2%}"
         )
+    by_statistic = entry["spread_sd_log_by_statistic"]["current"]
+    chosen = f"{RATIO_STATISTIC}, the one taken"
+    print(
+        "    current, spread by statistic: "
+        + ", ".join(
+            f"{chosen if kind == RATIO_STATISTIC else kind} {s['median']:.2%}"
+            for kind, s in by_statistic.items()
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from typing import Any
 
 from planner.budgets import BudgetError
 from planner.config import SearchConfig
+from planner.latency_repair import LatencyRepair, Repair, chain
 from planner.problem import Evaluation, Problem
 from planner.repair import SizeRepair
 from planner.results import SearchResult
@@ -93,17 +94,24 @@ def directions(config: SearchConfig, problem: Problem) -> list[str]:
     return ["minimize"] * (3 if problem.latency is not None else 2)
 
 
-def make_repair(config: SearchConfig, problem: Problem) -> SizeRepair | None:
-    """The budget repair every proposal goes through (None when off or without a size budget)."""
-    if not config.repair or problem.budget.size_bytes is None:
+def make_repair(config: SearchConfig, problem: Problem) -> Repair | None:
+    """The budget repair every proposal goes through: size repair with a size budget, then
+    latency repair with a latency budget (`planner.latency_repair`); None when off or without
+    either budget."""
+    if not config.repair:
         return None
-    # Filling to the edge would collapse a multi-objective front onto the budget.
-    return SizeRepair(
-        problem.study_space,
-        problem.proxy.table.errors,
-        problem.budget.size_bytes * 8,
-        fill=not config.pareto,
-    )
+    size = latency = None
+    if problem.budget.size_bytes is not None:
+        # Filling to the edge would collapse a multi-objective front onto the budget.
+        size = SizeRepair(
+            problem.study_space,
+            problem.proxy.table.errors,
+            problem.budget.size_bytes * 8,
+            fill=not config.pareto,
+        )
+    if problem.budget.latency_ms is not None and problem.latency is not None:
+        latency = LatencyRepair(problem)
+    return chain(size, latency)
 
 
 def exact_answer(config: SearchConfig, solver: ExactSolver) -> dict[str, Any]:
@@ -148,9 +156,7 @@ class Proposal:
         }
 
 
-def score_proposal(
-    problem: Problem, repair: SizeRepair | None, params: Mapping[str, Any]
-) -> Proposal:
+def score_proposal(problem: Problem, repair: Repair | None, params: Mapping[str, Any]) -> Proposal:
     """Repair `params` (when on), decode and evaluate the plan."""
     repaired = repair(params) if repair is not None else {}
     plan = problem.decode({**params, **repaired})

@@ -34,8 +34,8 @@ from planner.backends._base import (
 )
 from planner.config import SearchConfig
 from planner.errors import PlannerError
+from planner.latency_repair import Repair
 from planner.problem import Problem
-from planner.repair import SizeRepair
 from planner.results import SearchResult, build_result
 from planner.solver import ExactSolver
 from planner.storage import display_url, study_lock
@@ -65,7 +65,7 @@ class OptunaBackend(SearchBackend):
         config: SearchConfig,
         storage,
         *,
-        repair: SizeRepair | None,
+        repair: Repair | None,
         solver: ExactSolver,
     ):
         self.problem = problem

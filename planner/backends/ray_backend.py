@@ -48,8 +48,8 @@ from planner.backends._base import (
 )
 from planner.config import SearchConfig
 from planner.errors import PlannerError
+from planner.latency_repair import Repair
 from planner.problem import Problem
-from planner.repair import SizeRepair
 from planner.results import SearchResult, build_result
 from planner.solver import ExactSolver
 
@@ -222,7 +222,7 @@ class RayBackend(SearchBackend):
         problem: Problem,
         config: SearchConfig,
         *,
-        repair: SizeRepair | None,
+        repair: Repair | None,
         solver: ExactSolver,
         objective=None,
     ):

@@ -204,3 +204,69 @@ def test_a_budget_only_pruning_reaches_keeps_every_repaired_trial_feasible(digit
     assert "params" not in result.exact and "keep ratio at 1" in result.exact["note"]
     # In bytes, and without the "exact solver:" the report already prints before it.
     assert result.exact["note"].startswith(f"the size budget {budget.size_bytes:,.0f} bytes")
+
+
+@pytest.mark.parametrize("edge", [0.5, 0.001])
+def test_latency_repair_meets_a_budget_only_pruning_reaches(digits_keep1, edge):
+    """Under the uncompressed model's latency only pruning helps, which the exact solver (keep
+    1) cannot seed: repair lowers the keeps, and where even the lowest miss with the proposal's
+    activation bits, takes the fastest ones too. `edge` places the budget between the fastest
+    plan (0) and the fastest at keep 1 (1); at 0.001 most proposals need both."""
+    loaded, _, _ = digits_keep1
+    latency = _StandInLatency("macs", 1e5)  # pruning pays; so do fewer activation bits
+
+    def planner(budget=None, **options):
+        return Planner(
+            loaded.module,
+            loaded.example_inputs,
+            budget=budget or Budget(),
+            storage="memory",
+            latency=latency,
+            sampler="random",
+            **options,
+        )
+
+    at_keep_1 = Planner(
+        loaded.module, loaded.example_inputs, knobs={"keep": (1.0,)}, latency=latency
+    ).problem.reachable.latency_ms
+    fastest = planner().problem.reachable.latency_ms
+    limit = fastest + edge * (at_keep_1 - fastest)
+    result = planner(Budget(latency_ms=limit)).search(n_trials=20)
+    assert result.trials["feasible"].all()
+    assert (result.trials["latency_ms"] <= limit).all()
+    assert any("keep" in str(r) for r in result.trials["repaired"].dropna())
+    if edge < 0.01:
+        assert any("act_bits" in str(r) for r in result.trials["repaired"].dropna())
+    assert "params" not in result.exact and "only pruning goes lower" in result.exact["note"]
+    # The same proposals unrepaired miss it, near the fastest plan nearly all.
+    plain = planner(Budget(latency_ms=limit), repair=False).search(n_trials=20)
+    assert plain.trials["feasible"].mean() < (0.9 if edge > 0.01 else 0.2)
+
+
+def test_latency_repair_leaves_a_fitting_proposal_alone_and_keeps_size_repair(digits_keep1):
+    """Size repair runs first; latency repair only lowers keeps, so the size budget holds."""
+    loaded, graph, _ = digits_keep1
+    latency = _StandInLatency("macs", 1e5)
+    at_keep_1 = Planner(
+        loaded.module, loaded.example_inputs, knobs={"keep": (1.0,)}, latency=latency
+    ).problem.reachable.latency_ms
+    budget = Budget(size_bytes=graph.baseline_bits / 8 / 30, latency_ms=0.8 * at_keep_1)
+    planner = Planner(
+        loaded.module,
+        loaded.example_inputs,
+        budget=budget,
+        storage="memory",
+        latency=latency,
+        sampler="random",
+    )
+    result = planner.search(n_trials=20)
+    assert result.trials["feasible"].all()
+    assert (result.trials["size_bytes"] <= budget.size_bytes).all()
+    from planner.latency_repair import LatencyRepair
+
+    repair = LatencyRepair(planner.problem)
+    lowest = {key: choices[-1] for key, choices in repair.keep_keys.items()}
+    (fits,) = planner.problem.evaluate([planner.problem.decode(lowest)])
+    assert fits.latency_ms <= budget.latency_ms
+    assert repair(lowest) == {}
+    assert repair({}) != {}  # keep 1 everywhere is over the budget
