@@ -3,28 +3,27 @@
 On a device without low-bit kernels, weights decode to dense floats, so only keep ratios and
 activation quantizers move a plan's latency, and at keep 1 no plan is faster than the
 uncompressed model. A budget under it (`--latency-budget x0.5`) is met only by pruning, which
-the exact solver cannot seed (it fixes every keep at 1) and samplers rarely find alone: on
-zoo:digits with a fitted network predictor, TPE met x0.5 (beside a 25× size budget) in none of
-200 trials and x0.7 in none of 40, since a proposal must prune every group enough *and* leave
-out the quantizers that cost time.
+the exact solver cannot seed (it fixes every keep at 1) and samplers rarely find alone, since a
+proposal must prune every group enough *and* leave out the quantizers that cost time: in
+`scripts/bench_latency_repair.py`, TPE without this repair met x0.5 in none of 60 trials on
+zoo:digits (beside a 25× size budget) and in 20% on zoo:resnet18 (beside 1.2 MiB).
 
-A proposal the predictor prices over the budget is repaired in two tries, each taking the
-least pruning that fits:
-
-1. with its own activation bits, every searched group's keep ratio lowered one step at a time
-   (all groups at once, as `SizeRepair` lowers them for size);
-2. if even the lowest keeps miss, the same from its proposed keeps with every layer's
-   activation bits at the width the predictor prices fastest for the whole model.
-
-If both miss, the second's lowest keeps are kept: the closest plan, scored as infeasible. Each
-try prices all its candidates in one batch, so a repair costs two predictor calls. It runs after
-size repair; lowering keeps only shrinks a plan, so a size-feasible proposal stays so.
+A proposal the predictor prices over the budget is pruned greedily, the way size repair shrinks
+a plan: while it is over, lower by one step the keep ratio of the searched group that saves the
+most predicted ms per unit of proxy it adds (`ProxyObjective.pruning_cost`), pricing every
+group's step in one batch. If every group reaches its lowest keep and the plan still misses, the
+same again from the proposed keeps with every layer's activation bits at the width the
+predictor prices fastest for the whole model; if that misses too, its end is kept, the closest
+plan, scored as infeasible. It runs after size repair; lowering keeps only shrinks a plan, so a
+size-feasible proposal stays so.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any
+
+import numpy as np
 
 __all__ = ["ChainedRepair", "LatencyRepair", "Repair", "chain"]
 
@@ -43,11 +42,11 @@ class LatencyRepair:
         if problem.latency is None or problem.budget.latency_ms is None:
             raise ValueError("latency repair needs a latency predictor and a latency budget")
         self.problem = problem
-        self.study_space = problem.study_space
         self.limit_ms = float(problem.budget.latency_ms)
-        space = self.study_space
+        space = problem.study_space
+        # Searched groups' keep choices, highest first.
         self.keep_keys = {
-            f"group{gid}/keep": sorted(choices, reverse=True)
+            f"group{gid}/keep": (gid, sorted(choices, reverse=True))
             for gid, choices in space.space.group_keep.items()
             if f"group{gid}/keep" in space.distributions
         }
@@ -57,38 +56,49 @@ class LatencyRepair:
 
     def __call__(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The parameters repair changes; empty when the proposal fits the budget."""
-        steps = self._pruned_steps(params)
-        fits, changes = self._least_pruning(params, steps)
-        if fits or changes is None:
-            return {} if changes is None else changes
+        (ms,) = self._latencies([params])
+        if ms <= self.limit_ms:
+            return {}
+        fits, changes = self._prune(params, ms)
+        if fits:
+            return changes
         fastest = self._fastest_act_bits(params)
         if not fastest:
             return changes
-        _, more = self._least_pruning({**params, **fastest}, self._pruned_steps(params))
-        return {**fastest, **(more or {})}
+        start = {**params, **fastest}
+        (ms,) = self._latencies([start])
+        _, more = self._prune(start, ms)
+        return {**fastest, **more}
 
-    def _pruned_steps(self, params: Mapping[str, Any]) -> list[dict[str, float]]:
-        """The keep changes of lowering every searched group 0, 1, 2, ... steps below its
-        proposed keep ratio (clamped at its lowest), up to where none moves further."""
-        lowers = {}
-        for key, choices in self.keep_keys.items():
-            current = params.get(key, choices[0])
-            lowers[key] = [c for c in choices if c < current]
-        most = max((len(lower) for lower in lowers.values()), default=0)
-        return [
-            {key: lower[min(k, len(lower)) - 1] for key, lower in lowers.items() if lower and k}
-            for k in range(most + 1)
-        ]
+    def _prune(self, params: Mapping[str, Any], ms: float) -> tuple[bool, dict[str, float]]:
+        """Lower keeps greedily until the plan fits: (whether it does, the keep changes)."""
+        keeps = {key: params.get(key, choices[0]) for key, (_, choices) in self.keep_keys.items()}
+        changes: dict[str, float] = {}
+        while ms > self.limit_ms:
+            steps = []
+            for key, (gid, choices) in self.keep_keys.items():
+                lower = [c for c in choices if c < keeps[key]]
+                if lower:
+                    added = self.problem.proxy.pruning_cost(gid, lower[0])
+                    added -= self.problem.proxy.pruning_cost(gid, keeps[key])
+                    steps.append((key, lower[0], max(added, 1e-12)))
+            if not steps:
+                return False, changes
+            current = {**params, **changes}
+            latencies = self._latencies([{**current, key: keep} for key, keep, _ in steps])
+            saved = ms - latencies
+            # The most ms saved per proxy added; a step that saves nothing only if all are so.
+            score = np.where(saved > 0, saved / np.array([a for _, _, a in steps]), -np.inf)
+            best = int(score.argmax()) if np.isfinite(score).any() else int(saved.argmax())
+            key, keep, _ = steps[best]
+            keeps[key] = changes[key] = keep
+            ms = float(latencies[best])
+        return True, changes
 
-    def _least_pruning(self, params, steps) -> tuple[bool, dict[str, Any] | None]:
-        """(whether some step fits, the changes of the first that does, or of the last);
-        (True, None) when the proposal fits as it is."""
-        plans = [self.problem.decode({**params, **step}) for step in steps]
-        latencies = self.problem.latency.predict(self.problem.graph, plans)
-        for k, ms in enumerate(latencies):
-            if ms <= self.limit_ms:
-                return True, (None if k == 0 else steps[k])
-        return False, steps[-1]
+    def _latencies(self, candidates: list[Mapping[str, Any]]) -> np.ndarray:
+        """The predicted ms of each set of parameters, in one batch."""
+        plans = [self.problem.decode(c) for c in candidates]
+        return np.asarray(self.problem.latency.predict(self.problem.graph, plans), dtype=float)
 
     def _fastest_act_bits(self, params: Mapping[str, Any]) -> dict[str, int]:
         """Every searched layer's activation bits at the one width (of those any layer
@@ -101,8 +111,7 @@ class LatencyRepair:
         ]
         if not candidates:
             return {}
-        plans = [self.problem.decode({**params, **c}) for c in candidates]
-        latencies = self.problem.latency.predict(self.problem.graph, plans)
+        latencies = self._latencies([{**params, **c} for c in candidates])
         best = candidates[int(latencies.argmin())]
         return {key: bits for key, bits in best.items() if params.get(key) != bits}
 

@@ -216,11 +216,14 @@ class ProxyObjective:
         unit = activation_method(self.space.layers[name].act_method)
         return unit.proxy_error(bits) * self.table.sensitivities.get(name, 1.0)
 
+    def pruning_cost(self, gid: int, ratio: float) -> float:
+        """The proxy's price of keeping `ratio` of group `gid`'s channels (0 at 1)."""
+        return self._pruning.get(gid, {}).get(ratio, 0.0) if ratio < 1.0 else 0.0
+
     def value(self, plan) -> float:
         from search_spaces.plan import group_keeps
 
         total = sum(self.layer_errors(plan).values())
         for gid, ratio in group_keeps(plan, self.space.graph).items():
-            if ratio < 1.0:
-                total += self._pruning.get(gid, {}).get(ratio, 0.0)
+            total += self.pruning_cost(gid, ratio)
         return float(total)

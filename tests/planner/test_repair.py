@@ -206,6 +206,13 @@ def test_a_budget_only_pruning_reaches_keeps_every_repaired_trial_feasible(digit
     assert result.exact["note"].startswith(f"the size budget {budget.size_bytes:,.0f} bytes")
 
 
+def _fastest_at_keep_1(loaded, latency) -> float:
+    """The least predicted latency of any plan without pruning."""
+    knobs = {"keep": (1.0,)}
+    planner = Planner(loaded.module, loaded.example_inputs, knobs=knobs, latency=latency)
+    return planner.problem.reachable.latency_ms
+
+
 @pytest.mark.parametrize("edge", [0.5, 0.001])
 def test_latency_repair_meets_a_budget_only_pruning_reaches(digits_keep1, edge):
     """Under the uncompressed model's latency only pruning helps, which the exact solver (keep
@@ -226,9 +233,7 @@ def test_latency_repair_meets_a_budget_only_pruning_reaches(digits_keep1, edge):
             **options,
         )
 
-    at_keep_1 = Planner(
-        loaded.module, loaded.example_inputs, knobs={"keep": (1.0,)}, latency=latency
-    ).problem.reachable.latency_ms
+    at_keep_1 = _fastest_at_keep_1(loaded, latency)
     fastest = planner().problem.reachable.latency_ms
     limit = fastest + edge * (at_keep_1 - fastest)
     result = planner(Budget(latency_ms=limit)).search(n_trials=20)
@@ -247,9 +252,7 @@ def test_latency_repair_leaves_a_fitting_proposal_alone_and_keeps_size_repair(di
     """Size repair runs first; latency repair only lowers keeps, so the size budget holds."""
     loaded, graph, _ = digits_keep1
     latency = _StandInLatency("macs", 1e5)
-    at_keep_1 = Planner(
-        loaded.module, loaded.example_inputs, knobs={"keep": (1.0,)}, latency=latency
-    ).problem.reachable.latency_ms
+    at_keep_1 = _fastest_at_keep_1(loaded, latency)
     budget = Budget(size_bytes=graph.baseline_bits / 8 / 30, latency_ms=0.8 * at_keep_1)
     planner = Planner(
         loaded.module,
@@ -265,7 +268,7 @@ def test_latency_repair_leaves_a_fitting_proposal_alone_and_keeps_size_repair(di
     from planner.latency_repair import LatencyRepair
 
     repair = LatencyRepair(planner.problem)
-    lowest = {key: choices[-1] for key, choices in repair.keep_keys.items()}
+    lowest = {key: choices[-1] for key, (_, choices) in repair.keep_keys.items()}
     (fits,) = planner.problem.evaluate([planner.problem.decode(lowest)])
     assert fits.latency_ms <= budget.latency_ms
     assert repair(lowest) == {}
