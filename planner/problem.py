@@ -26,7 +26,7 @@ from planner.storage import display_url
 from planner.study_space import StudySpace
 from predictors.size import SizePredictor
 from search_spaces.discover import discover
-from search_spaces.graph import ModelGraph
+from search_spaces.graph import UNNAMED_MODEL, ModelGraph
 from search_spaces.plan import Plan
 from search_spaces.space import Knobs, SearchSpace
 
@@ -91,7 +91,7 @@ class Problem:
         self.budget = config.budget
         self.model_spec = config.model_spec
         self.graph = graph or discover(
-            self.model, self.inputs, model_name=config.model_spec or "model"
+            self.model, self.inputs, model_name=config.model_spec or UNNAMED_MODEL
         )
         self.space = SearchSpace(
             self.graph,

@@ -25,7 +25,14 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from search_spaces.attention import ineligible_reason, split_attention
-from search_spaces.graph import CouplingGroup, InputTie, KeptModule, LayerSpec, ModelGraph
+from search_spaces.graph import (
+    UNNAMED_MODEL,
+    CouplingGroup,
+    InputTie,
+    KeptModule,
+    LayerSpec,
+    ModelGraph,
+)
 from search_spaces.graph_cache import cache_key, load_graph, save_graph
 from search_spaces.macs import layer_macs
 
@@ -61,7 +68,7 @@ def discover(
     model: nn.Module,
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
     *,
-    model_name: str = "model",
+    model_name: str = UNNAMED_MODEL,
     cache: bool = True,
 ) -> ModelGraph:
     """Find every compressible layer of `model`, its facts, and its coupling group.

@@ -17,7 +17,11 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["CouplingGroup", "InputTie", "KeptModule", "LayerSpec", "ModelGraph"]
+__all__ = ["UNNAMED_MODEL", "CouplingGroup", "InputTie", "KeptModule", "LayerSpec", "ModelGraph"]
+
+# The name of a graph discovered without one (`discover`'s default): latency records and
+# predictors name a model by its spec, so an unnamed graph matches none of them.
+UNNAMED_MODEL = "model"
 
 
 @dataclass(frozen=True)

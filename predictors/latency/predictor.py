@@ -35,7 +35,7 @@ from predictors.latency.training_sets import (
     target_column,
     unit_ms_of,
 )
-from search_spaces.graph import ModelGraph
+from search_spaces.graph import UNNAMED_MODEL, ModelGraph
 from search_spaces.output_file import write_text_atomically
 from search_spaces.plan import Plan
 
@@ -149,13 +149,23 @@ class LatencyPredictor:
         if key not in self._uncompressed:
             if label not in self.references and label not in _warned_extrapolated:
                 _warned_extrapolated.add(label)
+                # A graph discovered without a name (Python's default) never matches records,
+                # which name the model by its spec: say so before the advice to measure it.
+                unnamed = (
+                    f"; if the records hold it by its spec ({', '.join(sorted(self.references))}), "
+                    "name the graph so (Planner(..., model_spec=SPEC), discover(..., "
+                    "model_name=SPEC))"
+                    if graph.model_name == UNNAMED_MODEL
+                    else ""
+                )
                 logger.warning(
                     "the latency predictor's records hold no plan of %s, so its latency is "
-                    "extrapolated from other models and may miss by more than 10%%: measure its "
-                    "uncompressed plan (compplan profile --uncompressed-only, seconds) and fit "
-                    "again with that record beside records of models of its block kinds "
+                    "extrapolated from other models and may miss by more than 10%%%s: measure "
+                    "its uncompressed plan (compplan profile --uncompressed-only, seconds) and "
+                    "fit again with that record beside records of models of its block kinds "
                     "(README, Latency: the zoo families), or profile it",
                     label,
+                    unnamed,
                 )
             configs = plan_layer_configs(graph, [Plan(layers={})])
             self._uncompressed[key] = float(self._predict(graph, configs)[0])

@@ -184,3 +184,39 @@ def test_records_from_two_devices_are_refused(records, tmp_path, capsys):
     save_records(frame, tmp_path / "mixed.parquet")
     assert main(["fit-latency", str(tmp_path / "mixed.parquet"), "--out", "p.json"]) == 2
     assert "fit one per device" in capsys.readouterr().err
+
+
+def test_an_unnamed_graph_is_told_to_take_the_name_its_records_use(
+    records, tmp_path, caplog, monkeypatch
+):
+    """In Python a graph discovered without a name matches no records; the warning says how
+    to name it, and so named it is the measured model."""
+    import predictors.latency.predictor as models
+    from planner import Planner
+    from predictors.latency import fit_predictor, load_records
+    from search_spaces import Budget
+    from search_spaces.model_spec import load_model
+
+    monkeypatch.setattr(models, "_warned_extrapolated", set())  # as in a fresh process
+    predictor = fit_predictor(load_records(records), "flops", holdout=0).predictor
+    loaded = load_model("zoo:digits")
+    budget = Budget(latency_ms=1e3)
+    with caplog.at_level("WARNING", logger="compplan"):
+        unnamed = Planner(
+            loaded.module, loaded.example_inputs, budget=budget, latency=predictor, storage="memory"
+        )
+    assert "records hold no plan of model@1x1x8x8" in caplog.text
+    assert "zoo:digits@1x1x8x8" in caplog.text and "model_spec=SPEC" in caplog.text
+    assert predictor.reference_ms(unnamed.problem.graph)[1] == "predicted"
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="compplan"):
+        named = Planner(
+            loaded.module,
+            loaded.example_inputs,
+            budget=budget,
+            latency=predictor,
+            model_spec="zoo:digits",
+            storage="memory",
+        )
+    assert "records hold no plan" not in caplog.text
+    assert predictor.reference_ms(named.problem.graph)[1] == "measured"
