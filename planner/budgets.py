@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ __all__ = [
     "Reachable",
     "SizePart",
     "format_bytes",
+    "format_bytes_pair",
+    "format_ms_pair",
     "parse_latency",
     "parse_size",
     "reachable_minimum",
@@ -106,6 +109,8 @@ def _ratio(text: str, budget: str, what: str, example: str) -> float | None:
         value = 0.0
     if not value > 0:
         raise BudgetError(f"{budget} '{text}': {what} is 'x' and a positive number, e.g. {example}")
+    if not math.isfinite(value) or value > 1e9:  # "x1e400" is inf: it would allow 0 bytes
+        raise BudgetError(f"{budget} '{text}': {value:g} is too large a ratio; e.g. {example}")
     return value
 
 
@@ -115,7 +120,8 @@ def _amount(text: str, units: dict[str, float]) -> float | None:
     unit = match.group(2).lower() if match else None
     if match is None or unit not in units or float(match.group(1)) <= 0:
         return None
-    return float(match.group(1)) * units[unit]
+    amount = float(match.group(1)) * units[unit]
+    return amount if math.isfinite(amount) else None
 
 
 @dataclass(frozen=True)
@@ -232,18 +238,22 @@ def size_refusal(space: SearchSpace, budget_bytes: float, smallest_bytes: float)
         shown.append(f"{part.what} {format_bytes(part.bits / 8)}, {part.why}")
         covered += part.bits
     fixed = sum(part.bits for part in parts if part.fixed)
+    budget, smallest = format_bytes_pair(budget_bytes, smallest_bytes)
     if fixed >= 0.5 * total:
         protected = any(part.fixed and "protected" in part.why for part in parts)
         way_out = (
-            f"{format_bytes(fixed / 8)} of it no knob can shrink: raise the budget to at least "
-            f"{format_bytes(smallest_bytes)}" + (" or pass --protect-ends no" if protected else "")
+            f"{format_bytes(fixed / 8)} of it no knob can shrink: raise --size-budget to at "
+            f"least {smallest}" + (" or pass --protect-ends no" if protected else "")
         )
     else:
-        way_out = "raise the budget or widen the knobs (smaller k, fewer bits, lower keep)"
+        way_out = (
+            f"raise --size-budget to at least {smallest}, or from Python widen the knobs "
+            "(SearchConfig(knobs=...): smaller k, fewer bits, lower keep)"
+        )
     return (
-        f"size budget {format_bytes(budget_bytes)} is below the smallest plan this space "
-        f"reaches, {format_bytes(smallest_bytes)} (×{baseline / smallest_bytes:.1f}); most of "
-        f"it is {'; '.join(shown)}. {way_out[0].upper()}{way_out[1:]}"
+        f"size budget {budget} is below the smallest plan this space reaches, {smallest} "
+        f"(×{baseline / smallest_bytes:.1f}); most of it is {'; '.join(shown)}. "
+        f"{way_out[0].upper()}{way_out[1:]}"
     )
 
 
@@ -254,3 +264,26 @@ def format_bytes(n: float) -> str:
     if n >= 1024:
         return f"{n / 1024:.1f} KiB"
     return f"{n:.0f} B"
+
+
+def format_bytes_pair(a: float, b: float) -> tuple[str, str]:
+    """`a` and `b` bytes as `format_bytes` writes them, or in bytes with as many decimals as it
+    takes where that would read the same for different figures: a refusal that says "2.0 KiB is
+    below 2.0 KiB" tells the reader nothing."""
+    first, second = format_bytes(a), format_bytes(b)
+    digits = 0
+    while first == second and a != b and digits < 6:
+        first, second = f"{a:,.{digits}f} B", f"{b:,.{digits}f} B"
+        digits += 1
+    return first, second
+
+
+def format_ms_pair(a: float, b: float) -> tuple[str, str]:
+    """`a` and `b` milliseconds with 4 significant digits, or as many more as make different
+    figures read differently."""
+    digits = 4
+    first, second = f"{a:.{digits}g} ms", f"{b:.{digits}g} ms"
+    while first == second and a != b and digits < 12:
+        digits += 1
+        first, second = f"{a:.{digits}g} ms", f"{b:.{digits}g} ms"
+    return first, second

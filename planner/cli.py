@@ -376,6 +376,7 @@ def _search_config(args: argparse.Namespace, graph, task: str | None):
         ray=ray,
         storage=args.storage or DEFAULT_STORAGE,
         study=args.study,
+        fresh=args.fresh,
         seed=args.seed,
         latency=latency,
     )

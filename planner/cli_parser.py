@@ -231,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--protect-ends", choices=["yes", "no"], default="yes", help=what)
     number(search, "--seed", 0, "seeds the sampler, k-means and fine-tuning")
     search.add_argument("--study", metavar="NAME", help="default: from model, objective, budgets")
+    what = (
+        "start a new study under the default name with a digest of the model, weights, data and "
+        "settings appended, where the study of that name was made for others (resuming it is "
+        "refused); the earlier study is kept, and the same --fresh command resumes the new one"
+    )
+    search.add_argument("--fresh", action="store_true", help=what)
     search.add_argument(
         "--storage",
         metavar="URL",

@@ -155,6 +155,10 @@ class SearchConfig:
         ray: the Ray backend's settings.
         storage: an Optuna storage URL (`planner.storage.open_storage`).
         study: the study name; None derives one from model, objective and budgets.
+        fresh: start a new study under the default name, with the digest of what decides its
+            trials appended ("<default>-<8 hex>", `planner.identity.StudyIdentity.digest`),
+            instead of resuming one made for another model, data or settings (which is refused);
+            the earlier study is kept. The same fresh search run again resumes its own study.
         seed: the sampler's seed (also seeds k-means and fine-tuning in the real objective).
         latency: a latency predictor's JSON document (`LatencyPredictor.to_document()`).
     """
@@ -176,6 +180,7 @@ class SearchConfig:
     ray: RaySettings = field(default_factory=RaySettings)
     storage: str = DEFAULT_STORAGE
     study: str | None = None
+    fresh: bool = False
     seed: int = 0
     latency: Mapping[str, Any] | None = None
 
@@ -210,6 +215,11 @@ class SearchConfig:
                     "--candidates is for --backend optuna: on Ray every trial is fine-tuned "
                     "(ASHA stops the poor ones)"
                 )
+        if self.fresh and self.study is not None:
+            raise PlannerError(
+                "--fresh starts a new study under the default name; with --study give a new "
+                "NAME instead"
+            )
         if self.budget.latency_ms is not None and self.latency is None:
             raise BudgetError(
                 "a latency budget needs a latency predictor: build one with `compplan profile` "
@@ -221,16 +231,15 @@ class SearchConfig:
         """The sampler that runs: a Pareto search needs a multi-objective one (NSGA-II)."""
         return "nsga2" if self.pareto and self.sampler == "tpe" else self.sampler
 
-    def study_name(self, model_name: str = "model") -> str:
-        """The study's name: `study`, or one derived from the model, what its trials score and
-        the budgets, so that searches whose trials differ never share a study or a Tune
-        experiment. With Optuna the study's trials are proxy trials whatever the objective (the
-        real one refines them in "<study>-real"), so a proxy and a real search share them; on
-        Ray, real-objective trials fine-tune, and their experiment is named for it."""
+    def study_name(self, model_name: str = "model", *, identity: str | None = None) -> str:
+        """The study's name: `study`, or one derived from the model, the objective and the
+        budgets, so that searches whose trials differ never share a study or a Tune experiment.
+        The name says the objective the user asked for: a real search's report and plan name
+        its study, so "proxy" there would mislead (with Optuna it refines its proxy trials in
+        "<study>-real"). With `fresh`, `identity` (`StudyIdentity.digest`) is appended."""
         if self.study is not None:
             return self.study
-        scored = "real" if self.objective == "real" and self.backend == "ray" else "proxy"
-        parts = [(self.model_spec or model_name).replace(":", "-"), scored]
+        parts = [(self.model_spec or model_name).replace(":", "-"), self.objective]
         if self.task and not self.task.startswith("zoo:"):
             # The task's inputs weigh the proxy: other data, other trials.
             parts.append("task" + hashlib.sha256(self.task.encode()).hexdigest()[:8])
@@ -242,6 +251,8 @@ class SearchConfig:
             parts.append(f"macs{self.budget.macs}")
         if self.pareto:
             parts.append("pareto")
+        if self.fresh and identity:
+            parts.append(identity)
         return "-".join(parts)
 
     def with_(self, **changes: Any) -> SearchConfig:

@@ -18,8 +18,17 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from planner.budgets import BudgetError, Reachable, format_bytes, reachable_minimum, size_refusal
+from planner.budgets import (
+    BudgetError,
+    Reachable,
+    format_bytes,
+    format_bytes_pair,
+    format_ms_pair,
+    reachable_minimum,
+    size_refusal,
+)
 from planner.config import SearchConfig
+from planner.identity import StudyIdentity
 from planner.options import layer_options
 from planner.proxy import ProxyObjective, layer_sensitivities, proxy_table
 from planner.storage import display_url
@@ -100,6 +109,8 @@ class Problem:
             protect_ends=config.protect_ends,
         )
         self.latency = latency
+        # What decides the trials, digested once: a backend resumes only a study made for it.
+        self.identity = StudyIdentity.of(self.model, self.inputs, self.graph, config)
         self.sizes = SizePredictor(self.graph)
         self.reachable = self._check_budget()
         started = time.perf_counter()
@@ -131,17 +142,26 @@ class Problem:
             and reachable.latency_ms is not None
             and budget.latency_ms < reachable.latency_ms
         ):
+            wanted, fastest = format_ms_pair(budget.latency_ms, reachable.latency_ms)
             raise BudgetError(
-                f"latency budget {budget.latency_ms:g} ms is below the fastest plan this space "
-                f"reaches by the predictor, {reachable.latency_ms:.6g} ms; raise the budget or "
-                "allow lower keep ratios"
+                f"latency budget {wanted} is below the fastest plan this space reaches by the "
+                f"predictor, {fastest}: raise --latency-budget to at least {fastest}, or from "
+                f"Python allow lower keep ratios (SearchConfig(knobs={{'keep': ...}}))"
+                + self._pruning_note()
             )
         if budget.macs is not None and reachable.macs is not None and budget.macs < reachable.macs:
             raise BudgetError(
                 f"MACs budget {budget.macs:,} is below the fewest this space reaches, "
-                f"{reachable.macs:,}; raise the budget or allow lower keep ratios"
+                f"{reachable.macs:,}: raise --macs-budget to at least {reachable.macs:,}, or from "
+                f"Python allow lower keep ratios (SearchConfig(knobs={{'keep': ...}}))"
+                + self._pruning_note()
             )
         return reachable
+
+    def _pruning_note(self) -> str:
+        """Why lower keep ratios cannot help, where no group may be pruned ("" otherwise)."""
+        why = self.graph.pruning_off_reason
+        return f" (this model prunes no channels: {why})" if why else ""
 
     def ratio(self, size_bytes: float) -> float:
         """The compression ratio of a plan of `size_bytes` against the fp32 model."""
@@ -149,7 +169,17 @@ class Problem:
 
     @property
     def study_name(self) -> str:
-        return self.config.study_name(self.graph.model_name)
+        return self.config.study_name(self.graph.model_name, identity=self.identity.digest)
+
+    @property
+    def fresh_study_name(self) -> str | None:
+        """The study `--fresh` would start (None where --study names one: then a new name is
+        the user's to give)."""
+        if self.config.study is not None:
+            return None
+        return self.config.with_(fresh=True).study_name(
+            self.graph.model_name, identity=self.identity.digest
+        )
 
     def decode(self, params: Mapping[str, Any]) -> Plan:
         """The plan of a trial's parameters (repair's changes already merged in)."""
@@ -183,6 +213,37 @@ class Problem:
                 e.constraints["macs"] = e.macs / self.budget.macs - 1
             evaluations.append(e)
         return evaluations
+
+    def recheck(self, plan: Plan, what: str) -> Evaluation:
+        """`plan` sized and predicted again for this model, predictor and budgets, so that what
+        a search hands over holds now, whatever the study's trials recorded about it.
+
+        Args:
+            plan: the plan to hand over.
+            what: the plan in words, for the message ("the best of 300 trials (#42)").
+
+        Raises:
+            PlannerError: the plan is over a budget (the message gives both figures).
+        """
+        from planner.errors import PlannerError
+
+        (e,) = self.evaluate([plan])
+        over = []
+        if e.constraints.get("size", 0) > 0:
+            size, budget = format_bytes_pair(e.size_bytes, self.budget.size_bytes)
+            over.append(f"{size}, over the size budget of {budget}")
+        if e.constraints.get("latency", 0) > 0:
+            latency, budget = format_ms_pair(e.latency_ms, self.budget.latency_ms)
+            over.append(f"{latency} predicted, over the latency budget of {budget}")
+        if e.constraints.get("macs", 0) > 0:
+            over.append(f"{e.macs:,} MACs, over the MACs budget of {self.budget.macs:,}")
+        if over:
+            raise PlannerError(
+                f"{what} is {' and '.join(over)} for this model now, so no plan was written: the "
+                "study's trials were scored for another model or settings, or edited; start a "
+                "new study (--fresh, or another --study NAME)"
+            )
+        return e
 
     def final_plan(self, params: Mapping[str, Any], **provenance: Any) -> Plan:
         """The plan of `params` for the user: model spec, fingerprint, budget, and provenance

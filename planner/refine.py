@@ -141,11 +141,16 @@ class Refiner:
                 " (pruned)" if outcome.pruned else "",
             )
         best = scored.best_trial
+        candidate = best.user_attrs["candidate"]
+        # The proxy study's trial the winner is, where it is one (not a balanced plan).
+        trial = candidate.removeprefix("proxy trial ")
         plan = self.problem.final_plan(
             json.loads(best.user_attrs["params"]),
             source=f"compplan search ({objective.metric} objective)",
             study=name,
-            candidate=best.user_attrs["candidate"],
+            proxy_study=study.study_name,
+            candidate=candidate,
+            **({"trial": int(trial)} if trial.isdigit() else {}),
             **{f"validation_{objective.metric}": best.value},
         )
         return {

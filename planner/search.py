@@ -18,7 +18,7 @@ Optuna) refinement and learning-rate tuning.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from torch import Tensor, nn
@@ -28,7 +28,7 @@ from planner.backends import OptunaBackend, Progress, RayBackend, check_address,
 from planner.config import SearchConfig
 from planner.errors import PlannerError
 from planner.objectives import Objective
-from planner.problem import Problem
+from planner.problem import Evaluation, Problem
 from planner.refine import Refiner
 from planner.results import SearchResult
 from planner.solver import ExactSolver
@@ -50,12 +50,18 @@ class SearchOutcome:
         plan: the winner: the refined one where the real objective ran, else the search's best.
         refined: refinement's answer (`Refiner.refine`), or None.
         learning_rates: the learning-rate search's answer, or None.
+        evaluation: `plan`'s size, predicted latency, MACs and proxy, computed again for the
+            model and budgets at hand (`Problem.recheck`): the figures to show for it.
+        chosen: which trial or candidate `plan` is, in words ("trial 42", "proxy trial 131",
+            "balanced ×4"), as its provenance names it.
     """
 
     result: SearchResult
     plan: Plan | None
     refined: dict[str, Any] | None = None
     learning_rates: dict[str, Any] | None = None
+    evaluation: Evaluation | None = None
+    chosen: str = ""
 
 
 class Planner:
@@ -77,6 +83,8 @@ class Planner:
         problem_type: the `Problem` class to build (a subclass stands in for a slower
             objective in benchmarks).
         progress: progress bars on stderr while the problem is built (the CLI's on a terminal).
+        joining: a worker joining the config's study (`from_study`): a study made for another
+            problem is refused at once, in a worker's words.
 
     Raises:
         BudgetError: a budget below what the space can reach, or a latency budget without a
@@ -96,6 +104,7 @@ class Planner:
         latency=None,
         problem_type: type[Problem] = Problem,
         progress: bool = False,
+        joining: bool = False,
         **settings: Any,
     ):
         unknown = sorted(set(settings) - _CONFIG_FIELDS)
@@ -146,8 +155,15 @@ class Planner:
             )
         else:
             self.backend = OptunaBackend(
-                self.problem, config, self.storage, repair=repair, solver=self.solver
+                self.problem,
+                config,
+                self.storage,
+                repair=repair,
+                solver=self.solver,
+                joining=joining,
             )
+            if joining:
+                self.backend.check_study()
 
     @classmethod
     def from_study(
@@ -174,13 +190,16 @@ class Planner:
             progress: progress bars on stderr while the problem is built.
 
         Raises:
-            PlannerError: no such study, one that holds no config of this compplan, or specs of
-                code without `trust_specs`.
+            PlannerError: no such study, one that holds no config of this compplan, specs of
+                code without `trust_specs`, or a study made for another problem than the one
+                rebuilt here (model files or task data changed: `planner.identity`).
         """
         from engine.task_spec import load_with_task
         from planner.backends import read_study_config
 
-        config = read_study_config(storage, study).with_(storage=storage, study=study, **settings)
+        config = read_study_config(storage, study).with_(
+            storage=storage, study=study, fresh=False, **settings
+        )
         if not config.model_spec:
             raise PlannerError(
                 f"study '{study}' was created from a model handed over in Python (no model spec): "
@@ -205,6 +224,7 @@ class Planner:
             config.with_(task=spec),
             task=task,
             progress=progress,
+            joining=True,
         )
 
     # -- the stages' answers --------------------------------------------------------------------
@@ -280,8 +300,14 @@ class Planner:
         Optuna, refinement of its best plans and (`config.real.tune_lr` trials) learning rates.
         On Ray the trials themselves are scored by the real objective.
 
+        The plan handed over is sized and predicted again for this model and budgets
+        (`Problem.recheck`), its provenance carrying those figures: one over a budget is never
+        handed over, whatever the study's trials say (a study edited, or scored for another
+        model by an older compplan).
+
         Raises:
-            PlannerError: no trial is feasible (every finished trial is kept).
+            PlannerError: no trial is feasible (every finished trial is kept), or the winner is
+                over a budget when computed again.
         """
         result = self.search(n_trials, timeout, progress=progress)
         if result.best_plan is None:
@@ -290,16 +316,24 @@ class Planner:
                 f"study '{result.study_name}'); run more trials (--trials) or loosen the budgets"
             )
         outcome = SearchOutcome(result=result, plan=result.best_plan)
+        outcome.chosen = f"trial {result.best['number']}"
+        what = f"the best of {len(result.trials)} trials (#{result.best['number']})"
         real = self.real
-        if real is None or self.config.backend == "ray":
-            return outcome
-        outcome.refined = self.refine(real)
-        outcome.plan = outcome.refined["plan"]
-        if self.config.real.tune_lr:
-            outcome.learning_rates = self.tune_learning_rates(
-                real, outcome.plan, trials=self.config.real.tune_lr
-            )
-            outcome.plan = outcome.learning_rates["plan"]
+        if real is not None and self.config.backend != "ray":
+            outcome.refined = self.refine(real)
+            outcome.plan = outcome.refined["plan"]
+            outcome.chosen = outcome.refined["candidate"]
+            what = f"the best fine-tuned candidate ({outcome.chosen})"
+            if self.config.real.tune_lr:
+                outcome.learning_rates = self.tune_learning_rates(
+                    real, outcome.plan, trials=self.config.real.tune_lr
+                )
+                outcome.plan = outcome.learning_rates["plan"]
+        outcome.evaluation = self.problem.recheck(outcome.plan, what)
+        e = outcome.evaluation
+        figures = {"proxy": e.proxy, "size_bytes": e.size_bytes, "latency_ms": e.latency_ms}
+        provenance = {**outcome.plan.provenance, **figures, "macs": e.macs}
+        outcome.plan = replace(outcome.plan, provenance=provenance)
         return outcome
 
     # -- helpers ----------------------------------------------------------------------------------

@@ -119,6 +119,8 @@ def search_summary(
         # The solver's figures and whether it seeded this study, or {"note": why not}.
         "exact": result.exact
         and {k: v for k, v in result.exact.items() if k not in ("params", "plan")},
+        # The written plan's figures, computed again for this model and budgets.
+        "written": _written(outcome),
         "real": None,
         "baseline_bytes": graph.baseline_bits / 8,
         "budget": config.budget.to_dict(),
@@ -128,8 +130,8 @@ def search_summary(
         summary["real"] = {
             "metric": refined["metric"],
             "validation_score": refined["value"],
-            "proxy": refined["proxy"],
-            "size_bytes": refined["size_bytes"],
+            "proxy": summary["written"]["proxy"],
+            "size_bytes": summary["written"]["size_bytes"],
             "candidates": list(refined["trials"]["user_attrs_candidate"]),
             "winner": refined["candidate"],
             "learning_rates": lr and {"score": lr["value"], "baseline_score": lr["baseline_value"]},
@@ -140,19 +142,40 @@ def search_summary(
     return summary
 
 
+def _written(outcome: SearchOutcome) -> dict[str, Any]:
+    """The written plan: which trial or candidate it is, and its figures as computed again
+    (`SearchOutcome.evaluation`; the best trial's record where none was)."""
+    e, best = outcome.evaluation, outcome.result.best
+    if e is None:
+        figures = {k: best.get(k) for k in ("size_bytes", "latency_ms", "macs")}
+        return {"chosen": outcome.chosen, "proxy": best["value"], **figures}
+    return {
+        "chosen": outcome.chosen,
+        "proxy": e.proxy,
+        "size_bytes": e.size_bytes,
+        "latency_ms": e.latency_ms,
+        "macs": e.macs,
+    }
+
+
 def search_text(
     outcome: SearchOutcome, graph: ModelGraph, config: SearchConfig, *, plan_path: str
 ) -> str:
     """The text `compplan search` prints: the plan table and what the stages found."""
     result, refined, best = outcome.result, outcome.refined, outcome.result.best
-    ratio = graph.baseline_bits / 8 / best["size_bytes"]
-    latency = "" if best["latency_ms"] is None else f", {best['latency_ms']:.2f} ms predicted"
-    lines = [
-        plan_table(outcome.plan, graph),
-        "",
-        f"best of {len(result.trials)} trials (#{best['number']}): proxy {best['value']:.4g}, "
-        f"{mib(best['size_bytes'])} ({ratio:.1f}×){latency}",
-    ]
+    # The written plan's figures (recomputed), never a trial's record of them.
+    written = _written(outcome)
+    ratio = graph.baseline_bits / 8 / written["size_bytes"]
+    latency = "" if written["latency_ms"] is None else f", {written['latency_ms']:.2f} ms predicted"
+    figures = f"proxy {written['proxy']:.4g}, {mib(written['size_bytes'])} ({ratio:.1f}×){latency}"
+    if refined is None:
+        headline = f"best of {len(result.trials)} trials (#{best['number']}): {figures}"
+    else:  # the proxy's best is not the plan written: say which is which
+        headline = (
+            f"proxy search: {len(result.trials)} trials, best proxy {best['value']:.4g} "
+            f"(#{best['number']})"
+        )
+    lines = [plan_table(outcome.plan, graph), "", headline]
     if "validation_accuracy" in best:
         lines.append(f"validation accuracy after fine-tuning: {best['validation_accuracy']:.2%}")
     exact = result.exact
@@ -169,8 +192,7 @@ def search_text(
         lines.append(
             f"real objective: {len(refined['trials'])} candidates fine-tuned {epochs} "
             f"epoch{'s' * (epochs != 1)}; best validation {metric} "
-            f"{score_text(metric, refined['value'])} at "
-            f"{mib(refined['size_bytes'])} (proxy {refined['proxy']:.4g}, {refined['candidate']})"
+            f"{score_text(metric, refined['value'])}: {outcome.chosen}, {figures}"
         )
     if outcome.learning_rates is not None:
         lr = outcome.learning_rates

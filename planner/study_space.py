@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from planner.errors import PlannerError
 from planner.exact import undominated
 from planner.options import LayerOptions
 from planner.proxy import ProxyTable
@@ -88,7 +89,19 @@ class StudySpace:
         return len(self.distributions)
 
     def decode(self, params: Mapping[str, Any]) -> Plan:
-        """The plan a set of parameter values stands for (missing ones take the first choice)."""
+        """The plan a set of parameter values stands for (missing ones take the first choice).
+
+        Raises:
+            PlannerError: a value outside its parameter's choices (a trial of a study made for
+                another model, or edited).
+        """
+        for key, value in params.items():
+            if key in self.distributions and not _holds(self.distributions[key], value):
+                raise PlannerError(
+                    f"the trial's parameter {key} = {value!r} is not among this model's choices "
+                    "for it: its study was made for another model or edited; start a new study "
+                    "(--fresh, or another --study NAME)"
+                )
         keeps = {
             gid: params.get(f"group{gid}/keep", choices[0])
             for gid, choices in self.space.group_keep.items()
@@ -145,3 +158,16 @@ class StudySpace:
             if f"group{gid}/keep" in self.distributions and 1.0 in choices:
                 params[f"group{gid}/keep"] = 1.0
         return params
+
+
+def _holds(distribution, value) -> bool:
+    """Whether `value` is one of `distribution`'s choices (an int range or categorical)."""
+    from optuna.distributions import CategoricalDistribution
+
+    if isinstance(distribution, CategoricalDistribution):
+        return value in distribution.choices
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return False
+    return number == value and distribution.low <= number <= distribution.high

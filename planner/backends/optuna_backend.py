@@ -34,6 +34,7 @@ from planner.backends._base import (
 )
 from planner.config import SearchConfig
 from planner.errors import PlannerError
+from planner.identity import IDENTITY_ATTR
 from planner.latency_repair import Repair
 from planner.problem import Problem
 from planner.results import SearchResult, build_result
@@ -55,6 +56,7 @@ class OptunaBackend(SearchBackend):
         storage: the opened Optuna storage.
         repair: the budget repair, or None.
         solver: the exact solver, to seed a new study.
+        joining: a worker joining a study its config describes (refusals say so).
     """
 
     name = "optuna"
@@ -67,8 +69,10 @@ class OptunaBackend(SearchBackend):
         *,
         repair: Repair | None,
         solver: ExactSolver,
+        joining: bool = False,
     ):
         self.problem = problem
+        self.joining = joining
         self.config = config
         self.storage = storage
         self.repair = repair
@@ -79,7 +83,13 @@ class OptunaBackend(SearchBackend):
 
     def open_study(self):
         """Create the study in storage, or load it when it exists (resume). A new study records
-        the search's config (`CONFIG_ATTR`) for the workers that join it."""
+        the search's config (`CONFIG_ATTR`) for the workers that join it, and its identity
+        (`IDENTITY_ATTR`: what decides its trials).
+
+        Raises:
+            PlannerError: the study exists and was made for another model, data or settings
+                (`planner.identity`): its trials' parameters would mean other plans here.
+        """
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -90,6 +100,7 @@ class OptunaBackend(SearchBackend):
         with self._lock():
             if name in optuna.study.get_all_study_names(self.storage):
                 study = optuna.load_study(study_name=name, storage=self.storage, sampler=sampler)
+                self._check_identity(study)
             else:
                 study = optuna.create_study(
                     storage=self.storage,
@@ -99,7 +110,29 @@ class OptunaBackend(SearchBackend):
                 )
             if CONFIG_ATTR not in study.user_attrs:
                 study.set_user_attr(CONFIG_ATTR, self.config.to_dict())
+            if IDENTITY_ATTR not in study.user_attrs:
+                # An older compplan's study is taken as it is, and checked from now on.
+                study.set_user_attr(IDENTITY_ATTR, self.problem.identity.to_dict())
         return study
+
+    def _check_identity(self, study) -> None:
+        identity = self.problem.identity
+        changed = identity.changes(study.user_attrs.get(IDENTITY_ATTR))
+        if changed:
+            where = display_url(self.config.storage)
+            if self.joining:
+                raise PlannerError(identity.worker_refusal(study.study_name, where, changed))
+            fresh = self.problem.fresh_study_name
+            raise PlannerError(identity.refusal(study.study_name, where, changed, fresh))
+
+    def check_study(self) -> None:
+        """Refuse at once a study in storage that was made for another problem (`open_study`
+        checks it too; a worker calls this before it starts, to be told in its own words)."""
+        import optuna
+
+        name = self.problem.study_name
+        if name in optuna.study.get_all_study_names(self.storage):
+            self._check_identity(optuna.load_study(study_name=name, storage=self.storage))
 
     def _lock(self):
         """The study's lock in the shared storage (`planner.storage.study_lock`)."""

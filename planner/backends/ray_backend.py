@@ -356,6 +356,15 @@ class RayBackend(SearchBackend):
             theirs = json.loads(marker.read_text())
         except (OSError, ValueError):
             theirs = None
+        # The model's weights, the task's data, the predictor: what the config's specs name
+        # may have changed under the same specs (`planner.identity`).
+        stored = theirs.pop("identity", None) if isinstance(theirs, dict) else None
+        identity = self.problem.identity
+        changed = identity.changes(stored)
+        if theirs == mine and changed:
+            where = f"the Tune results folder {self.results}"
+            fresh = self.problem.fresh_study_name
+            raise PlannerError(identity.refusal(self.problem.study_name, where, changed, fresh))
         if theirs != mine:
             what = "an unknown search" if theirs is None else f"a {theirs.get('objective')} search"
             raise PlannerError(
@@ -449,7 +458,8 @@ class RayBackend(SearchBackend):
             else:
                 tuner = self._new_tuner(trainable)
                 self.path.mkdir(parents=True, exist_ok=True)
-                (self.path / CONFIG_FILE).write_text(json.dumps(_same_search(self.config)))
+                marker = {**_same_search(self.config), "identity": self.problem.identity.to_dict()}
+                (self.path / CONFIG_FILE).write_text(json.dumps(marker))
             # Tune prints its tables and hints on stdout; stdout is the caller's (--json).
             with contextlib.redirect_stdout(sys.stderr):
                 self._grid = tuner.fit()

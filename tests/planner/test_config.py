@@ -41,15 +41,24 @@ def test_a_null_budget_reads_as_no_budget_and_a_bad_one_is_one_line():
         SearchConfig.from_dict({**data, "nope": 1})
 
 
-def test_the_study_name_says_what_its_trials_score():
+def test_the_study_name_says_its_objective():
+    # A real search's report and plan name its study: "proxy" there would mislead (issue 41).
     budget = Budget(size_bytes=96247)
     proxy = SearchConfig(model_spec="zoo:digits", budget=budget)
-    # With Optuna a real search refines the same proxy trials: one study for both.
-    assert SearchConfig(model_spec="zoo:digits", budget=budget, objective="real").study_name() == (
-        proxy.study_name()
-    )
-    ray_real = SearchConfig(model_spec="zoo:digits", budget=budget, objective="real", backend="ray")
-    assert ray_real.study_name() != proxy.study_name() and "real" in ray_real.study_name()
+    assert "proxy" in proxy.study_name()
+    for backend in ("optuna", "ray"):
+        real = SearchConfig(
+            model_spec="zoo:digits", budget=budget, objective="real", backend=backend
+        )
+        assert real.study_name() != proxy.study_name() and "real" in real.study_name()
+        assert "proxy" not in real.study_name()
+
+
+def test_fresh_appends_the_identity_to_the_default_name_only():
+    config = SearchConfig(model_spec="zoo:digits", budget=Budget(size_bytes=96247), fresh=True)
+    assert config.study_name(identity="0123abcd") == "zoo-digits-proxy-size96247-0123abcd"
+    with pytest.raises(PlannerError, match="--fresh starts a new study under the default name"):
+        config.with_(study="mine")
 
 
 def test_a_tune_experiments_marker_matches_the_config_that_wrote_it(tmp_path):
