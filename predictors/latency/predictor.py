@@ -135,16 +135,24 @@ class LatencyPredictor:
     def reference_ms(self, graph: ModelGraph) -> tuple[float, str]:
         """The uncompressed model's latency that ratios are times of, and where it comes
         from: "measured" (with the records, for a model they hold) or "predicted"."""
-        label = model_label(graph)
+        label = self._label(graph)
         if label in self.references:
             return self.references[label], "measured"
         return self._base_of(graph) * self.unit_ms, "predicted"
+
+    def _label(self, graph: ModelGraph) -> str:
+        """The model's label (`model_label`), or the spelt spec an older predictor's references
+        hold a model of a .py file by."""
+        label = model_label(graph)
+        first = next(iter(graph.layers.values()))
+        spelt = f"{graph.model_name}@{'x'.join(map(str, first.input_shape))}"
+        return spelt if label not in self.references and spelt in self.references else label
 
     def _base_of(self, graph: ModelGraph) -> float:
         """The raw prediction of `graph`'s uncompressed plan (every layer as it is). The first
         time in a process for a model the records hold no plan of, warns that its ratios are
         extrapolated."""
-        label = model_label(graph)
+        label = self._label(graph)
         key = (label, graph.fingerprint)
         if key not in self._uncompressed:
             if label not in self.references and label not in _warned_extrapolated:

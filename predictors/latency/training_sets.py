@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ __all__ = [
     "input_elements",
     "layer_records",
     "measured_references",
+    "model_identity",
     "model_label",
     "record_graphs",
     "records_fingerprint",
@@ -68,9 +70,22 @@ def records_fingerprint(records: pd.DataFrame) -> dict[str, Any]:
 
 
 def model_label(graph: ModelGraph) -> str:
-    """The model and the shape of its first layer's input: "zoo:digits@1x1x8x8"."""
+    """The model and the shape of its first layer's input: "zoo:digits@1x1x8x8" (see
+    `model_identity` for a model of a .py file)."""
     first = next(iter(graph.layers.values()))
-    return f"{graph.model_name}@{'x'.join(map(str, first.input_shape))}"
+    return f"{model_identity(graph)}@{'x'.join(map(str, first.input_shape))}"
+
+
+def model_identity(graph: ModelGraph) -> str:
+    """How records and predictors know a model: its spec ("zoo:digits", "pkg.mod:build"); a
+    model of a .py file by the file's name, callable and structure fingerprint
+    ("mynet.py:build#sha256:…"), not by the path it was spelt with, so that the same file named
+    from another folder ("user/mynet.py:build") or moved is the same model, and another model in
+    a file of that name is not."""
+    where, sep, attr = graph.model_name.rpartition(":")
+    if not (sep and where.endswith(".py")):
+        return graph.model_name
+    return f"{Path(where).name}:{attr}#{graph.fingerprint}"
 
 
 def input_elements(graph: ModelGraph) -> int:
