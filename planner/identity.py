@@ -173,18 +173,26 @@ class StudyIdentity:
         if fresh is not None:
             ways += f", or --fresh to start a new study under the default name ('{fresh}')"
         return (
-            f"study '{study}' in {where} was made for {_join(changed)} than this search's, so "
-            f"its trials would mean other plans here; {ways}"
+            f"study '{study}' in {where} was made for {_join(changed)} than this search's"
+            f"{_hint(changed)}, so its trials would mean other plans here; {ways}"
         )
 
     def worker_refusal(self, study: str, where: str, changed: list[str]) -> str:
         """The one-line refusal of a worker to join `study` (in `where`), made for `changed`."""
         return (
             f"study '{study}' in {where} was made for {_join(changed)} than this worker "
-            "rebuilt from its config, so its trials would mean other plans here; run the worker "
+            f"rebuilt from its config{_hint(changed)}, so its trials would mean other plans "
+            "here; run the worker "
             "where the study's model files and latency predictor are as they were, with the "
             "study's task data (--task, --data or --inputs naming a copy of it)"
         )
+
+
+def _hint(changed: list[str]) -> str:
+    """Why weights may differ with nothing retrained: a build that draws them at random."""
+    if _NAMES["weights"] not in changed or _NAMES["structure"] in changed:
+        return ""
+    return " (retrained, or built with random weights, which differ at every build unless seeded)"
 
 
 def _join(words: list[str]) -> str:

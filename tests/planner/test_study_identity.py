@@ -15,6 +15,7 @@ import torch
 from support.latency import known_records
 from torch import nn
 
+from planner.budgets import format_bytes_pair, format_ms_pair
 from planner.cli import main
 from predictors.latency import FlopsPredictor, load_predictor
 from predictors.latency.sampling import random_plans
@@ -213,3 +214,13 @@ def test_a_worker_checks_the_same_identity(capsys, project):
     code, _, err = run(capsys, *worker, "--trials", 3)
     assert refused(code, err), err
     assert "weights" in err and "worker" in err
+
+
+def test_figures_in_a_refusal_read_differently():
+    # "size budget 2.0 KiB is below ... 2.0 KiB" told the reader nothing.
+    assert format_bytes_pair(2050, 2060) == ("2,050 B", "2,060 B")
+    assert format_bytes_pair(2050.2, 2050.4) == ("2,050.2 B", "2,050.4 B")
+    assert format_bytes_pair(2 * 2**20, 3 * 2**20) == ("2.000 MiB", "3.000 MiB")
+    assert format_bytes_pair(2050, 2050) == ("2.0 KiB", "2.0 KiB")
+    first, second = format_ms_pair(1.23451, 1.23456)
+    assert first != second and first.endswith(" ms")
