@@ -280,11 +280,12 @@ def read_metadata(path: str | Path) -> dict:
     """
     from safetensors import safe_open
 
-    path = Path(path)
-    if path.is_dir():
-        raise ExportError(f"{path} is a directory, not a model file")
-    if not path.is_file():
-        raise ExportError(f"model file {path} does not exist")
+    from search_spaces.input_file import InputFileError, check_input_file, parse_json
+
+    try:
+        path = check_input_file(path, "model file")
+    except InputFileError as error:
+        raise ExportError(str(error)) from None
     try:
         with safe_open(str(path), framework="pt") as handle:
             raw = (handle.metadata() or {}).get(_META_KEY)
@@ -293,8 +294,8 @@ def read_metadata(path: str | Path) -> dict:
     if raw is None:
         raise ExportError(f"{path} is a safetensors file but not a compplan model (no metadata)")
     try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError:
+        meta = parse_json(raw)
+    except InputFileError:
         meta = None
     if not isinstance(meta, dict):
         raise ExportError(f"{path}: its compplan metadata is damaged")

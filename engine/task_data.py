@@ -59,6 +59,13 @@ def seeded_split(n: int, seed: int = 0, held_out: float = _HELD_OUT) -> tuple[Te
     return order[2 * k :].sort().values, order[:k].sort().values, order[k : 2 * k].sort().values
 
 
+def _check_split_rows(x: Tensor, name: str, path: str | Path) -> None:
+    """Refuse a split given with no rows: it is never replaced by one carved out of x."""
+    if x.ndim == 0 or len(x) == 0:
+        hint = "leave it out to carve one from x, or give it rows" if name != "x" else "give rows"
+        raise TaskError(f"{path}: {name} has no rows; {hint}")
+
+
 def _splits(arrays: dict[str, Tensor], keys: tuple[str, ...], seed: int) -> dict[str, tuple]:
     """{"train", "val", "test"} → the arrays named by `keys` ("x", or "x" and "y") of each split:
     the given ones, and the missing held-out splits carved out of `x` (the rest is training)."""
@@ -145,6 +152,13 @@ class LabelledTask:
             if len(y) != len(x):
                 raise TaskError(
                     f"--data {path}: x{split} has {len(x)} examples but y{split} {len(y)}"
+                )
+            _check_split_rows(x, f"x{split}", path)
+            if not split and y.numel() and int(y.min()) == int(y.max()):
+                raise TaskError(
+                    f"--data {path}: y{split} holds one class only ({int(y.min())}), so accuracy "
+                    "cannot tell plans apart; give labels of several classes, or use --inputs "
+                    "FILE to score fidelity to the original model"
                 )
         return cls(_splits(arrays, ("x", "y"), seed), name or f"data:{Path(path).resolve()}")
 
@@ -243,6 +257,9 @@ class FidelityTask:
             TaskError: the file is unusable, or the model does not run on its inputs.
         """
         arrays = read_arrays(path, flag="--inputs")
+        for split in ("x_val", "x_test"):
+            if split in arrays:
+                _check_split_rows(arrays[split], split, path)
         splits = {s: xs[0] for s, xs in _splits(arrays, ("x",), seed).items()}
         return cls(model, splits, name or f"inputs:{Path(path).resolve()}", distill)
 

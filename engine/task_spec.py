@@ -125,16 +125,14 @@ def resolve_task(
 
 
 def _call_task(spec: str) -> Task:
-    from search_spaces.model_spec import ModelSpecError, import_callable
+    from search_spaces.model_spec import ModelSpecError, import_callable, user_code
 
     try:
         factory = import_callable(spec, what="task")
+        with user_code(f"calling task '{spec}'"):
+            task = factory()
     except ModelSpecError as error:
         raise TaskError(str(error)) from None
-    try:
-        task = factory()
-    except Exception as error:
-        raise TaskError(f"calling task '{spec}' failed: {type(error).__name__}: {error}") from None
     return check_task(task, f"task '{spec}'")
 
 

@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from planner.cli_parser import USAGE_ERROR, build_parser
 from planner.render import mib as _mib
 from planner.render import print_json as _print_json
 from planner.storage import display_url
+from search_spaces.printable import printable
 
 __all__ = ["main"]
 
@@ -31,11 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, or a usage error already printed as one line
         return int(done.code or 0)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="compplan: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineFormatter("compplan: %(message)s"))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     from engine.export import ExportError
     from engine.task import TaskError
     from planner.compress import CompressionError
@@ -43,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from predictors.profile import MeasurementError
     from search_spaces import DiscoveryError, PlanError
     from search_spaces.data_file import DataFileError
+    from search_spaces.input_file import InputFileError
     from search_spaces.model_spec import ModelSpecError
     from search_spaces.output_file import OutputFileError
 
@@ -59,22 +60,66 @@ def main(argv: Sequence[str] | None = None) -> int:
         TaskError,
         DataFileError,
         OutputFileError,
+        InputFileError,
     )
-    handler = globals()["_" + args.command.replace("-", "_")]  # fit-latency: _fit_latency
+    command = globals()["_" + args.command.replace("-", "_")]  # fit-latency: _fit_latency
+    with warnings.catch_warnings(record=True) as caught:
+        code = _run(command, args, usage_errors)
+    if code != USAGE_ERROR:  # a refusal is one line: libraries' warnings would only blur it
+        _print_warnings(caught)
+    return code
+
+
+def _run(command, args: argparse.Namespace, usage_errors: tuple[type[Exception], ...]) -> int:
+    """`command(args)`, with every way it can end turned into an exit code (and one line); a
+    study file the command created, failing before it held one whole record, is removed."""
+    from planner.cli_files import command_storage_file
+
+    storage = command_storage_file(args)
+    existed = storage is None or os.path.lexists(storage)
+    code = _dispatch(command, args, usage_errors, storage)
+    if code != 0 and not existed and storage.is_file() and _holds_no_record(storage):
+        storage.unlink()
+    return code
+
+
+def _holds_no_record(storage: Path) -> bool:
+    """Empty, or a journal cut inside its first line (a SQLite file is removed where made)."""
+    with open(storage, "rb") as file:
+        head = file.read(1 << 16)
+    return not head or (not head.startswith(b"SQLite format 3") and b"\n" not in head)
+
+
+def _dispatch(command, args, usage_errors, storage: Path | None) -> int:
+    from planner.cli_files import check_command_files
+    from search_spaces.data_file import set_max_data_bytes
+
     try:
-        return handler(args)
+        check_command_files(args)
+        set_max_data_bytes(getattr(args, "max_data_bytes", None))
+        return command(args)
     except usage_errors as error:
         return _fail(str(error), USAGE_ERROR)
-    except (OSError, UnicodeError) as error:
-        return _fail(
-            f"{error.strerror or error}: {error.filename}" if error.filename else str(error),
-            USAGE_ERROR,
-        )
     except BrokenPipeError:  # `compplan ... | head` closed our stdout: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except (OSError, UnicodeError) as error:
+        if getattr(error, "filename", None):
+            return _fail(f"{error.strerror or error}: {error.filename}", USAGE_ERROR)
+        where = f" (the study's storage is {storage})" if storage is not None else ""
+        return _fail(f"{getattr(error, 'strerror', None) or error}{where}", USAGE_ERROR)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+    except SystemExit as error:  # the user's model or task called exit() while it ran
+        return _fail(
+            f"the model or task code called exit({error.code!r}) while compplan ran it; a model "
+            "must return its outputs, not exit",
+            USAGE_ERROR,
+        )
+    except RecursionError:
+        return _fail(
+            "the model or an input nests too deeply for Python (RecursionError)", USAGE_ERROR
+        )
     except Exception as error:  # the last line of defence: one line, not a traceback
         if os.environ.get("COMPPLAN_DEBUG"):
             raise
@@ -93,8 +138,26 @@ def _progress_shown(args: argparse.Namespace) -> bool:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"compplan: error: {message}", file=sys.stderr)
+    """Print `message` as one line (control characters from files or URLs shown escaped)."""
+    print(f"compplan: error: {printable(message)}", file=sys.stderr)
     return code
+
+
+def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """Libraries' warnings, one line each, once each, after the command's own output."""
+    shown = set()
+    for warning in caught:
+        line = f"{warning.category.__name__}: {str(warning.message).strip()}"
+        if line not in shown:
+            shown.add(line)
+            print(f"compplan: warning: {printable(line)}", file=sys.stderr)
+
+
+class _OneLineFormatter(logging.Formatter):
+    """compplan's log lines, with control characters from names in them shown escaped."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
 
 
 def _graph(args: argparse.Namespace, *, pretrained: bool = True):
@@ -407,6 +470,10 @@ def _search(args: argparse.Namespace) -> int:
     )
     graph = _discovered(args, loaded)
     config = _search_config(args, graph, spec)
+    if args.storage_adopt:
+        from planner.storage import open_storage
+
+        open_storage(config.storage, adopt=True)  # Optuna's tables made; the Planner opens it
     planner = Planner(
         loaded.module,
         loaded.example_inputs,

@@ -57,6 +57,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(USAGE_ERROR, f"compplan: error: {message} (see `{self.prog} --help`)\n")
 
 
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20}
+_UNITS["gib"] = 2**30
+
+
+def _bytes(text: str) -> int:
+    """ "512MiB", "4GB", "1000000" → bytes (argparse's type: a ValueError is a usage error)."""
+    number = text.strip().rstrip("bBiIkKmMgG")
+    unit = text.strip()[len(number) :].lower()
+    if unit not in _UNITS or not number.replace(".", "", 1).isdigit():
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size: write 512MiB, 4GB or bytes")
+    size = int(float(number) * _UNITS[unit])
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive size")
+    return size
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every `compplan` command, its options and their help."""
     from planner.presets import PRESET_HELP
@@ -87,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                 what = "a .npz/.pt file whose array x holds the model's inputs: the example input, "
                 what += "of its dtype (token ids)"
                 sub.add_argument("--inputs", metavar="FILE", help=what)
+                data_limit(sub)
         if data:
             task_options(sub, trust=not model)
         if json:
@@ -120,10 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
         what = "distillation loss: kl (logits), mse or cosine (embeddings, hidden states, "
         what += "regression); default: the task's, else chosen from the model's output"
         group.add_argument("--distill", choices=("kl", "mse", "cosine"), help=what)
+        data_limit(group)
         if trust:
             what = "run the code a model or task spec recorded in the study or file names "
             what += "(file.py:callable); only for studies and files you trust"
             group.add_argument("--trust-specs", action="store_true", help=what)
+
+    def data_limit(sub) -> None:
+        what = "refuse a data file whose arrays would take more memory than this (512MiB, 4GB, "
+        what += "a number of bytes); default: half the memory free"
+        sub.add_argument("--max-data-bytes", type=_bytes, metavar="SIZE", help=what)
 
     def plan_or_preset(sub: argparse.ArgumentParser) -> None:
         source = sub.add_mutually_exclusive_group(required=True)
@@ -242,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="with optuna: sqlite:///file.db (default sqlite:///compplan-studies.db), "
         "journal:FILE, or postgresql+psycopg2://user@host/db (shared by `compplan worker`s)",
+    )
+    search.add_argument(
+        "--storage-adopt",
+        action="store_true",
+        help="add the study's tables to a SQLite file that holds another program's tables "
+        "(refused without it)",
     )
     ray = search.add_argument_group("where trials run")
     what = "optuna: trials here, kept in --storage (default); ray: on a Ray cluster by Ray Tune"

@@ -27,8 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import PlannerError
+from search_spaces.printable import has_control, printable
 
-__all__ = ["CONNECT_TIMEOUT_S", "DEFAULT_STORAGE", "display_url", "open_storage", "study_lock"]
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "DEFAULT_STORAGE",
+    "display_url",
+    "open_storage",
+    "storage_file",
+    "study_lock",
+]
 
 DEFAULT_STORAGE = "sqlite:///compplan-studies.db"
 CONNECT_TIMEOUT_S = 5  # seconds a database server has to answer
@@ -53,6 +61,13 @@ def display_url(url: str) -> str:
     return _PASSWORD_IN_QUERY.sub(rf"\g<head>{_MASK}", text)
 
 
+def storage_file(url: str) -> Path | None:
+    """The file a SQLite or journal URL keeps its studies in (None: a server, or memory)."""
+    text = str(url)
+    journal = _journal_path(text)
+    return Path(journal) if journal is not None else _sqlite_path(text)
+
+
 def _journal_path(text: str) -> str | None:
     journal = text[len("journal:") :] if text.startswith("journal:") else None
     if journal is None and text.endswith((".log", ".journal")) and "://" not in text:
@@ -68,35 +83,54 @@ def _sqlite_path(text: str) -> Path | None:
     return None if name in ("", ":memory:") else Path(name)
 
 
-def open_storage(url: str, *, create: bool = True):
+def open_storage(url: str, *, create: bool = True, adopt: bool = False):
     """An Optuna storage for `url` (see the module docstring).
 
     Args:
         url: the storage URL.
         create: create a SQLite database or journal file that does not exist yet. Workers
             pass False: a misspelt path must be refused, not become an empty database.
+        adopt: add Optuna's tables to a SQLite file that holds other tables (another
+            program's database); without it such a file is refused, and left unchanged.
 
     Raises:
         PlannerError: the URL names no storage Optuna can open, with what to write instead;
-            a file that does not exist (`create=False`). Messages show the URL masked.
+            a file that does not exist (`create=False`), a directory or a special file; a
+            SQLite file of another program's (without `adopt`); control characters. Messages
+            name the file or the URL (its password masked). A file this call created is removed
+            again when opening fails.
     """
     import optuna
 
     text = str(url)
+    if has_control(text):
+        raise PlannerError(
+            f"storage '{printable(display_url(text))}' holds control characters (a newline?); "
+            "write the URL on one line"
+        )
     if text == "memory":
         return optuna.storages.InMemoryStorage()
     journal = _journal_path(text)
-    file = Path(journal) if journal is not None else _sqlite_path(text)
+    file = storage_file(text)
+    if file is not None and file.is_dir():
+        raise PlannerError(
+            f"storage '{display_url(text)}': {file} is a directory; name a file in it "
+            f"(sqlite:///{file / 'studies.db'} or journal:{file / 'studies.log'})"
+        )
+    if file is not None and file.exists() and not file.is_file():
+        raise PlannerError(
+            f"storage '{display_url(text)}': {file} is a device, a pipe or another special file; "
+            "name a regular file"
+        )
     if not create and file is not None and not file.is_file():
         raise PlannerError(
             f"storage '{display_url(text)}': {file} does not exist; give the file the study "
             "was created in (`compplan search --trials 0` creates one)"
         )
     if journal is not None:
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        Path(journal).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(journal))
+        return _journal_storage(Path(journal), text)
+    if file is not None and not adopt:
+        _check_sqlite_is_ours(file, text)
     if "://" not in text:
         raise PlannerError(
             f"storage '{text}' is not a URL: write sqlite:///{text} for a SQLite file, "
@@ -137,18 +171,71 @@ def _rdb_storage(text: str, engine_kwargs: dict[str, Any], file: Path | None):
         )
 
     if file is not None:
-        fd = os.open(file, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            return opened()
-        finally:
-            os.close(fd)
+        with _removed_on_failure(file):
+            fd = os.open(file, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                return opened()
+            finally:
+                os.close(fd)
     for wait in (0.5, 1.0):
         try:
             return opened()
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             time.sleep(wait)  # another process is making the tables
     return opened()
+
+
+def _journal_storage(path: Path, text: str):
+    """Optuna's journal storage in `path`; a journal that cannot be created leaves no file."""
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _removed_on_failure(path):
+            return JournalStorage(JournalFileBackend(str(path)))
+    except OSError as error:
+        raise PlannerError(
+            f"cannot open storage '{display_url(text)}': {path}: {error.strerror or error}"
+        ) from None
+
+
+def _check_sqlite_is_ours(file: Path, text: str) -> None:
+    """Refuse a SQLite file that holds tables but not Optuna's (another program's database);
+    it is only read, so it is left as it was."""
+    import sqlite3
+
+    if not file.is_file() or file.stat().st_size == 0:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{file}?mode=ro", uri=True)) as db:
+            rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    except sqlite3.Error as error:
+        raise PlannerError(
+            f"storage '{display_url(text)}': {file} is not a SQLite database ({error}); give "
+            "another file, or a new one"
+        ) from None
+    tables = sorted(str(name) for (name,) in rows)
+    if tables and "studies" not in tables:
+        shown = ", ".join(printable(t) for t in tables[:8]) + (" ..." if len(tables) > 8 else "")
+        raise PlannerError(
+            f"storage '{display_url(text)}': {file} is another program's SQLite database "
+            f"(tables {shown}, none of Optuna's); give a file of its own, or pass "
+            "--storage-adopt to add the study's tables to it"
+        )
+
+
+@contextlib.contextmanager
+def _removed_on_failure(file: Path) -> Iterator[None]:
+    """Remove `file` if it did not exist before the block and the block fails."""
+    existed = os.path.lexists(file)
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            with contextlib.suppress(OSError):
+                os.unlink(file)
+        raise
 
 
 def _without_password(message: str, url: str) -> str:

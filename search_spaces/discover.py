@@ -88,8 +88,13 @@ def discover(
         The model's `ModelGraph`.
 
     Raises:
-        DiscoveryError: the model does not run on `example_inputs`.
+        DiscoveryError: the model has no parameters, or does not run on `example_inputs`.
     """
+    if not any(True for _ in model.parameters()):
+        raise DiscoveryError(
+            f"{model_name} has no parameters: nothing to compress (check that the spec returns "
+            "the trained model, with its layers)"
+        )
     inputs = (
         (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     )

@@ -8,18 +8,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import math
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["LoadedModel", "ModelSpecError", "import_callable", "load_model", "parse_shape"]
+from search_spaces.printable import printable
+
+__all__ = [
+    "MAX_INPUT_ELEMENTS",
+    "LoadedModel",
+    "ModelSpecError",
+    "import_callable",
+    "load_model",
+    "parse_shape",
+    "user_code",
+]
+
+
+MAX_INPUT_ELEMENTS = 2**28  # 1 GiB of float32: far past any model's example input
 
 
 class ModelSpecError(ValueError):
@@ -53,6 +68,12 @@ def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
     if not shape or any(v <= 0 for v in shape):
         raise ModelSpecError(
             f"input shape '{text}' is not a list of positive integers; write it like 1,3,224,224"
+        )
+    elements = math.prod(shape)
+    if elements > MAX_INPUT_ELEMENTS:
+        raise ModelSpecError(
+            f"input shape '{text}' has {elements:,} elements, more than the {MAX_INPUT_ELEMENTS:,} "
+            "an example input may have; give a smaller shape (batch 1 is enough)"
         )
     return shape
 
@@ -98,12 +119,8 @@ def load_model(
         default_shape, task, make_input = entry.input_shape, entry.task, entry.example_input
     else:
         factory = import_callable(spec)
-        try:
+        with user_code(f"calling '{spec}'"):
             module = factory()
-        except Exception as error:
-            raise ModelSpecError(
-                f"calling '{spec}' failed: {type(error).__name__}: {error}"
-            ) from None
         default_shape, task, make_input = None, None, None
         if not isinstance(module, nn.Module):
             raise ModelSpecError(f"'{spec}' returned a {type(module).__name__}, not an nn.Module")
@@ -149,12 +166,8 @@ def import_callable(spec: str, *, what: str = "model"):
             raise ModelSpecError(f"{what} file '{where}' does not exist")
         module_spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(module_spec)
-        try:
+        with user_code(f"importing '{where}'"):
             module_spec.loader.exec_module(module)
-        except Exception as error:
-            raise ModelSpecError(
-                f"importing '{where}' failed: {type(error).__name__}: {error}"
-            ) from None
     else:
         # A console script does not put the working directory on sys.path; users expect it there.
         if "" not in sys.path and str(Path.cwd()) not in sys.path:
@@ -164,10 +177,13 @@ def import_callable(spec: str, *, what: str = "model"):
                 f"{what} spec '{spec}' has no module before ':'; write package.module:callable"
             )
         try:
-            module = importlib.import_module(where)
-        except ImportError as error:
+            with user_code(f"importing '{where}'"):
+                module = importlib.import_module(where)
+        except ModelSpecError as error:
+            if not isinstance(error.__cause__, ModuleNotFoundError):
+                raise
             raise ModelSpecError(
-                f"cannot import '{where}' ({error}); is it on PYTHONPATH?"
+                f"cannot import '{where}' ({error.__cause__}); is it on PYTHONPATH?"
             ) from None
     target = module
     for part in attr.split("."):
@@ -177,3 +193,24 @@ def import_callable(spec: str, *, what: str = "model"):
     if not callable(target):
         raise ModelSpecError(f"'{spec}' is not callable")
     return target
+
+
+@contextlib.contextmanager
+def user_code(doing: str) -> Iterator[None]:
+    """Run user code (importing or calling a spec) so that nothing it raises ends compplan
+    as success or as a crash: an exception, `SystemExit` (even `SystemExit(0)`) and a
+    `KeyboardInterrupt` raised by the code itself all become a `ModelSpecError` naming `doing`
+    ("importing 'mynet.py'"), with the original as its `__cause__`."""
+    try:
+        yield
+    except ModelSpecError:
+        raise
+    except SystemExit as error:
+        raise ModelSpecError(
+            f"{doing} failed: it called exit({error.code!r}); a model or task file must not exit"
+        ) from error
+    except (Exception, KeyboardInterrupt) as error:
+        reason = printable(str(error).strip().splitlines()[0]) if str(error).strip() else ""
+        raise ModelSpecError(
+            f"{doing} failed: {type(error).__name__}{': ' + reason if reason else ''}"
+        ) from error

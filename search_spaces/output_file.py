@@ -6,6 +6,9 @@ plots) goes through here:
   device or another file that is not a regular one, a symbolic link, or one in a folder that
   does not exist: writing "over" `/dev/full` or through a link to a file elsewhere is never
   what a user asked for.
+- `check_distinct_files(outputs, inputs)` refuses an output that is the same file as an input
+  of the same command, or as another of its outputs (after links and `..` are resolved): a
+  command never writes over what it reads, nor one output over another.
 - `write_atomically(path, data)` writes to an unnamed temporary file in the same folder
   (`O_TMPFILE`, so a process killed half-way leaves nothing behind; a hidden named file where
   the filesystem lacks it), fsyncs it, and renames it over `path`. A reader, or a crash at any
@@ -21,10 +24,18 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-__all__ = ["OutputFileError", "check_output_path", "write_atomically", "write_text_atomically"]
+from search_spaces.printable import has_control, printable
+
+__all__ = [
+    "OutputFileError",
+    "check_distinct_files",
+    "check_output_path",
+    "write_atomically",
+    "write_text_atomically",
+]
 
 _MODE = 0o666  # before the umask, as open() and the shell create files
 
@@ -44,6 +55,10 @@ def check_output_path(path: str | Path, what: str = "output file") -> Path:
         OutputFileError: the path is a directory, a device, a pipe or another special file, a
             symbolic link, or in a folder that does not exist or cannot be written.
     """
+    if has_control(os.fspath(path)):
+        raise OutputFileError(
+            f"{what} {printable(os.fspath(path))}: a path with control characters; give another"
+        )
     path = Path(path)
     try:
         info = path.lstat()
@@ -71,6 +86,53 @@ def check_output_path(path: str | Path, what: str = "output file") -> Path:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputFileError(f"{what} {path}: the folder {folder} is not writable")
     return path
+
+
+def check_distinct_files(
+    outputs: Mapping[str, str | Path | None], inputs: Mapping[str, str | Path | None]
+) -> None:
+    """Refuse outputs that would overwrite an input or each other; call it before any work.
+
+    Args:
+        outputs: how messages name each output ("--out") → its path (None: not given).
+        inputs: the same for the command's inputs ("--plan", "--storage").
+
+    Raises:
+        OutputFileError: an output is the same file as an input or as an earlier output,
+            naming both.
+    """
+    seen: list[tuple[str, tuple]] = [
+        (name, _identity(path)) for name, path in inputs.items() if path is not None
+    ]
+    for name, path in outputs.items():
+        if path is None:
+            continue
+        identity = _identity(path)
+        for other, known in seen:
+            if _same(identity, known):
+                is_input = other in inputs
+                advice = (
+                    "compplan never writes over its inputs; give another file"
+                    if is_input
+                    else "give each output its own file"
+                )
+                raise OutputFileError(f"{name} {path} is the same file as {other}: {advice}")
+        seen.append((name, identity))
+
+
+def _identity(path: str | Path) -> tuple:
+    """(the resolved path, (device, inode) where the file exists): two names of one file
+    share one of them, hard links and `..` included."""
+    resolved = os.path.realpath(path)
+    try:
+        info = os.stat(resolved)
+    except OSError:
+        return (resolved, None)
+    return (resolved, (info.st_dev, info.st_ino))
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return a[0] == b[0] or (a[1] is not None and a[1] == b[1])
 
 
 def write_atomically(path: str | Path, data: bytes | Iterable[bytes], what: str = "") -> Path:

@@ -374,26 +374,25 @@ class Plan:
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
+        """The plan a JSON text holds (within `search_spaces.input_file`'s limits)."""
+        from search_spaces.input_file import InputFileError, parse_json
+
         try:
-            data = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
-        except json.JSONDecodeError as error:
-            raise PlanError(
-                f"not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})"
-            ) from None
+            data = parse_json(text, object_pairs_hook=_refuse_duplicate_keys)
+        except InputFileError as error:
+            raise PlanError(str(error)) from None
         return cls.from_dict(data)
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
         """Read a plan file. Raises PlanError naming the file for anything wrong with it."""
-        path = Path(path)
+        from search_spaces.input_file import InputFileError, read_json
+
         try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise PlanError(f"plan file {path} does not exist") from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise PlanError(f"cannot read plan file {path}: {error}") from None
-        try:
-            return cls.from_json(text)
+            data = read_json(path, "plan file", object_pairs_hook=_refuse_duplicate_keys)
+            return cls.from_dict(data)
+        except InputFileError as error:
+            raise PlanError(str(error)) from None
         except PlanError as error:
             raise PlanError(f"{path}: {error}") from None
 

@@ -6,7 +6,6 @@ baseline (`flops`), a lookup table (`lookup`) and the latency predictor network 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from predictors.latency.flops import FlopsPredictor
@@ -48,15 +47,17 @@ def load_predictor(path: str | Path) -> LatencyPredictor:
     Raises:
         PredictorError: the file is missing, not a compplan predictor, or from a newer version.
     """
+    from search_spaces.input_file import InputFileError, read_json
+
     path = Path(path)
-    try:
-        document = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not path.exists() and not path.is_symlink():
         raise PredictorError(
             f"{path}: no such predictor file (make one with `compplan fit-latency`)"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise PredictorError(f"{path}: not a latency predictor file ({error})") from None
+        )
+    try:
+        document = read_json(path, "predictor file")
+    except InputFileError as error:
+        raise PredictorError(f"{error} (make one with `compplan fit-latency`)") from None
     return predictor_from_document(document, source=str(path))
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from predictors.latency.features import LayerConfigs
+from search_spaces.input_file import InputFileError, check_input_file
 from search_spaces.output_file import write_atomically, write_text_atomically
 
 __all__ = [
@@ -83,8 +84,12 @@ def load_records(*paths: str | Path) -> pd.DataFrame:
     frames = []
     for path in map(Path, paths):
         kind = check_records_path(path)
-        if not path.is_file():
+        if not path.exists():
             raise RecordsError(f"{path}: no such records file (make one with `compplan profile`)")
+        try:
+            check_input_file(path, "records file")
+        except InputFileError as error:
+            raise RecordsError(str(error)) from None
         try:
             frame = (
                 pd.read_parquet(path)
