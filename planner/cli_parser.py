@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def data_limit(sub) -> None:
         what = "refuse a data file whose arrays would take more memory than this (512MiB, 4GB, "
-        what += "a number of bytes); default: half the memory free"
+        what += "a number of bytes); default: a quarter of the memory free"
         sub.add_argument("--max-data-bytes", type=_bytes, metavar="SIZE", help=what)
 
     def plan_or_preset(sub: argparse.ArgumentParser) -> None:

@@ -56,14 +56,14 @@ def max_data_bytes() -> int:
 
 
 def default_max_data_bytes() -> int:
-    """Half the memory this process can still take: the machine's available memory, or what an
-    address-space limit (RLIMIT_AS) leaves, whichever is less. A data set is read, then copied
-    at least once (splits, batches), so half leaves room for that."""
+    """A quarter of the memory this process can still take: the machine's available memory,
+    or what an address-space limit (RLIMIT_AS) leaves, whichever is less. A data set is read,
+    then copied for its splits and batches: a quarter leaves room for those and the model."""
     room = _meminfo_bytes("MemAvailable") or 8 * 2**30
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY:
         room = min(room, max(0, soft - _own_address_space()))
-    return max(room // 2, 2**20)
+    return max(room // 4, 2**20)
 
 
 def _meminfo_bytes(field: str) -> int | None:
@@ -157,6 +157,11 @@ def _read(path: Path, flag: str) -> dict[str, Tensor]:
             raw = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if "Weights only load failed" in first:  # torch's advice to unpickle: not ours to give
+            raise DataFileError(
+                f"{flag} {path}: holds Python objects besides tensors and arrays, which compplan "
+                "does not unpickle; save a dict of tensors or arrays only"
+            ) from None
         raise DataFileError(
             f"{flag} {path}: not a readable {path.suffix} data file ({first})"
         ) from None

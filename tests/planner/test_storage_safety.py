@@ -162,3 +162,56 @@ def test_processes_opening_a_new_sqlite_file_together_all_succeed(tmp_path):
             process.join(timeout=120)
         failures += [process.exitcode for process in processes if process.exitcode != 0]
     assert not failures, failures
+
+
+def _foreign_database(path) -> bytes:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+        db.execute("INSERT INTO invoices (total) VALUES (12.5)")
+    db.close()
+    return path.read_bytes()
+
+
+def test_another_programs_sqlite_file_is_refused_and_left_unchanged(tmp_path, capsys):
+    from planner.storage import open_storage
+
+    path = tmp_path / "app.db"
+    before = _foreign_database(path)
+    search = ["search", *DIGITS, "--trials", "2", "--storage", f"sqlite:///{path}"]
+    code, err = _run(capsys, *search, "--out", str(tmp_path / "plan.json"))
+    assert code == 2 and err.count("\n") == 1, err
+    assert "invoices" in err and "--storage-adopt" in err
+    assert path.read_bytes() == before and not (tmp_path / "plan.json").exists()
+    with pytest.raises(ValueError, match="another program's SQLite database"):
+        open_storage(f"sqlite:///{path}", create=False)  # a worker: refused the same way
+    assert path.read_bytes() == before
+    code, err = _run(capsys, *search, "--storage-adopt", "--out", str(tmp_path / "plan.json"))
+    assert code == 0, err
+    import sqlite3
+
+    with sqlite3.connect(path) as db:  # the program's table is still there, with its row
+        assert db.execute("SELECT total FROM invoices").fetchall() == [(12.5,)]
+    db.close()
+
+
+def test_a_storage_that_cannot_be_made_leaves_no_file(tmp_path, capsys):
+    (tmp_path / "full").mkdir()
+    script = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16)); "
+        "from planner.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    for url, file in (("sqlite:///full/s.db", "s.db"), ("journal:full/j.log", "j.log")):
+        argv = ["search", *DIGITS, "--trials", "2", "--storage", url, "--out", "full/plan.json"]
+        done = subprocess.run(
+            [sys.executable, "-c", script, *argv],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert file in done.stderr  # the error names the file
+        assert os.listdir(tmp_path / "full") == []
