@@ -9,7 +9,8 @@ Contract:
       eval mode: ``digits`` and ``mnist1d`` are trained (and cached on disk, see :mod:`zoo.digits`
       and :mod:`zoo.mnist1d`; ``mnist1d`` takes a ``(1, 1, 40)`` example input) and their
       ``architecture`` builds the untrained structure without training; the ImageNet
-      architectures are randomly initialized (no weights are downloaded, ever) and use a
+      architectures are randomly initialized from a fixed seed (the same weights at every build; no
+      weights are downloaded, ever) and use a
       ``(1, 3, 224, 224)`` example input; the architecture families of :mod:`zoo.families`
       (``*_tiny``) are small, seeded random initializations on ``(1, 3, 64, 64)`` images, or
       ``(1, 32)`` token ids for ``bert_tiny``; ``minilm`` is all-MiniLM-L6-v2, pretrained, from
@@ -22,6 +23,9 @@ Contract:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import nn
 
 from zoo import families, minilm
@@ -46,16 +50,24 @@ def _build_mnist1d() -> nn.Module:
     return pretrained_mnist1d()
 
 
+def _seeded(build: Callable[[], nn.Module]) -> nn.Module:
+    """`build()` from a fixed seed: the same weights every time, so that a study made on the
+    model resumes on it (its identity covers the weights); the caller's random state is kept."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return build().eval()
+
+
 def _build_resnet18() -> nn.Module:
-    return resnet18().eval()
+    return _seeded(resnet18)
 
 
 def _build_resnet50() -> nn.Module:
-    return resnet50().eval()
+    return _seeded(resnet50)
 
 
 def _build_mobilenet_v2() -> nn.Module:
-    return mobilenet_v2().eval()
+    return _seeded(mobilenet_v2)
 
 
 _REGISTRY: dict[str, ZooEntry] = {
