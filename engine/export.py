@@ -60,7 +60,15 @@ from search_spaces.methods import WeightConfig, WeightShapes, activation_method,
 from search_spaces.output_file import OutputFileError, write_atomically
 from search_spaces.plan import LayerPlan, Plan, PlanError, group_keeps, validate_plan
 
-__all__ = ["ExportError", "ExportReport", "export", "freeze_", "load", "read_metadata"]
+__all__ = [
+    "ExportError",
+    "ExportReport",
+    "example_inputs",
+    "export",
+    "freeze_",
+    "load",
+    "read_metadata",
+]
 
 FORMAT = "compplan-model"
 # 2: weights stored by their units; layer metadata {"weights": {"method": ...}, "activations"}.
@@ -354,7 +362,7 @@ def _input_shape(meta: Mapping[str, Any], damaged: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _example_inputs(meta: Mapping[str, Any], damaged: str) -> tuple[Tensor, ...]:
+def example_inputs(meta: Mapping[str, Any], damaged: str) -> tuple[Tensor, ...]:
     """Zeros of the recorded input shape (`_input_shape`) and dtype, to trace the structure.
 
     Raises:
@@ -582,7 +590,7 @@ def _prepare_(
 ) -> None:
     """Prune the uncompressed `model` as the recorded plan says, once the plan is known to fit
     it, and check every planned layer's record against the plan and the pruned layer."""
-    inputs = _example_inputs(meta, damaged)
+    inputs = example_inputs(meta, damaged)
     split_attention_(model)  # as apply_plan_ did: the planned projections are modules
     graph = discover(model, inputs, model_name=meta.get("model_spec") or "the model")
     plan, keeps = _checked_plan(meta, graph, damaged)

@@ -386,6 +386,16 @@ def _eval(args: argparse.Namespace) -> int:
     return _output(args, result, f"{args.file}: test {result['metric']} {score} ({result['task']})")
 
 
+def _export(args: argparse.Namespace) -> int:
+    from planner.onnx_job import export_onnx_file
+    from planner.render import onnx_export_text
+
+    report = export_onnx_file(
+        args.file, args.out, model_spec=args.model, trust_specs=args.trust_specs
+    )
+    return _output(args, report, onnx_export_text(report))
+
+
 def _check_timeout(args: argparse.Namespace) -> None:
     from planner.errors import PlannerError
 

@@ -19,7 +19,7 @@ __all__ = ["INPUTS", "OUTPUTS", "check_command_files", "command_storage_file"]
 INPUTS = {
     "plan": "--plan",
     "records": "records file",
-    "file": "the model file",
+    "file": "the model file",  # eval's and export's FILE
     "model": "--model",
     "task": "--task",
     "data": "--data",

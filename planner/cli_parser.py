@@ -380,7 +380,24 @@ def build_parser() -> argparse.ArgumentParser:
         "task the file records, or the one given."
     )
     evaluate = command("eval", what, json=text, model=False, data=True)
-    evaluate.add_argument("file", metavar="FILE", help="a file written by `compplan apply`")
+    what = "a file written by `compplan apply` (.cpz) or `compplan export` (.onnx, scored "
+    what += "through onnxruntime)"
+    evaluate.add_argument("file", metavar="FILE", help=what)
     what = "the uncompressed model's spec (default: the one the file records)"
     evaluate.add_argument("--model", metavar="SPEC", help=what)
+
+    what = (
+        "Export a model written by `compplan apply` to ONNX, each layer in its planned form "
+        "(VQ codes and codebooks, packed b-bit levels), for ONNX Runtime or any ONNX runtime: "
+        "the runtime decodes the weights once, at load."
+    )
+    text = "print the report (file, payload and predicted bytes, layers) as JSON"
+    exporting = command("export", what, json=text, model=False)
+    exporting.add_argument("file", metavar="IN.cpz", help="a file written by `compplan apply`")
+    exporting.add_argument("--format", choices=("onnx",), default="onnx", help="onnx (default)")
+    exporting.add_argument("--out", required=True, metavar="OUT.onnx", help="the file to write")
+    what = "the uncompressed model's spec, for its structure (default: the one the file records)"
+    exporting.add_argument("--model", metavar="SPEC", help=what)
+    what = "build the structure from a file.py:callable spec the file records (files you trust)"
+    exporting.add_argument("--trust-specs", action="store_true", help=what)
     return parser

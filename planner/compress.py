@@ -235,8 +235,9 @@ def evaluate_export(
     trust_specs: bool = False,
     split: str = "test",
 ) -> dict:
-    """Load a file written by `CompressionJob` (`compplan apply`) and score it on its task's
-    `split`: the task given, else the one the file records.
+    """Load a file written by `CompressionJob` (`compplan apply`), or its ONNX export (`.onnx`,
+    run by onnxruntime), and score it on its task's `split`: the task given, else the one the
+    file records.
 
     Args:
         path: the file.
@@ -253,7 +254,13 @@ def evaluate_export(
         ExportError: the file is not an export, or records no task and none was given.
         TaskError: the task does not resolve, or may not run untrusted.
     """
-    meta = read_metadata(path)
+    onnx = Path(path).suffix.lower() == ".onnx"
+    if onnx:
+        from engine.onnx_session import read_onnx_metadata
+
+        meta = read_onnx_metadata(path)
+    else:
+        meta = read_metadata(path)
     spec = portable_spec(task) if task else _recorded_task(meta)
     if not spec:
         raise ExportError(
@@ -280,12 +287,20 @@ def evaluate_export(
             )
         original = load_model(structure_spec, inputs=inputs_file_of(spec)).module
     resolved = resolve_task(spec, original, trusted=True, distill=meta.get("distill"))
-    structure = None
-    if model_spec is not None:
-        structure = load_model(
-            model_spec, input_shape=meta.get("input_shape"), pretrained=False
-        ).module
-    compressed = load(path, model=structure, trust_model_spec=trust_specs)
+    if onnx:
+        from engine.onnx_session import onnx_session
+        from planner.onnx_job import onnx_structure_check
+
+        if model_spec is not None:
+            onnx_structure_check(path, meta, model_spec)
+        compressed = onnx_session(path).module()
+    else:
+        structure = None
+        if model_spec is not None:
+            structure = load_model(
+                model_spec, input_shape=meta.get("input_shape"), pretrained=False
+            ).module
+        compressed = load(path, model=structure, trust_model_spec=trust_specs)
     return {
         "file": str(path),
         "task": spec,

@@ -128,6 +128,23 @@ def size_text(report: SizeReport) -> str:
     return "\n".join(lines)
 
 
+def onnx_export_text(report: dict) -> str:
+    """`compplan export`: bytes against the prediction, and how the runtime will run it."""
+    kernels: dict[str, int] = {}
+    for layer in report["layers"].values():
+        kernels[layer["kernel"]] = kernels.get(layer["kernel"], 0) + 1
+    runs = ", ".join(f"{count} in {kind}" for kind, count in sorted(kernels.items()))
+    batch = "any batch" if report["dynamic_batch"] else "the example's batch only"
+    return (
+        f"wrote {report['path']}: {report['file_bytes']:,} bytes on disk; stored tensors "
+        f"{report['payload_bytes']:,} bytes, of which planned weights "
+        f"{report['planned_bytes']:,} (predicted {report['predicted_bytes']:,.0f} for the plan's "
+        f"layers, biases and BatchNorms); ONNX opset {report['opset']}, {batch}; planned layers: "
+        f"{runs or 'none'}; run it with onnxruntime.InferenceSession, or `compplan eval "
+        f"{report['path']}`"
+    )
+
+
 def applied_text(result: dict, out: str) -> str:
     """`compplan apply`: the task's score before and after (with a task), how it fine-tuned,
     bytes against the prediction."""

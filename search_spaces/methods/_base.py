@@ -267,6 +267,18 @@ class WeightMethod(abc.ABC):
     def load_source(self, meta: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> nn.Module:
         """The frozen source that `export_tensors` wrote (CPU tensors in, same weight out)."""
 
+    def onnx_weight(self, source: nn.Module) -> nn.Module:
+        """The ONNX form of a frozen source: a module holding the payload `export_tensors`
+        counts as buffers (packed, in their stored dtypes) whose forward decodes the weight with
+        tensor operations the torch exporter writes as standard ONNX operators, so that the
+        exported file stores the planned form and a runtime folds the decoding at load. The
+        weight it returns equals the source's.
+
+        Raises:
+            NotImplementedError: the kind has no ONNX form (the default).
+        """
+        raise NotImplementedError(f"the weight kind '{self.name}' has no ONNX form")
+
 
 class ActivationMethod(abc.ABC):
     """One activation-quantizer kind: a module in front of a layer that quantizes its input.

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["MAX_BITS", "pack_bits", "packed_nbytes", "unpack_bits"]
+__all__ = ["MAX_BITS", "pack_bits", "packed_nbytes", "unpack_bits", "unpack_bits_traced"]
 
 MAX_BITS = 16
 # Values per chunk; a multiple of 8, so every chunk starts on a byte boundary whatever `bits` is.
@@ -134,3 +134,20 @@ def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
             values = values | (value_bytes[:, 1] << 8)
         out[start : start + n] = values
     return torch.from_numpy(out)
+
+
+def unpack_bits_traced(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    """`unpack_bits` written in tensor operations only (int32 division, remainder, a weighted
+    sum), so that an exported graph can hold the packed bytes and unpack them itself: every step
+    is a standard ONNX operator whose inputs are constants, which a runtime folds at load.
+
+    It takes `count·bits` bytes of scratch per value bit: meant for export, not for speed.
+    """
+    if bits == 0:
+        return torch.zeros(count, dtype=torch.int64)
+    place = torch.tensor([1 << j for j in range(8)], dtype=torch.int32)
+    stream = torch.remainder(torch.div(packed.to(torch.int32).unsqueeze(-1), place,
+                                       rounding_mode="floor"), 2)  # fmt: skip
+    stream = stream.reshape(-1)[: count * bits].reshape(count, bits)
+    weight = torch.tensor([1 << j for j in range(bits)], dtype=torch.int32)
+    return (stream * weight).sum(-1).to(torch.int64)

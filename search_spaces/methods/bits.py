@@ -8,6 +8,7 @@ The proxy error is exact: the quantizer's own initial clip search, applied.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,7 @@ from search_spaces.methods._base import (
     check_knob,
 )
 from search_spaces.methods._registry import register_weight_method
-from search_spaces.methods.bitpack import pack_bits, unpack_bits
+from search_spaces.methods.bitpack import pack_bits, unpack_bits, unpack_bits_traced
 from search_spaces.methods.quantizers import WEIGHT_QUANT_BITS, WeightQuantizer
 
 __all__ = ["BitsConfig", "BitsKnobs", "FixedQuantizedWeight", "LowBitWeights", "QuantizedWeight"]
@@ -99,6 +100,22 @@ class FixedQuantizedWeight(nn.Module):
         return WeightQuantizer.dequantize(self.q, self.scale, self.bits)
 
 
+class BitsOnnxWeight(nn.Module):
+    """b-bit weights as the exported ONNX file stores them: levels bit-packed at b bits, a
+    float32 scale per output channel; forward decodes them (`LowBitWeights.onnx_weight`)."""
+
+    def __init__(self, source: FixedQuantizedWeight):
+        super().__init__()
+        self.bits, self.shape = source.bits, tuple(source.q.shape)
+        self.register_buffer("q", pack_bits(source.q, source.bits))
+        self.register_buffer("scale", source.scale.detach().cpu().float().contiguous())
+
+    def forward(self) -> Tensor:
+        count = math.prod(self.shape)
+        q = unpack_bits_traced(self.q, self.bits, count).reshape(self.shape)
+        return WeightQuantizer.dequantize(q, self.scale, self.bits)
+
+
 @register_weight_method
 class LowBitWeights(WeightMethod):
     """b-bit (and binary) weights with learned per-channel clip ranges."""
@@ -150,6 +167,9 @@ class LowBitWeights(WeightMethod):
             "scale": source.scale.detach().cpu().float().contiguous(),
         }
         return tensors, {"shape": list(source.q.shape), "bits": source.bits}
+
+    def onnx_weight(self, source: FixedQuantizedWeight) -> nn.Module:
+        return BitsOnnxWeight(source)
 
     def load_source(self, meta: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> nn.Module:
         shape = tuple(meta["shape"])

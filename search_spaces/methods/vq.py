@@ -38,7 +38,7 @@ from search_spaces.methods._base import (
     check_knob,
 )
 from search_spaces.methods._registry import register_weight_method
-from search_spaces.methods.bitpack import pack_bits, unpack_bits
+from search_spaces.methods.bitpack import pack_bits, unpack_bits, unpack_bits_traced
 from search_spaces.methods.lr2vq import (
     POINTS_PER_CENTROID,
     VQResult,
@@ -155,6 +155,26 @@ class VQWeight(nn.Module):
     def forward(self) -> Tensor:
         projection = None if self.projection is None else _fp16_exact(self.projection)
         return decode(self.codes, _fp16_exact(self.codebook), projection, self.shape)
+
+
+class VQOnnxWeight(nn.Module):
+    """A VQ weight as the exported ONNX file stores it: codes bit-packed at log2(k_eff) bits,
+    codebook and projection in fp16; forward decodes it (`VQMethod.onnx_weight`)."""
+
+    def __init__(self, source: VQWeight):
+        super().__init__()
+        self.code_bits, self.count = source.code_bits, source.codes.numel()
+        self.shape = tuple(source.shape)
+        self.register_buffer("codes", pack_bits(source.codes, source.code_bits))
+        self.register_buffer("codebook", source.codebook.detach().cpu().half().contiguous())
+        projection = source.projection
+        half = None if projection is None else projection.detach().cpu().half().contiguous()
+        self.register_buffer("projection", half)
+
+    def forward(self) -> Tensor:
+        codes = unpack_bits_traced(self.codes, self.code_bits, self.count)
+        projection = None if self.projection is None else self.projection.float()
+        return decode(codes, self.codebook.float(), projection, self.shape)
 
 
 def _floor_log2(values: np.ndarray) -> np.ndarray:
@@ -346,6 +366,9 @@ class VectorQuantization(WeightMethod):
             "count": source.codes.numel(),
         }
         return tensors, meta
+
+    def onnx_weight(self, source: VQWeight) -> nn.Module:
+        return VQOnnxWeight(source)
 
     def load_source(self, meta: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> nn.Module:
         bits = (int(meta["k_eff"]) - 1).bit_length()

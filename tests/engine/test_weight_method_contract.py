@@ -311,3 +311,54 @@ def test_activation_apply_export_load_is_exact(method, net, net_graph, tmp_path)
         assert (deployed(model)(x) - frozen).abs().max() < 1e-5
     assert report.extra_bytes > 0  # the quantizer's state is stored, counted apart
     assert report.payload_bytes == size_report(plan, net_graph).total_bits / 8
+
+
+# -- ONNX forms ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", WEIGHT_UNITS)
+def test_onnx_form_decodes_the_weight_exactly_from_the_stored_payload(method, net, net_graph):
+    unit = weight_method(method)
+    for config in _sample(_candidates(unit, net_graph, "body"), n=5):
+        model = copy.deepcopy(net)
+        plan = Plan({"body": LayerPlan(weights=config)}, fingerprint=net_graph.fingerprint)
+        apply_plan_(model, plan, example_inputs=torch.zeros(1, 3, 8, 8), config=QUIET)
+        source = freeze_(model).body.weight_source
+        form = unit.onnx_weight(source)
+        with torch.no_grad():
+            assert torch.equal(form(), source()), config
+        stored = sum(b.numel() * b.element_size() for b in form.buffers())
+        payload, _ = unit.export_tensors(source)
+        assert stored == sum(t.numel() * t.element_size() for t in payload.values()), config
+
+
+@pytest.mark.parametrize("method", WEIGHT_UNITS + [f"act:{a}" for a in ACTIVATION_UNITS])
+def test_onnx_export_runs_in_a_plain_session_with_the_same_outputs(
+    method, net, net_graph, tmp_path
+):
+    import onnxruntime
+
+    from engine.onnx_export import export_onnx
+
+    x = torch.randn(16, 3, 8, 8)
+    if method.startswith("act:"):
+        from search_spaces.methods import activation_method
+
+        unit = activation_method(method[4:])
+        layer_plan = LayerPlan(activations=unit.config(min(unit.bits)))
+    else:
+        layer_plan = LayerPlan(weights=_candidates(weight_method(method), net_graph, "body")[0])
+    model = copy.deepcopy(net)
+    plan = Plan({"body": layer_plan}, fingerprint=net_graph.fingerprint)
+    apply_plan_(model, plan, calibration=x, config=QUIET)
+    export(model, tmp_path / "m.cpz")
+    compressed = load(tmp_path / "m.cpz", model=_Net())
+    report = export_onnx(compressed, x[:1], tmp_path / "m.onnx")
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
+    (ran,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        expected = compressed(x)
+    assert torch.allclose(torch.from_numpy(ran), expected, atol=1e-4, rtol=1e-4), method
+    predicted = size_report(plan, net_graph).total_bits / 8
+    assert report.dynamic_batch
+    assert report.planned_bytes <= predicted <= report.payload_bytes

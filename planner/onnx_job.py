@@ -1,0 +1,98 @@
+"""Deploy: a `.cpz` from `compplan apply` exported to ONNX, and an ONNX file scored on its task.
+
+    from planner.onnx_job import export_onnx_file
+    report = export_onnx_file("digits.cpz", "digits.onnx")   # compplan export
+    evaluate_export("digits.onnx")["score"]                  # compplan eval (planner.compress)
+
+The export rebuilds the compressed model from the `.cpz` (`engine.load`, every check included),
+sizes its plan with the size model (the predicted bytes), and writes the ONNX file
+(`engine.onnx_export`) with the `.cpz`'s facts in its metadata: model spec, task, plan, input
+shape, and each layer's expected kernel class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from engine.export import ExportError, example_inputs, load, read_metadata
+from engine.onnx_export import export_onnx
+from predictors.size import size_report
+from search_spaces.discover import discover
+from search_spaces.model_spec import load_model
+from search_spaces.output_file import check_output_path
+from search_spaces.plan import Plan
+
+__all__ = ["export_onnx_file", "onnx_structure_check"]
+
+_CARRIED = ("model_spec", "task", "distill", "input_shape", "input_dtype")
+
+
+def export_onnx_file(
+    path: str | Path,
+    out: str | Path,
+    *,
+    model_spec: str | None = None,
+    trust_specs: bool = False,
+) -> dict[str, Any]:
+    """Export the `.cpz` at `path` to the ONNX file `out`.
+
+    Args:
+        path: a file written by `compplan apply`.
+        out: the `.onnx` file to write.
+        model_spec: the uncompressed model's spec (structure only); None: the file's.
+        trust_specs: build the structure from a non-zoo spec the file records.
+
+    Returns:
+        The export report (`OnnxReport.to_dict()`) with `predicted_bytes` (the size model's
+        bytes for the plan) and `source`.
+
+    Raises:
+        ExportError: the `.cpz` is refused (damaged, another model, a spec not trusted), or a
+            layer's kind has no ONNX form.
+        OutputFileError: `out` cannot be written.
+    """
+    check_output_path(out, "--out")
+    meta = read_metadata(path)
+    spec = model_spec or meta.get("model_spec")
+    inputs = example_inputs(meta, f"{path} is damaged")
+    structure = None
+    if model_spec is not None:
+        structure = load_model(model_spec, input_shape=meta.get("input_shape"), pretrained=False)
+        structure = structure.module
+    model = load(path, model=structure, trust_model_spec=trust_specs)
+    plan = Plan.from_dict(meta["plan"])
+    uncompressed = load_model(spec, input_shape=meta.get("input_shape"), pretrained=False).module
+    graph = discover(uncompressed, inputs, model_name=spec or "the model")
+    predicted = size_report(plan, graph).total_bits / 8
+    facts = {key: meta.get(key) for key in _CARRIED}
+    layers = {name: {"method": _method(lp)} for name, lp in plan.layers.items()}
+    facts |= {"plan": meta["plan"], "fingerprint": graph.fingerprint, "layers": layers}
+    report = export_onnx(model, inputs, out, metadata=facts).to_dict()
+    return {**report, "predicted_bytes": predicted, "source": str(path)}
+
+
+def onnx_structure_check(path: str | Path, meta: dict, model_spec: str) -> None:
+    """Refuse an ONNX file exported from another model than `model_spec` builds.
+
+    Raises:
+        ExportError: the file records another structure's fingerprint, or none.
+    """
+    from search_spaces import DiscoveryError
+
+    recorded = meta.get("fingerprint")
+    loaded = load_model(model_spec, input_shape=meta.get("input_shape"), pretrained=False)
+    try:
+        graph = discover(loaded.module, loaded.example_inputs, model_name=model_spec)
+    except DiscoveryError:
+        graph = None  # it does not even take the file's inputs
+    if graph is None or recorded != graph.fingerprint:
+        raise ExportError(
+            f"{path} was exported from another model than {model_spec} (structure fingerprints "
+            "differ); give the model it was exported from"
+        )
+
+
+def _method(layer_plan) -> str:
+    weights = layer_plan.weights
+    return "none" if weights is None else weights.method
