@@ -107,6 +107,7 @@ def export_onnx(
     path: str | Path,
     *,
     metadata: Mapping[str, Any] | None = None,
+    dynamic_batch: bool = True,
 ) -> OnnxReport:
     """Write `model` (frozen, compressed: `engine.load`'s) to `path` as ONNX (module docstring).
 
@@ -115,6 +116,8 @@ def export_onnx(
         example_inputs: one input batch (its dtype and the sizes beyond the batch are fixed).
         path: the `.onnx` file to write (atomically; refused before any work if it cannot be).
         metadata: JSON facts to record (model spec, task, plan, input shape).
+        dynamic_batch: leave the batch free where the model allows it; False fixes it at the
+            example's (a file for timing at one batch).
 
     Raises:
         ExportError: a kind with no ONNX form, or a model the torch exporter cannot trace.
@@ -127,7 +130,7 @@ def export_onnx(
     inputs = (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
     form = onnx_form(model)
     payload_names = {name for name, _ in form.named_buffers() if _PAYLOAD in name}
-    program, dynamic = _export(form, inputs)
+    program, dynamic = _export(form, inputs, dynamic_batch)
     ir_model = program.model
 
     def keep_payload(node) -> bool | None:  # None: the optimizer's own rule
@@ -160,9 +163,10 @@ def export_onnx(
     )
 
 
-def _export(form: nn.Module, inputs: tuple[Tensor, ...]):
+def _export(form: nn.Module, inputs: tuple[Tensor, ...], dynamic_batch: bool):
     """(the torch exporter's program, whether its batch is dynamic): a free batch where the
-    model allows one (traced at batch 2, since 1 would be specialized), else the example's."""
+    model allows one and it is asked for (traced at batch 2, since 1 would be specialized),
+    else the example's."""
     import logging
     import warnings
 
@@ -171,7 +175,7 @@ def _export(form: nn.Module, inputs: tuple[Tensor, ...]):
     batch = torch.export.Dim("batch", min=1)
     doubled = tuple(torch.cat([x[:1], x[:1]]) for x in inputs)
     attempts = (
-        (doubled, tuple({0: batch} for _ in inputs), True),
+        *([(doubled, tuple({0: batch} for _ in inputs), True)] if dynamic_batch else []),
         (inputs, None, False),
     )
     failure: Exception | None = None

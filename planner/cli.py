@@ -292,12 +292,12 @@ def _measure_latency(args: argparse.Namespace) -> int:
 
     plan, loaded, graph = _plan_and_graph(args)
     settings = {
-        k: vars(args)[k] for k in ("batch", "threads", "blocks", "calls", "rounds", "min_time_ms")
+        k: vars(args)[k]
+        for k in ("batch", "threads", "blocks", "calls", "rounds", "min_time_ms", "runtime")
     }
     m = measure_plan_latency(loaded.module, loaded.example_inputs, plan, graph=graph, **settings)
-    return _output(
-        args, m.to_dict(), measurement_text(m, f"{args.plan or args.preset} on {args.model}")
-    )
+    label = f"{args.plan or args.preset} on {args.model}, run by {args.runtime}"
+    return _output(args, {**m.to_dict(), "runtime": args.runtime}, measurement_text(m, label))
 
 
 def _profile(args: argparse.Namespace) -> int:

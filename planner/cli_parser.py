@@ -202,7 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan_or_preset(latency)
     number(latency, "--batch", 1, "batch size")
-    number(latency, "--threads", 1, "torch threads")
+    number(latency, "--threads", 1, "threads (torch's, or each ONNX Runtime session's)")
+    what = (
+        "torch: PyTorch eager, weights decoded (default); onnxruntime: both models exported "
+        "to ONNX and run by ONNX Runtime, the plan's file against the uncompressed model's"
+    )
+    latency.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch", help=what)
     blocks_and_calls(latency)
 
     search = command(

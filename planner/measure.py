@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 
     from search_spaces.graph import ModelGraph
 
-__all__ = ["measure_plan_latency"]
+__all__ = ["RUNTIMES", "measure_plan_latency"]
+
+RUNTIMES = ("torch", "onnxruntime")
 
 
 def measure_plan_latency(
@@ -45,6 +47,7 @@ def measure_plan_latency(
     rounds: int = 3,
     min_time_ms: float = MIN_TIME_MS,
     graph: ModelGraph | None = None,
+    runtime: str = "torch",
 ) -> RelativeTiming:
     """The latency of `plan`'s deployed form of `model` (pruned channels removed, weights
     decoded, activation quantizers in place) as its ratio to the uncompressed deployed model,
@@ -57,9 +60,16 @@ def measure_plan_latency(
 
     `model` is not changed. Pass `graph` (the model's, from `discover`) to skip discovering it.
 
+    With `runtime="onnxruntime"` both deployed forms are exported to ONNX (the torch exporter,
+    at the measurement's batch) and each round opens fresh ONNX Runtime sessions on the two
+    files, `threads` intra-op threads each: the plan's file against the uncompressed model's
+    fp32 file, as it runs where the user deploys. A plan's ONNX file decodes its weights at
+    load, so after loading it runs as its deployed structure's file does.
+
     Raises:
         MeasurementError: batch or threads below 1, fewer than 4 blocks or 1 call, or rounds
-            outside 1..blocks, or a negative min_time_ms.
+            outside 1..blocks, or a negative min_time_ms; an unknown runtime.
+        ExportError: onnxruntime is not installed, or the model cannot be exported to ONNX.
         PlanError: the plan does not fit the model.
     """
     if batch < 1:
@@ -74,6 +84,13 @@ def measure_plan_latency(
             "blocks must be at least 4, rounds in 1..blocks and min_time_ms at least 0 (got "
             f"{blocks}, {rounds} and {min_time_ms})"
         )
+    if runtime not in RUNTIMES:
+        raise MeasurementError(f"runtime '{runtime}': choose one of {', '.join(RUNTIMES)}")
+    if runtime == "onnxruntime":
+        return _measure_on_onnxruntime(
+            model, example_inputs, plan, inputs, graph=graph, threads=threads, blocks=blocks,
+            calls=calls, rounds=rounds, min_time_ms=min_time_ms,
+        )  # fmt: skip
     parts = []
     for r in range(rounds):
         compressed = deployed_structure(model, plan, example_inputs, graph=graph)
@@ -91,4 +108,51 @@ def measure_plan_latency(
                 min_time_ms=min_time_ms / rounds,
             )
         )
+    return RelativeTiming.combine(parts)
+
+
+def _measure_on_onnxruntime(
+    model: nn.Module,
+    example_inputs: Tensor | tuple[Tensor, ...],
+    plan: Plan,
+    inputs: Tensor,
+    *,
+    graph: ModelGraph | None,
+    threads: int,
+    blocks: int,
+    calls: int,
+    rounds: int,
+    min_time_ms: float,
+) -> RelativeTiming:
+    """`measure_plan_latency` on ONNX Runtime: both deployed forms exported once, fresh
+    sessions each round."""
+    import tempfile
+    from pathlib import Path
+
+    from engine.onnx_export import export_onnx
+    from engine.onnx_session import onnx_session
+
+    with tempfile.TemporaryDirectory(prefix="compplan-measure-") as scratch:
+        files = {}
+        for side, side_plan in (("plan", plan), ("uncompressed", Plan(layers={}))):
+            structure = deployed_structure(model, side_plan, example_inputs, graph=graph)
+            files[side] = Path(scratch) / f"{side}.onnx"
+            export_onnx(structure, inputs, files[side], dynamic_batch=False)
+        parts = []
+        for r in range(rounds):
+            compressed = onnx_session(files["plan"], threads=threads).module()
+            original = onnx_session(files["uncompressed"], threads=threads).module()
+            share = blocks // rounds + (r < blocks % rounds)
+            parts.append(
+                measure_relative(
+                    compressed,
+                    original,
+                    inputs,
+                    blocks=share,
+                    calls=calls,
+                    threads=threads,
+                    min_blocks=1,
+                    min_time_ms=min_time_ms / rounds,
+                )
+            )
     return RelativeTiming.combine(parts)
