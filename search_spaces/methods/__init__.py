@@ -5,9 +5,11 @@
     weight_method("vq").bits(columns, shapes)  # exact size, over a batch
 
 Builtin weight methods: "vq" (LR²VQ / PQ, `vq`) and "bits" (b-bit weights, `bits`); builtin
-activation quantizer: "n2uq" (`n2uq`). A new kind is a subclass of `WeightMethod` or
-`ActivationMethod` (`_base`, whose docstrings state the contract and the call order) decorated
-with `register_weight_method` / `register_activation_method`; nothing else changes.
+activation quantizers: "n2uq" (`n2uq`: 2 to 8 bits, nonuniform; no CPU runtime runs it fast) and
+"uint8" (`uniform8`: ONNX's QuantizeLinear, the int8 kernels' inputs). A new kind is a
+subclass of `WeightMethod` or `ActivationMethod` (`_base`, whose docstrings state the contract
+and the call order) decorated with `register_weight_method` / `register_activation_method`;
+nothing else changes.
 
 The torch code the units need lives here too, below the engine, so that the engine, the
 predictors and the planner reach it without an upward import: `lr2vq` (k-means), `quantizers`
@@ -16,6 +18,7 @@ predictors and the planner reach it without an upward import: `lr2vq` (k-means),
 
 from search_spaces.methods import bits as _bits  # noqa: F401 (registers "bits")
 from search_spaces.methods import n2uq as _n2uq  # noqa: F401 (registers "n2uq")
+from search_spaces.methods import uniform8 as _uniform8  # noqa: F401 (registers "uint8")
 from search_spaces.methods import vq as _vq  # noqa: F401 (registers "vq")
 from search_spaces.methods._base import (
     ActivationConfig,
@@ -42,6 +45,7 @@ from search_spaces.methods._registry import (
 from search_spaces.methods.bits import BitsConfig
 from search_spaces.methods.deployed import deployed_layer
 from search_spaces.methods.n2uq import N2UQConfig
+from search_spaces.methods.uniform8 import Uint8Config
 from search_spaces.methods.vq import VQConfig
 
 DEFAULT_ACTIVATION_METHOD = "n2uq"
@@ -53,6 +57,7 @@ __all__ = [
     "BitsConfig",
     "BuildSettings",
     "N2UQConfig",
+    "Uint8Config",
     "VQConfig",
     "WeightConfig",
     "WeightMethod",

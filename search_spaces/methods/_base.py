@@ -30,7 +30,8 @@ Call order for a weight method, as the rest of compplan calls it:
 
 An activation method is the same, smaller: `config(bits)`, `proxy_error(bits)`,
 `build(config, inputs)` (calibrated), `skeleton(config)` (its state is loaded afterwards),
-`deployed(module)` (a form whose cost does not depend on the data).
+`deployed(module)` (a form whose cost does not depend on the data); a unit whose quantizer is
+ONNX's QuantizeLinear says so (`int8_kernel`).
 """
 
 from __future__ import annotations
@@ -289,11 +290,16 @@ class ActivationMethod(abc.ABC):
         name: the method's name in plans and exported files ("n2uq").
         config_type: the plan config class (with a `bits` field).
         bits: the bit-widths it supports, all below 32.
+        int8_kernel: whether its quantizer is exactly ONNX's QuantizeLinear to u8 (per-tensor
+            scale and zero point), so that a layer whose input it quantizes runs an int8 kernel:
+            the engine then requantizes the layer's weight to int8 per output channel and
+            calibrates an output quantizer (`skeleton`'s kind) after it, as the runtime computes.
     """
 
     name: ClassVar[str]
     config_type: ClassVar[type[ActivationConfig]]
     bits: ClassVar[tuple[int, ...]]
+    int8_kernel: ClassVar[bool] = False
 
     def config(self, bits: int) -> ActivationConfig | None:
         """The config for `bits` input bits; None at 32 (no quantizer)."""

@@ -272,7 +272,8 @@ def test_activation_proxy_falls_with_bits(method):
     unit = activation_method(method)
     errors = [unit.proxy_error(b) for b in sorted(unit.bits)]
     assert all(0 <= e <= 1 for e in errors)
-    assert errors == sorted(errors, reverse=True) and errors[0] > errors[-1]
+    assert errors == sorted(errors, reverse=True)
+    assert errors[0] > errors[-1] or len(errors) == 1  # a unit of one bit-width (uint8)
 
 
 @pytest.mark.parametrize("method", ACTIVATION_UNITS)
