@@ -7,6 +7,11 @@ from the weight method's unit (`search_spaces.methods`: `VQWeight`, `QuantizedWe
 input quantizer from the activation method's; `DenseWeight` is the float weight of a layer that is
 only pruned, or only has quantized inputs. The layer records which units made them (`method`,
 `act_config`), which is how freezing, export and deployment find the unit again.
+
+A layer whose input quantizer is ONNX's QuantizeLinear (`ActivationMethod.int8_kernel`) runs an
+int8 kernel on ONNX Runtime, so it computes here what that kernel computes: its weight (whatever
+kind decoded it) requantized to int8 per output channel, scale max|W_c| / 127, zero point 0
+(`int8_weight`).
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from search_spaces.methods import ActivationConfig
+from search_spaces.methods import ActivationConfig, activation_method_of
 
-__all__ = ["DenseWeight", "FoldedBatchNorm", "PlannedLayer", "plain_layer"]
+__all__ = ["DenseWeight", "FoldedBatchNorm", "PlannedLayer", "int8_weight", "plain_layer"]
 
 
 class DenseWeight(nn.Module):
@@ -87,6 +92,7 @@ class PlannedLayer(nn.Module):
         self.act_quant = act_quant
         self.method = method
         self.act_config = act_config
+        self.int8 = act_config is not None and activation_method_of(act_config).int8_kernel
 
     @classmethod
     def replacing(
@@ -119,10 +125,15 @@ class PlannedLayer(nn.Module):
     def weight(self) -> Tensor:
         return self.weight_source()
 
+    def kernel_weight(self) -> Tensor:
+        """The weight the layer's kernel computes with: int8 per channel for an int8 layer."""
+        w = self.weight_source()
+        return int8_weight(w) if self.int8 else w
+
     def forward(self, x: Tensor) -> Tensor:
         if self.act_quant is not None:
             x = self.act_quant(x)
-        w = self.weight_source()
+        w = self.kernel_weight()
         if self.kind == "linear":
             return F.linear(x, w, self.bias)
         if self.kind == "embedding":
@@ -134,10 +145,25 @@ class PlannedLayer(nn.Module):
         return f"{self.kind}, {self.geometry}" if self.geometry else self.kind
 
 
+def int8_weight(weight: Tensor) -> Tensor:
+    """`weight` through int8 per output channel (symmetric: scale max|W_c| / 127, zero point
+    0), as ONNX's QuantizeLinear / DequantizeLinear on axis 0 (which the torch exporter writes for
+    these ops, and the runtime folds at load); with a straight-through gradient when training."""
+    peak = weight.detach().abs().reshape(weight.shape[0], -1).amax(1)
+    scale = torch.where(peak > 0, peak / 127, torch.ones_like(peak))
+    zero = torch.zeros_like(scale, dtype=torch.int32)
+    if torch.is_grad_enabled() and weight.requires_grad:
+        return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -128, 127)
+    ops = torch.ops.quantized_decomposed
+    q = ops.quantize_per_channel(weight, scale, zero.long(), 0, -128, 127, torch.int8)
+    return ops.dequantize_per_channel(q, scale, zero.long(), 0, -128, 127, torch.int8)
+
+
 def plain_layer(layer: PlannedLayer) -> nn.Module:
-    """An ordinary Conv1d, Conv2d or Linear holding `layer`'s current weight (decoded)."""
+    """An ordinary Conv1d, Conv2d or Linear holding `layer`'s current weight (decoded; an int8
+    layer's requantized, as its kernel computes)."""
     with torch.no_grad():
-        weight = layer.weight_source().detach().clone()
+        weight = layer.kernel_weight().detach().clone()
     bias = layer.bias is not None
     if layer.kind == "embedding":
         plain: nn.Module = nn.Embedding(*weight.shape, **layer.geometry)

@@ -29,10 +29,10 @@ from torch import Tensor, nn
 
 from engine.export import ExportError
 from engine.layers import PlannedLayer
-from search_spaces.methods import activation_method_of, weight_method
+from search_spaces.methods import ActivationConfig, activation_method_of, weight_method
 from search_spaces.output_file import check_output_path, write_atomically
 
-__all__ = ["METADATA_KEY", "OPSET", "OnnxReport", "export_onnx", "onnx_form"]
+__all__ = ["METADATA_KEY", "OPSET", "OnnxReport", "expected_kernel", "export_onnx", "onnx_form"]
 
 OPSET = 21  # int4 and uint4 types, per-axis DequantizeLinear
 METADATA_KEY = "compplan"
@@ -75,6 +75,15 @@ class OnnxReport:
             "dynamic_batch": self.dynamic_batch,
             "layers": self.layers,
         }
+
+
+def expected_kernel(activations: ActivationConfig | None) -> str:
+    """The kernel class a layer with input quantizer config `activations` should run on ONNX
+    Runtime: "int8" where its unit is QuantizeLinear to u8 (`ActivationMethod.int8_kernel`),
+    else "fp32"."""
+    if activations is not None and activation_method_of(activations).int8_kernel:
+        return "int8"
+    return "fp32"
 
 
 def onnx_form(model: nn.Module) -> nn.Module:
@@ -148,7 +157,7 @@ def export_onnx(
     write_atomically(path, proto.SerializeToString(), "--out")
     sizes = {i.name: _tensor_bytes(i) for i in proto.graph.initializer}
     layers = {
-        name: {"method": layer.method, "kernel": "fp32"}
+        name: {"method": layer.method, "kernel": expected_kernel(layer.act_config)}
         for name, layer in model.named_modules()
         if isinstance(layer, PlannedLayer)
     }

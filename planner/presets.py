@@ -8,6 +8,11 @@ A preset name is one or more parts joined by "+", applied left to right:
   (those with more 1×1 than 3×3 conv weights, as PQF's ResNet-50); otherwise as `pqf-small`.
 - `bits:N`: N-bit weights everywhere but the first conv and the classifier.
 - `keep:R`: keep ratio R on every prunable coupling group.
+- `act:N`: N-bit inputs wherever bits:N compresses weights (all but the first conv and the
+  classifier) and an activation quantizer runs (not an embedding's token ids, not inside a
+  Transformer layer). 8 is the uniform u8 quantizer ("uint8", ONNX's QuantizeLinear), so
+  `bits:8+act:8` is the int8 model that ONNX Runtime runs as int8 kernels; 2, 3 and 4 are N2UQ,
+  which no CPU runtime runs fast (its layers run fp32 kernels on dequantized inputs).
 Other kernel sizes follow the same rule (m = K² or 2·K²); where a block size does not divide a
 layer's row length, the largest divisor below it is used.
 
@@ -23,7 +28,7 @@ from datetime import UTC, datetime
 
 from search_spaces.graph import LayerSpec, ModelGraph
 from search_spaces.knobs import WEIGHT_BITS, divisors
-from search_spaces.methods import BitsConfig, VQConfig
+from search_spaces.methods import BitsConfig, VQConfig, activation_method
 from search_spaces.plan import (
     LayerPlan,
     Plan,
@@ -35,7 +40,10 @@ from search_spaces.plan import (
 
 __all__ = ["PRESET_HELP", "make_preset", "uniform_mix_at_size", "uniform_pq_at_size"]
 
-PRESET_HELP = "pqf-small, pqf-large, bits:N (N in 1,2,3,4,8,16,32), keep:R (0<R≤1), joined by '+'"
+PRESET_HELP = (
+    "pqf-small, pqf-large, bits:N (N in 1,2,3,4,8,16,32), keep:R (0<R≤1), act:N (input bits: "
+    "8 is int8 on ONNX Runtime, 2,3,4 are N2UQ, which no CPU runtime runs fast), joined by '+'"
+)
 
 _PQF_K = 256
 _PQF_CLASSIFIER_K_SMALL_FC = 2048  # ResNet-18's 512×1000 classifier
@@ -62,6 +70,8 @@ def make_preset(graph: ModelGraph, name: str, *, model: str | None = None) -> Pl
             layers = _bits(graph, layers, _parse(part, int))
         elif part.startswith("keep:"):
             layers = _keep(graph, layers, _parse(part, float))
+        elif part.startswith("act:"):
+            layers = _act(graph, layers, _parse(part, int))
         else:
             raise PlanError(f"unknown preset '{part}'; presets are {PRESET_HELP}")
     layers = _fit_block_sizes(graph, layers)
@@ -156,6 +166,24 @@ def _bits(graph: ModelGraph, layers: dict[str, LayerPlan], bits: float) -> dict[
             base = out.get(name, LayerPlan())
             weights = BitsConfig(bits=int(bits)) if bits < 32 else None
             out[name] = replace(base, weights=weights)
+    return out
+
+
+# The activation quantizer of each input bit-width: u8 where ONNX Runtime has int8 kernels, N2UQ
+# below 8 bits (nonuniform levels, which no CPU runtime has kernels for).
+_ACT_METHODS = {8: "uint8", 4: "n2uq", 3: "n2uq", 2: "n2uq"}
+
+
+def _act(graph: ModelGraph, layers: dict[str, LayerPlan], bits: float) -> dict[str, LayerPlan]:
+    if bits not in (*_ACT_METHODS, 32):
+        raise PlanError(f"preset act:{bits}: bits must be one of {[*_ACT_METHODS, 32]}")
+    skip = {graph.first_conv, graph.classifier}
+    activations = None if bits == 32 else activation_method(_ACT_METHODS[int(bits)])
+    out = dict(layers)
+    for name, spec in graph.layers.items():
+        if name not in skip and spec.quantizable_inputs:
+            config = None if activations is None else activations.config(int(bits))
+            out[name] = replace(out.get(name, LayerPlan()), activations=config)
     return out
 
 
