@@ -163,4 +163,4 @@ class UniformUint8(ActivationMethod):
     def deployed(self, module: nn.Module) -> nn.Module:
         if isinstance(module, FixedUint8Quantizer):
             return module
-        return FixedUint8Quantizer(float(module.scale), int(module.zero_point))
+        return FixedUint8Quantizer(float(module.scale.detach()), int(module.zero_point))
