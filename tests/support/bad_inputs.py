@@ -490,6 +490,19 @@ CASES += [
          absent("full4/s.db"), says("s.db"), fsize=2048),
     case("storage-journal-full-disk", f"{SQ} --storage journal:full5/j.log --out full5/p.json",
          absent("full5/j.log"), says("j.log"), fsize=16),
+    # ONNX export and its files
+    case("export-out-directory", "export good.cpz --out adir", says("directory")),
+    case("export-out-same", "export good.cpz --out good.cpz", SAME),
+    case("export-out-dev-full", "export good.cpz --out /dev/full", dev_full_intact()),
+    case("export-checksum", "export flipped.cpz --out x1.onnx", absent("x1.onnx")),
+    case("export-missing", "export nothere.cpz --out x2.onnx", absent("x2.onnx")),
+    case("export-format", "export good.cpz --format tflite --out x3.onnx", absent("x3.onnx")),
+    case("export-evil-spec", "export meta_evil_sealed.cpz --out x4.onnx", no_marker(),
+         absent("x4.onnx")),
+    case("eval-onnx-other-model", "eval good.onnx --model zoo:mnist1d", says("another model")),
+    case("eval-onnx-text", "eval text.onnx", says("ONNX")),
+    case("eval-onnx-fifo", "eval fifo.onnx", says("special file"), within(15)),
+    case("measure-runtime-bogus", f"measure-latency {D} --plan p8.json --runtime tflite"),
     # budgets a number cannot hold
     case("budget-x1e400", f"{S4[: -len('x4')]}x1e400 --out g1.json", says("too large")),
     case("budget-xinf", f"{S4[: -len('x4')]}xinf --out g2.json", says("too large")),
@@ -822,7 +835,9 @@ def make_hostile(runner: ForkRunner, tmp: Path) -> None:
     with open(tmp / "huge.json", "wb") as huge:  # sparse: 70 MiB that takes no disk
         huge.truncate(70 * 2**20)
     (tmp / "latin1.json").write_bytes(b'{"layers": {"\xe9": {}}}')
-    for name in ("fifo.json", "fifo.csv", "fifo.npz", "fifo.cpz"):
+    compplan(runner, tmp, "export good.cpz --out good.onnx")
+    (tmp / "text.onnx").write_text("not an ONNX file\n")
+    for name in ("fifo.json", "fifo.csv", "fifo.npz", "fifo.cpz", "fifo.onnx"):
         os.mkfifo(tmp / name)
     for name, layer in (("newline_layer.json", "stem.0\ncompplan: ok: plan accepted"),
                         ("escape_layer.json", "stem.0\x1b[2J")):  # fmt: skip
