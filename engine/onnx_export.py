@@ -29,10 +29,11 @@ from torch import Tensor, nn
 
 from engine.export import ExportError
 from engine.layers import PlannedLayer
-from search_spaces.methods import ActivationConfig, activation_method_of, weight_method
+from engine.onnx_int8 import int8_layers_
+from search_spaces.methods import activation_method_of, weight_method
 from search_spaces.output_file import check_output_path, write_atomically
 
-__all__ = ["METADATA_KEY", "OPSET", "OnnxReport", "expected_kernel", "export_onnx", "onnx_form"]
+__all__ = ["METADATA_KEY", "OPSET", "OnnxReport", "export_onnx", "onnx_form"]
 
 OPSET = 21  # int4 and uint4 types, per-axis DequantizeLinear
 METADATA_KEY = "compplan"
@@ -54,7 +55,8 @@ class OnnxReport:
         opset: the ONNX opset.
         dynamic_batch: whether the batch dimension is free (else fixed at the example's).
         layers: per planned layer, {"method", "kernel"}: the weight kind and the kernel class
-            the runtime is expected to run ("fp32").
+            the file is written for ("int8" where ONNX Runtime can fuse an int8 kernel, else
+            "fp32"); the file's metadata records the same.
     """
 
     path: Path
@@ -77,18 +79,11 @@ class OnnxReport:
         }
 
 
-def expected_kernel(activations: ActivationConfig | None) -> str:
-    """The kernel class a layer with input quantizer config `activations` should run on ONNX
-    Runtime: "int8" where its unit is QuantizeLinear to u8 (`ActivationMethod.int8_kernel`),
-    else "fp32"."""
-    if activations is not None and activation_method_of(activations).int8_kernel:
-        return "int8"
-    return "fp32"
-
-
-def onnx_form(model: nn.Module) -> nn.Module:
-    """A copy of a frozen compressed model whose planned layers hold their units' ONNX forms
-    (weights) and deployed forms (activation quantizers); its outputs equal `model`'s.
+def onnx_form(model: nn.Module) -> tuple[nn.Module, dict[str, str]]:
+    """(a copy of a frozen compressed model whose planned layers hold their units' ONNX forms
+    (weights) and deployed forms (activation quantizers), with its int8 layers written as ONNX
+    Runtime fuses them (`engine.onnx_int8`); each planned layer's kernel class). Its outputs
+    equal `model`'s, up to the int8 kernels' rounding.
 
     Raises:
         ExportError: a layer's weight kind has no ONNX form (naming the layer and the kind).
@@ -107,7 +102,7 @@ def onnx_form(model: nn.Module) -> nn.Module:
                 ) from None
         if layer.act_quant is not None:
             layer.act_quant = activation_method_of(layer.act_config).deployed(layer.act_quant)
-    return form
+    return form, int8_layers_(form)
 
 
 def export_onnx(
@@ -137,7 +132,7 @@ def export_onnx(
 
     path = check_output_path(path, "--out")
     inputs = (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
-    form = onnx_form(model)
+    form, kernels = onnx_form(model)
     payload_names = {name for name, _ in form.named_buffers() if _PAYLOAD in name}
     program, dynamic = _export(form, inputs, dynamic_batch)
     ir_model = program.model
@@ -150,17 +145,18 @@ def export_onnx(
     for node in ir_model.graph.all_nodes():  # the exporter's stack traces: most of the file
         node.metadata_props.clear()
         node.doc_string = None
+    layers = {
+        name: {"method": layer.method, "kernel": kernels[name]}
+        for name, layer in model.named_modules()
+        if isinstance(layer, PlannedLayer)
+    }
     document = {"format": FORMAT, "version": FORMAT_VERSION, **dict(metadata or {})}
+    document["layers"] = layers  # the kernel each layer is written for
     ir_model.metadata_props[METADATA_KEY] = json.dumps(document)
     proto = onnx_ir.serde.serialize_model(ir_model)
     del proto.graph.value_info[:]  # intermediate shapes: the runtime infers them at load
     write_atomically(path, proto.SerializeToString(), "--out")
     sizes = {i.name: _tensor_bytes(i) for i in proto.graph.initializer}
-    layers = {
-        name: {"method": layer.method, "kernel": expected_kernel(layer.act_config)}
-        for name, layer in model.named_modules()
-        if isinstance(layer, PlannedLayer)
-    }
     return OnnxReport(
         path=path,
         file_bytes=path.stat().st_size,

@@ -130,12 +130,14 @@ def _measure_on_onnxruntime(
     from pathlib import Path
 
     from engine.onnx_export import export_onnx
+    from engine.onnx_int8 import planned_int8_layers_
     from engine.onnx_session import onnx_session
 
     with tempfile.TemporaryDirectory(prefix="compplan-measure-") as scratch:
         files = {}
         for side, side_plan in (("plan", plan), ("uncompressed", Plan(layers={}))):
             structure = deployed_structure(model, side_plan, example_inputs, graph=graph)
+            planned_int8_layers_(structure)  # written as the applied model's file writes them
             files[side] = Path(scratch) / f"{side}.onnx"
             export_onnx(structure, inputs, files[side], dynamic_batch=False)
         parts = []

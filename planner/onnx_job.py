@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.export import ExportError, example_inputs, load, read_metadata
-from engine.onnx_export import expected_kernel, export_onnx
+from engine.onnx_export import export_onnx
 from predictors.size import size_report
 from search_spaces.discover import discover
 from search_spaces.model_spec import load_model
@@ -66,11 +66,7 @@ def export_onnx_file(
     graph = discover(uncompressed, inputs, model_name=spec or "the model")
     predicted = size_report(plan, graph).total_bits / 8
     facts = {key: meta.get(key) for key in _CARRIED}
-    layers = {
-        name: {"method": _method(lp), "kernel": expected_kernel(lp.activations)}
-        for name, lp in plan.layers.items()
-    }
-    facts |= {"plan": meta["plan"], "fingerprint": graph.fingerprint, "layers": layers}
+    facts |= {"plan": meta["plan"], "fingerprint": graph.fingerprint}
     report = export_onnx(model, inputs, out, metadata=facts).to_dict()
     return {**report, "predicted_bytes": predicted, "source": str(path)}
 
@@ -94,8 +90,3 @@ def onnx_structure_check(path: str | Path, meta: dict, model_spec: str) -> None:
             f"{path} was exported from another model than {model_spec} (structure fingerprints "
             "differ); give the model it was exported from"
         )
-
-
-def _method(layer_plan) -> str:
-    weights = layer_plan.weights
-    return "none" if weights is None else weights.method

@@ -1,0 +1,85 @@
+"""Int8 layers in the ONNX file: ONNX Runtime fuses them into int8 kernels where the model
+quantizes their outputs, and the file computes what compplan's model computes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from engine.apply import ApplyConfig, apply_plan_
+from engine.export import export, load
+from engine.onnx_export import export_onnx
+from engine.onnx_session import onnx_session
+from planner.presets import make_preset
+from search_spaces import discover
+
+
+class _Residual(nn.Module):
+    """conv → BN → ReLU → conv → BN, added to the input, then ReLU: the ResNet block."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.block = _Residual(32)
+        self.mid = nn.Sequential(nn.Conv2d(32, 32, 1), nn.BatchNorm2d(32), nn.ReLU6())
+        self.expand = nn.Conv2d(32, 64, 3, padding=1)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.head(self.expand(self.mid(self.block(self.stem(x)))).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory):
+    """(the int8 model as `load` rebuilds it, its ONNX report, an open session)."""
+    torch.manual_seed(0)
+    net = _Net()
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        net.train()
+        net(torch.randn(64, 3, 16, 16))
+    net.eval()
+    x = torch.randn(32, 3, 16, 16)
+    graph = discover(net, x[:1])
+    plan = make_preset(graph, "bits:8+act:8")
+    model = copy.deepcopy(net)
+    apply_plan_(model, plan, calibration=x, config=ApplyConfig(progress=False))
+    folder = tmp_path_factory.mktemp("int8")
+    export(model, folder / "m.cpz")
+    rebuilt = load(folder / "m.cpz", model=_Net())
+    report = export_onnx(rebuilt, x[:1], folder / "m.onnx")
+    return rebuilt, report, onnx_session(folder / "m.onnx", threads=1)
+
+
+def test_layers_whose_outputs_the_model_quantizes_run_int8_kernels(compressed):
+    _, report, session = compressed
+    kernels = {name: layer["kernel"] for name, layer in report.layers.items()}
+    # conv1 feeds conv2 through BN and ReLU; mid feeds expand through BN and ReLU6: both fuse.
+    assert kernels["block.conv1"] == kernels["mid.0"] == "int8"
+    # conv2 flows into the residual Add, expand into the mean, the head into the output.
+    assert kernels["block.conv2"] == kernels["expand"] == "fp32"
+    assert session.kernels["int8"] == list(kernels.values()).count("int8") == 2
+    assert session.metadata["layers"] == report.layers
+
+
+def test_the_file_computes_what_the_model_computes(compressed):
+    model, _, session = compressed
+    x = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(x)
+    ran = session.module()(x)
+    assert (ran.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.95
+    # The int8 kernels accumulate in integers: an output level apart at most, here and there.
+    assert (ran - expected).abs().max() < 0.05 * expected.abs().max()
