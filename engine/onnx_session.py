@@ -41,6 +41,7 @@ KERNEL_CLASSES = {
     "int8": (
         "QLinearConv",
         "QLinearMatMul",
+        "QGemm",
         "ConvInteger",
         "MatMulInteger",
         "DynamicQuantizeMatMul",
