@@ -67,6 +67,7 @@ __all__ = [
     "export",
     "freeze_",
     "load",
+    "metadata_document",
     "read_metadata",
 ]
 
@@ -288,7 +289,7 @@ def read_metadata(path: str | Path) -> dict:
     """
     from safetensors import safe_open
 
-    from search_spaces.input_file import InputFileError, check_input_file, parse_json
+    from search_spaces.input_file import InputFileError, check_input_file
 
     try:
         path = check_input_file(path, "model file")
@@ -301,12 +302,7 @@ def read_metadata(path: str | Path) -> dict:
         raise ExportError(f"{path} is not a readable safetensors file ({error})") from None
     if raw is None:
         raise ExportError(f"{path} is a safetensors file but not a compplan model (no metadata)")
-    try:
-        meta = parse_json(raw)
-    except InputFileError:
-        meta = None
-    if not isinstance(meta, dict):
-        raise ExportError(f"{path}: its compplan metadata is damaged")
+    meta = metadata_document(raw, path)
     if meta.get("format") != FORMAT or not _is_int(meta.get("version")):
         raise ExportError(f"{path}: not a compplan model file (format {meta.get('format')!r})")
     if meta["version"] > FORMAT_VERSION:
@@ -322,6 +318,23 @@ def read_metadata(path: str | Path) -> dict:
     if missing:
         raise ExportError(f"{path}: its compplan metadata is damaged (missing {sorted(missing)})")
     _input_shape(meta, f"{path} is damaged")  # every reader builds inputs of it: bounded first
+    return meta
+
+
+def metadata_document(raw: str, path: str | Path) -> dict:
+    """The JSON object a file's compplan metadata holds (within the input limits).
+
+    Raises:
+        ExportError: it is not a JSON object.
+    """
+    from search_spaces.input_file import InputFileError, parse_json
+
+    try:
+        meta = parse_json(raw)
+    except InputFileError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise ExportError(f"{path}: its compplan metadata is damaged")
     return meta
 
 

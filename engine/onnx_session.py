@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from engine.export import ExportError
+from engine.export import ExportError, metadata_document
 
 __all__ = ["KERNEL_CLASSES", "OnnxModule", "OnnxSession", "onnx_session", "read_onnx_metadata"]
 
@@ -99,7 +99,7 @@ def read_onnx_metadata(path: str | Path) -> dict:
     """
     import onnx
 
-    from search_spaces.input_file import InputFileError, check_input_file, parse_json
+    from search_spaces.input_file import InputFileError, check_input_file
 
     try:
         path = check_input_file(path, "model file")
@@ -111,13 +111,7 @@ def read_onnx_metadata(path: str | Path) -> dict:
     raw = next((p.value for p in model.metadata_props if p.key == "compplan"), None)
     if raw is None:
         return {}
-    try:
-        meta = parse_json(raw)
-    except InputFileError:
-        meta = None
-    if not isinstance(meta, dict):
-        raise ExportError(f"{path}: its compplan metadata is damaged")
-    return meta
+    return metadata_document(raw, path)
 
 
 def onnx_session(path: str | Path, *, threads: int | None = None) -> OnnxSession:

@@ -91,10 +91,24 @@ def measure_plan_latency(
             model, example_inputs, plan, inputs, graph=graph, threads=threads, blocks=blocks,
             calls=calls, rounds=rounds, min_time_ms=min_time_ms,
         )  # fmt: skip
+
+    def fresh_pair():
+        return (
+            deployed_structure(model, plan, example_inputs, graph=graph),
+            deployed_structure(model, Plan(layers={}), example_inputs, graph=graph),
+        )
+
+    return _measured_in_rounds(fresh_pair, inputs, threads, blocks, calls, rounds, min_time_ms)
+
+
+def _measured_in_rounds(
+    fresh_pair, inputs, threads: int, blocks: int, calls: int, rounds: int, min_time_ms: float
+) -> RelativeTiming:
+    """`blocks` blocks split over `rounds` rounds, each timing a pair (plan, uncompressed) that
+    `fresh_pair()` builds afresh, combined into one timing."""
     parts = []
     for r in range(rounds):
-        compressed = deployed_structure(model, plan, example_inputs, graph=graph)
-        original = deployed_structure(model, Plan(layers={}), example_inputs, graph=graph)
+        compressed, original = fresh_pair()
         share = blocks // rounds + (r < blocks % rounds)
         parts.append(
             measure_relative(
@@ -140,21 +154,11 @@ def _measure_on_onnxruntime(
             planned_int8_layers_(structure)  # written as the applied model's file writes them
             files[side] = Path(scratch) / f"{side}.onnx"
             export_onnx(structure, inputs, files[side], dynamic_batch=False)
-        parts = []
-        for r in range(rounds):
-            compressed = onnx_session(files["plan"], threads=threads).module()
-            original = onnx_session(files["uncompressed"], threads=threads).module()
-            share = blocks // rounds + (r < blocks % rounds)
-            parts.append(
-                measure_relative(
-                    compressed,
-                    original,
-                    inputs,
-                    blocks=share,
-                    calls=calls,
-                    threads=threads,
-                    min_blocks=1,
-                    min_time_ms=min_time_ms / rounds,
-                )
+
+        def fresh_pair():
+            return (
+                onnx_session(files["plan"], threads=threads).module(),
+                onnx_session(files["uncompressed"], threads=threads).module(),
             )
-    return RelativeTiming.combine(parts)
+
+        return _measured_in_rounds(fresh_pair, inputs, threads, blocks, calls, rounds, min_time_ms)
