@@ -130,7 +130,7 @@ class Planner:
             task = resolve_task(config.task, model, distill=config.real.distill)
         self.task = task
         # What fails fast is checked before the problem's minutes of set-up on a large model.
-        self.real = self._real(model, example_inputs)  # the real objective needs data
+        self.real = _real_objective(self.config, self.task, model, example_inputs)
         self.storage = None
         if config.backend == "ray" and config.ray.address is not None:
             check_address(config.ray.address)
@@ -352,28 +352,33 @@ class Planner:
             pareto=self.config.pareto,
         )
 
-    def _real(self, model: nn.Module, example_inputs):
-        """The real objective the config asks for (None for the proxy)."""
-        if self.config.objective != "real":
-            return None
-        if self.task is None:
-            raise PlannerError(
-                f"the real objective needs data, and {self.config.model_spec or 'the model'} "
-                "has no task of its own: give --task SPEC, --data FILE (inputs and labels) or "
-                "--inputs FILE (inputs only), or use --objective proxy"
-            )
-        from planner.real import RealObjective
 
-        real = self.config.real
-        return RealObjective(
-            model,
-            example_inputs,
-            self.task,
-            epochs=real.epochs,
-            lr=real.lr,
-            distill=real.distill,
-            seed=self.config.seed,
+def _real_objective(config: SearchConfig, task, model: nn.Module, example_inputs):
+    """The real objective `config` asks for (None for the proxy).
+
+    Raises:
+        PlannerError: the real objective without a task.
+    """
+    if config.objective != "real":
+        return None
+    if task is None:
+        raise PlannerError(
+            f"the real objective needs data, and {config.model_spec or 'the model'} "
+            "has no task of its own: give --task SPEC, --data FILE (inputs and labels) or "
+            "--inputs FILE (inputs only), or use --objective proxy"
         )
+    from planner.real import RealObjective
+
+    real = config.real
+    return RealObjective(
+        model,
+        example_inputs,
+        task,
+        epochs=real.epochs,
+        lr=real.lr,
+        distill=real.distill,
+        seed=config.seed,
+    )
 
 
 def _latency_predictor(latency, config: SearchConfig):
