@@ -83,3 +83,24 @@ def test_the_file_computes_what_the_model_computes(compressed):
     assert (ran.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.95
     # The int8 kernels accumulate in integers: an output level apart at most, here and there.
     assert (ran - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+def test_a_layer_planned_for_int8_that_runs_fp32_is_named_in_a_warning(
+    compressed, tmp_path, caplog
+):
+    import json
+
+    import onnx
+
+    _, report, _ = compressed
+    model = onnx.load(str(report.path))
+    entry = next(p for p in model.metadata_props if p.key == "compplan")
+    meta = json.loads(entry.value)
+    meta["layers"]["block.conv2"]["kernel"] = "int8"  # a residual's conv: ORT runs it in fp32
+    entry.value = json.dumps(meta)
+    onnx.save(model, str(tmp_path / "edited.onnx"))
+    with caplog.at_level("WARNING", logger="compplan"):
+        session = onnx_session(tmp_path / "edited.onnx")
+    assert session.kernels["int8"] == 2
+    assert "1 of the 3 layers planned for int8 kernels run in fp32" in caplog.text
+    assert "block.conv2" in caplog.text
