@@ -57,6 +57,25 @@ _FIT_BLOCK = 1 << 18
 # Activation calibration: clip-range fractions tried, and the sample size it looks at.
 _RANGE_FRACTIONS = torch.linspace(0.05, 1.0, 39)
 _CALIBRATION_SAMPLES = 1 << 20
+
+
+def calibration_sample(x: Tensor) -> Tensor:
+    """The activations a quantizer calibrates on: `x` flattened to float32 on the CPU, at most
+    2**20 of its elements drawn with a fixed seed.
+
+    Raises:
+        ValueError: if `x` is empty or not finite.
+    """
+    sample = x.detach().reshape(-1).to(torch.float32).cpu()
+    if sample.numel() == 0 or not bool(torch.isfinite(sample).all()):
+        raise ValueError("init_from needs a non-empty batch of finite activations")
+    if sample.numel() > _CALIBRATION_SAMPLES:
+        generator = torch.Generator().manual_seed(0)
+        picks = torch.randint(sample.numel(), (_CALIBRATION_SAMPLES,), generator=generator)
+        sample = sample[picks]
+    return sample
+
+
 # Smallest interval length, relative to the initial one: keeps thresholds sorted and the
 # surrogate's slope 1/a_i finite (N2UQ floors its lengths at a fixed 1e-3 for the same reason).
 _MIN_LENGTH_FRACTION = 1e-3
@@ -281,13 +300,7 @@ class ActivationQuantizer(nn.Module):
         Raises:
             ValueError: if `x` is empty or not finite.
         """
-        sample = x.detach().reshape(-1).to(torch.float32).cpu()
-        if sample.numel() == 0 or not bool(torch.isfinite(sample).all()):
-            raise ValueError("init_from needs a non-empty batch of finite activations")
-        if sample.numel() > _CALIBRATION_SAMPLES:
-            generator = torch.Generator().manual_seed(0)
-            picks = torch.randint(sample.numel(), (_CALIBRATION_SAMPLES,), generator=generator)
-            sample = sample[picks]
+        sample = calibration_sample(x)
         low, high = float(sample.min()), float(sample.max())
         center = min(max(0.0, low), high)
         intervals = (1 << self.bits) - 1

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from search_spaces.errors import PlanError
 from search_spaces.methods._base import ActivationConfig, ActivationMethod
 from search_spaces.methods._registry import register_activation_method
-from search_spaces.methods.quantizers import _CALIBRATION_SAMPLES, _RANGE_FRACTIONS
+from search_spaces.methods.quantizers import _RANGE_FRACTIONS, calibration_sample
 
 __all__ = [
     "FixedUint8Quantizer",
@@ -80,14 +80,7 @@ class Uint8Quantizer(nn.Module):
         Raises:
             ValueError: if `x` is empty or not finite.
         """
-        sample = x.detach().reshape(-1).to(torch.float32).cpu()
-        if sample.numel() == 0 or not bool(torch.isfinite(sample).all()):
-            raise ValueError("init_from needs a non-empty batch of finite activations")
-        if sample.numel() > _CALIBRATION_SAMPLES:
-            generator = torch.Generator().manual_seed(0)
-            sample = sample[
-                torch.randint(sample.numel(), (_CALIBRATION_SAMPLES,), generator=generator)
-            ]
+        sample = calibration_sample(x)
         low, high = min(float(sample.min()), 0.0), max(float(sample.max()), 0.0)
         best = (math.inf, 1.0, 0)
         for fraction in _RANGE_FRACTIONS.tolist():
