@@ -394,7 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     what = (
         "Export a model written by `compplan apply` to ONNX, each layer in its planned form "
         "(VQ codes and codebooks, packed b-bit levels), for ONNX Runtime or any ONNX runtime: "
-        "the runtime decodes the weights once, at load."
+        "the runtime decodes the weights once, at load. Layers with 8-bit activations (act:8) "
+        "run as ONNX Runtime's int8 kernels where the model quantizes their outputs too; the "
+        "report says which."
     )
     text = "print the report (file, payload and predicted bytes, layers) as JSON"
     exporting = command("export", what, json=text, model=False)
