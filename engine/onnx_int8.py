@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from engine.layers import DenseWeight, FoldedBatchNorm, PlannedLayer, int8_weight
+from search_spaces.methods.uniform8 import quantize_dequantize
 
 __all__ = ["Int8Layer", "int8_layers_", "planned_int8_layers_"]
 
@@ -68,8 +69,6 @@ class Int8Layer(nn.Module):
         self.output = output
 
     def forward(self, x: Tensor) -> Tensor:
-        from search_spaces.methods.uniform8 import quantize_dequantize
-
         if self.act_quant is not None:
             x = self.act_quant(x)
         w, b = self.weight_source(), self.bias

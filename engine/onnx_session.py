@@ -114,12 +114,17 @@ def read_onnx_metadata(path: str | Path) -> dict:
     return metadata_document(raw, path)
 
 
-def onnx_session(path: str | Path, *, threads: int | None = None) -> OnnxSession:
+def onnx_session(
+    path: str | Path, *, threads: int | None = None, count_kernels: bool = True
+) -> OnnxSession:
     """An ONNX Runtime session on `path` with its kernels counted (module docstring).
 
     Args:
         path: an ONNX file (compplan's or any other).
         threads: intra-op threads (None: the runtime's default).
+        count_kernels: save and read back the optimized graph to count its kernels and check
+            them against the file's plan; False skips that load-time cost (`kernels` is {}),
+            for a file opened again and again, as a timing's rounds do.
 
     Raises:
         ExportError: onnxruntime is not installed, or the file is not a valid ONNX model.
@@ -138,7 +143,8 @@ def onnx_session(path: str | Path, *, threads: int | None = None) -> OnnxSession
         options.intra_op_num_threads = threads
     with tempfile.TemporaryDirectory(prefix="compplan-onnx-") as scratch:
         optimized = Path(scratch) / "optimized.onnx"
-        options.optimized_model_filepath = str(optimized)
+        if count_kernels:
+            options.optimized_model_filepath = str(optimized)
         try:
             session = onnxruntime.InferenceSession(
                 str(path), options, providers=["CPUExecutionProvider"]
@@ -146,8 +152,9 @@ def onnx_session(path: str | Path, *, threads: int | None = None) -> OnnxSession
         except Exception as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise ExportError(f"onnxruntime cannot load {path}: {first}") from None
-        kernels = _kernel_counts(optimized)
-    _check_kernels(path, metadata, kernels)
+        kernels = _kernel_counts(optimized) if count_kernels else {}
+    if count_kernels:
+        _check_kernels(path, metadata, kernels)
     return OnnxSession(session=session, metadata=metadata, kernels=kernels)
 
 
