@@ -124,3 +124,43 @@ def test_many_centroids_in_few_dimensions_take_the_tree_and_find_the_nearest():
     points, centroids = torch.randn(5000, 2, generator=generator), torch.randn(1024, 2)
     brute = torch.cdist(points.double(), centroids.double()).argmin(1)
     assert torch.equal(_nearest(points, centroids), brute)
+
+
+def _error(points, centroids, codes):
+    return float((points - centroids[codes]).square().sum())
+
+
+def test_scalars_take_the_one_dimensional_path_and_match_the_general_one():
+    # Two dimensions with a zero column are the same problem for the general path (unannealed:
+    # the two paths draw their noise differently).
+    generator = torch.Generator().manual_seed(0)
+    centers = torch.tensor([-3.0, -1.0, 0.5, 2.0, 4.0])
+    values = (centers[:, None] + 0.05 * torch.randn(5, 200, generator=generator)).reshape(-1, 1)
+    scalar_centroids, scalar_codes = kmeans(values, 5, seed=2, anneal=False)
+    padded = torch.cat([values, torch.zeros_like(values)], 1)
+    general_centroids, general_codes = kmeans(padded, 5, seed=2, anneal=False)
+    order = general_centroids[:, 0].argsort()
+    torch.testing.assert_close(scalar_centroids[:, 0], general_centroids[order, 0])
+    assert torch.equal(scalar_codes, order.argsort()[general_codes])
+
+
+def test_scalar_kmeans_ends_at_a_fixed_point_of_lloyd():
+    # Every code is the nearest centroid, and every centroid is the mean of its values.
+    values = torch.distributions.StudentT(4.0).sample((30_000, 1)) * 0.02
+    centroids, codes = kmeans(values, 256, seed=1)
+    assert centroids.shape == (256, 1) and codes.shape == (30_000,)
+    assert torch.equal(codes, torch.cdist(values.double(), centroids.double()).argmin(1))
+    counts = torch.bincount(codes, minlength=256)
+    means = torch.zeros(256).index_add_(0, codes, values[:, 0]) / counts.clamp(min=1)
+    used = counts > 0
+    torch.testing.assert_close(centroids[used, 0], means[used], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_scalar_kmeans_error_is_no_worse_than_the_general_path(seed):
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randn(8_000, 1, generator=generator) ** 3  # heavy-tailed, like weights
+    padded = torch.cat([values, torch.zeros_like(values)], 1)
+    scalar = _error(values, *kmeans(values, 64, seed=seed))
+    general = _error(padded, *kmeans(padded, 64, seed=seed))
+    assert scalar <= 1.01 * general
