@@ -15,6 +15,7 @@ touching `apply_plan_`.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -35,6 +36,10 @@ from search_spaces.plan import Plan, group_keeps, validate_plan
 __all__ = ["AppliedPlan", "ApplyConfig", "applied_plan_of", "apply_plan_"]
 
 logger = logging.getLogger("compplan")
+# Progress as lines, for a log where no bar is drawn (`planner.cli` turns it on there).
+progress_log = logging.getLogger("compplan.progress")
+# A layer whose compression takes this long is named in the progress log.
+_SLOW_LAYER_SECONDS = 2.0
 
 # Calibrating activation quantizers needs a few hundred examples, not a whole data set.
 _CALIBRATION_EXAMPLES = 256
@@ -168,11 +173,16 @@ def apply_plan_(
         if layer_plan.weights is None and layer_plan.activations is None:
             continue  # pruned or learning-rate-only: the layer stays an ordinary module
         module = model.get_submodule(name)
+        started = time.perf_counter()
         if layer_plan.weights is None:
             weight: nn.Module = DenseWeight(module.weight)
         else:
             unit = weight_method(layer_plan.method)
             weight = unit.build(module.weight, layer_plan.weights, settings)
+        seconds = time.perf_counter() - started
+        if seconds >= _SLOW_LAYER_SECONDS:
+            label = unit.label(layer_plan.weights) if layer_plan.weights is not None else "dense"
+            progress_log.info("applied %s (%s) in %.1f s", name, label, seconds)
         act_quant = None
         if layer_plan.activations is not None:
             act_unit = activation_method_of(layer_plan.activations)

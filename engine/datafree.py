@@ -26,6 +26,7 @@ import contextlib
 import logging
 import math
 import sys
+import time
 from collections.abc import Iterator
 
 import torch
@@ -35,6 +36,7 @@ from tqdm import tqdm
 __all__ = ["bn_statistics_loss", "synthesize_batches"]
 
 _log = logging.getLogger("compplan")
+_progress = logging.getLogger("compplan.progress")  # lines where no bar is drawn (planner.cli)
 
 _BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -194,7 +196,8 @@ def synthesize_batches(
     batches = []
     try:
         with _collecting(teacher) as terms:
-            for size in sizes:
+            for index, size in enumerate(sizes, 1):
+                started = time.perf_counter()
                 noise = torch.randn(size, *input_shape[1:], generator=generator)
                 x = noise.to(device).requires_grad_(True)
                 optimizer = torch.optim.Adam([x], lr=lr)
@@ -212,7 +215,14 @@ def synthesize_batches(
                     bar.update()
                     bar.set_postfix(loss=f"{value:.4f}", refresh=False)
                 batches.append(x.detach())
-                _log.debug("synthesize_batches: batch of %d, last loss %.5f", size, value)
+                _progress.info(
+                    "synthesized batch %d/%d (%d inputs, loss %.4f) in %.1f s",
+                    index,
+                    n_batches,
+                    size,
+                    value,
+                    time.perf_counter() - started,
+                )
     finally:
         bar.close()
     return torch.cat(batches)

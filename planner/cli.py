@@ -36,6 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLineFormatter("compplan: %(message)s"))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
+    if not _progress_shown(args):  # no bar: long stages say where the time goes in lines
+        logging.getLogger("compplan.progress").setLevel(logging.INFO)
     from engine.export import ExportError
     from engine.task import TaskError
     from planner.compress import CompressionError

@@ -6,6 +6,7 @@ slow work."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import optuna
@@ -224,3 +225,25 @@ def test_a_worker_rebuilds_the_users_task_from_the_study(capsys, project, tmp_pa
     without = Planner(loaded.module, loaded.example_inputs, budget=budget, storage="memory")
     assert rebuilt.exact()["proxy"] == pytest.approx(with_task.exact()["proxy"])
     assert rebuilt.exact()["proxy"] != pytest.approx(without.exact()["proxy"])
+
+
+def test_apply_into_a_log_names_each_slow_layer_on_a_line(
+    capsys, caplog, monkeypatch, project, bits4, tmp_path
+):
+    # stderr here is no terminal, so no bar is drawn: the slow layers are lines instead.
+    import engine.apply
+
+    monkeypatch.setattr(engine.apply, "_SLOW_LAYER_SECONDS", 0.0)  # every layer counts as slow
+    progress = logging.getLogger("compplan.progress")
+    monkeypatch.setattr(progress, "level", logging.WARNING)  # the CLI must turn it on
+    model, out = f"{project['net']}:build", tmp_path / "m.cpz"
+    code, _, err = run(
+        capsys, "apply", "--model", model, "--data", project["data"], "--plan", bits4,
+        "--out", out, "--epochs", "0",
+    )  # fmt: skip
+    assert code == 0, err
+    lines = [r.getMessage() for r in caplog.records if r.name == "compplan.progress"]
+    planned = json.loads(bits4.read_text())["layers"]
+    assert len(lines) == len(planned), lines
+    line_form = r"applied \S+ \(bits \S+\) in \d+\.\d s"
+    assert all(re.fullmatch(line_form, line) for line in lines), lines
