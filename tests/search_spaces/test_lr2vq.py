@@ -164,3 +164,16 @@ def test_scalar_kmeans_error_is_no_worse_than_the_general_path(seed):
     scalar = _error(values, *kmeans(values, 64, seed=seed))
     general = _error(padded, *kmeans(padded, 64, seed=seed))
     assert scalar <= 1.01 * general
+
+
+def test_many_centroids_seed_from_a_coreset_that_keeps_the_error(monkeypatch):
+    # From k = 1024 up, k-means++ seeds from 16 points per centroid drawn as a lightweight
+    # coreset; the error stays that of seeding from every point (heavy tails included).
+    from search_spaces.methods import lr2vq as module
+
+    generator = torch.Generator().manual_seed(3)
+    points = torch.randn(40_000, 2, generator=generator) ** 3
+    coreset = _error(points, *kmeans(points, 1024, seed=0, iterations=10))
+    monkeypatch.setattr(module, "_CORESET_MIN_K", 1 << 30)  # seed from every point
+    seeded_from_all = _error(points, *kmeans(points, 1024, seed=0, iterations=10))
+    assert coreset <= 1.05 * seeded_from_all
