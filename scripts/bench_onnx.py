@@ -6,10 +6,10 @@ against the `.cpz`, the kernels that run.
 
 For each model (zoo:resnet18 and zoo:mobilenet_v2 at 1x3x224x224, zoo:mnist1d, zoo:minilm on
 token ids, and a model in a user's own file written to a temporary folder, `USER_MODEL`) and
-each plan (presets, and a plan searched with the proxy under a size budget, on the small models
-only: `SEARCHED_FOR`): the plan is applied (no fine-tuning; activation quantizers calibrated on
-the model's task inputs, or random ones), exported to `.cpz` (`engine.export`) and to ONNX
-(`planner.onnx_job.export_onnx_file`), and measured:
+each plan (presets, and a plan searched with the proxy under a size budget): the plan is
+applied (no fine-tuning; activation quantizers calibrated on the model's task inputs, or random
+ones), exported to `.cpz` (`engine.export`) and to ONNX (`planner.onnx_job.export_onnx_file`),
+and measured:
 - the ONNX file's bytes, its stored tensors and its planned weights against the size model's
   prediction;
 - its ORT latency as a ratio to the ORT fp32 file of the uncompressed model (1 thread, batch 1,
@@ -46,9 +46,6 @@ MODELS = ("zoo:resnet18", "zoo:mobilenet_v2", "zoo:mnist1d", "zoo:minilm", "user
 PLANS = ("pqf-small", "bits:4", "bits:8+act:8", "keep:0.5+bits:8+act:8", "searched")
 SEARCH_BUDGET = "x16"  # the searched plan: the proxy's best under this size budget
 SEARCH_TRIALS = 60
-# Searched plans pick VQ with many clusters on short subvectors, whose k-means takes a quarter
-# of an hour at ImageNet size (issue 40); they are applied on the small models only.
-SEARCHED_FOR = ("zoo:mnist1d", "user")
 USER_MODEL = '''
 """A user's image classifier (MBConv-like blocks), seeded weights."""
 import torch
@@ -195,9 +192,6 @@ def bench_model(spec_name: str, plans: list[str], repeats: int, folder: Path) ->
     for name in plans:
         row: dict = {}
         start = time.perf_counter()
-        if name == "searched" and spec_name not in SEARCHED_FOR:
-            result["plans"][name] = {"skipped": "a searched plan's k-means at this size: issue 40"}
-            continue
         try:
             plan = make_plan(name, spec, loaded, graph)
             model = copy.deepcopy(loaded.module)
