@@ -31,6 +31,7 @@ import argparse
 import copy
 import importlib.util
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -277,6 +278,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="5 largest VQ layers, 20 steps")
     args = parser.parse_args()
     args.synthesis = set(filter(None, args.synthesis.split(",")))
+    os.chdir(ROOT)  # the user's model file is named from the project's root
     torch.set_num_threads(1)
     before_kmeans = module_before("search_spaces/methods/lr2vq.py", "lr2vq_before")
     before_datafree = module_before("engine/datafree.py", "datafree_before")

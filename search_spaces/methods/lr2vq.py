@@ -12,7 +12,9 @@ centroid updates use the latents plus Gaussian noise whose std shrinks as (1 −
 lets centroids escape poor early assignments. As Faiss does (`max_points_per_centroid`), the
 codebook is fitted on at most 256·k points drawn at random from a large layer, and every point
 is then assigned to it: past a few hundred points per centroid more points move the centroids
-little, and this bounds a layer's clustering cost by k instead of by its size. Scalars (m = 1,
+little, and this bounds a layer's clustering cost by k instead of by its size. Each point's
+nearest centroid is found by Faiss's exact search (the only part of Faiss used: its k-means has
+no annealing and lost up to 5% of error on searched plans' layers). Scalars (m = 1,
 or d̃ = 1: what a searched plan's many-cluster VQ often is) take an exact one-dimensional path
 (`kmeans_1d`) that runs Lloyd on every value in O(k log n) an iteration.
 """
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -31,14 +32,6 @@ from search_spaces.methods.threads import one_thread
 
 __all__ = ["POINTS_PER_CENTROID", "VQResult", "decode", "kmeans", "lr2vq", "subvectors"]
 
-# Assignment computes a chunk × k distance matrix a chunk at a time; a small chunk keeps it in
-# cache (2 MiB at k = 256), which is twice as fast as one large matrix on this kind of CPU.
-_CHUNK = 2048
-# Many centroids in few dimensions (a searched plan's m = 2, k = 4096): a k-d tree finds each
-# point's nearest far faster than the n × k distance matrix (measured at n = 295K: 24× at d = 2,
-# k = 4096; 3× at d = 3, k = 1024), which wins with more dimensions or fewer centroids.
-_TREE_MAX_DIM = 4
-_TREE_MIN_K = 512
 # Points the codebook is fitted on, per centroid (Faiss's default `max_points_per_centroid`).
 POINTS_PER_CENTROID = 256
 # k-means++ costs n·k distances, up to 256·k² on the fitting sample: from this k up, it seeds from a
@@ -46,9 +39,13 @@ POINTS_PER_CENTROID = 256
 # on heavy-tailed 2-vectors (a uniform draw of as many points lost 40% there).
 _CORESET_MIN_K = 1024
 _CORESET_POINTS_PER_CENTROID = 16
-# Scalars (m = 1 or d̃ = 1) run Lloyd in O(k log n) an iteration, so a second k-means++ start costs
-# little and avoids the rare poor local optimum (one start lost up to 3% of error to the old path).
+# Scalars (m = 1 or d̃ = 1) run Lloyd in O(k log n) an iteration, so more k-means++ starts cost
+# little and avoid the poor local optima one start can fall in: two starts, and eight in a layer
+# of at most `_SMALL_SCALARS` values, where a cluster holds few values and a start's optimum varies
+# most (two starts there lost up to 3.5% of error to the general path; eight, none).
 _SCALAR_STARTS = 2
+_SMALL_SCALAR_STARTS = 8
+_SMALL_SCALARS = 65_536
 # Initial noise std of the annealed updates, as a share of the latents' per-dimension std.
 _ANNEAL_NOISE = 0.2
 
@@ -92,22 +89,21 @@ def decode(
 
 
 def _nearest(points: Tensor, centroids: Tensor) -> Tensor:
-    k, d = centroids.shape
-    if d <= _TREE_MAX_DIM and k >= _TREE_MIN_K:
-        from scipy.spatial import cKDTree
+    """Each point's nearest centroid's index (an exact search; of near-equal distances, either),
+    by Faiss's flat L2 index on one OpenMP thread, as all of k-means runs (`threads`): its kernels
+    for few dimensions beat a chunked distance matrix and a k-d tree on every (points, k) a
+    searched plan gives (scripts/bench_kmeans_faiss.py)."""
+    import faiss  # imported here: only k-means needs it, and it loads its own OpenMP runtime
 
-        _, codes = cKDTree(centroids.double().numpy()).query(points.double().numpy(), k=1)
-        return torch.from_numpy(np.asarray(codes, dtype=np.int64))
-    codes = torch.empty(points.shape[0], dtype=torch.int64)
-    c_sq = (centroids * centroids).sum(1)[None, :]
-    centroids_t = centroids.T.contiguous()
-    for start in range(0, points.shape[0], _CHUNK):
-        chunk = points[start : start + _CHUNK]
-        # ‖p − c‖² = ‖p‖² − 2p·c + ‖c‖²; ‖p‖² is the same for every c and can be dropped.
-        distances = torch.addmm(c_sq, chunk, centroids_t, alpha=-2.0)
-        # min(1).indices, not argmin(1): the same index (the first of equals), twice as fast.
-        codes[start : start + _CHUNK] = distances.min(1).indices
-    return codes
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(centroids.detach().float().contiguous().numpy())
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        _, codes = index.search(points.detach().float().contiguous().numpy(), 1)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return torch.from_numpy(codes[:, 0])
 
 
 def _kmeans_plus_plus(
@@ -235,12 +231,14 @@ def _kmeans_scalars(
     anneal: bool,
     generator: torch.Generator,
 ) -> tuple[Tensor, Tensor]:
-    """k-means of (n,) scalars by `kmeans_1d.lloyd_1d` on all of them, from the better of
-    `_SCALAR_STARTS` k-means++ seedings drawn on `sample` ((s, 1), a draw of the values; in one
-    dimension, seeding on fewer points costs error that Lloyd does not win back)."""
+    """k-means of (n,) scalars by `kmeans_1d.lloyd_1d` on all of them, from the best of
+    `_SCALAR_STARTS` (`_SMALL_SCALAR_STARTS` in a small layer) k-means++ seedings drawn on
+    `sample` ((s, 1), a draw of the values; in one dimension, seeding on fewer points costs error
+    that Lloyd does not win back)."""
     noise = _ANNEAL_NOISE * float(sample.std()) if anneal and sample.shape[0] > 1 else None
     best = None
-    for _ in range(_SCALAR_STARTS):
+    starts = _SMALL_SCALAR_STARTS if values.shape[0] <= _SMALL_SCALARS else _SCALAR_STARTS
+    for _ in range(starts):
         seeds = _kmeans_plus_plus(sample, k, generator)[:, 0]
         centroids, codes = lloyd_1d(
             values, seeds, iterations=iterations, noise_std=noise, generator=generator

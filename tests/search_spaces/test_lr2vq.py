@@ -116,14 +116,21 @@ def test_kmeans_runs_on_one_thread_and_gives_the_callers_back():
         torch.set_num_threads(original)
 
 
-def test_many_centroids_in_few_dimensions_take_the_tree_and_find_the_nearest():
-    # m = 2, k = 4096 is a plan the search picks; the k-d tree must give the brute force's codes.
+@pytest.mark.parametrize(("dims", "k"), [(2, 1024), (4, 2048), (8, 256)])
+def test_each_point_goes_to_its_nearest_centroid(dims, k):
+    # m = 2, k = 4096 and the like are plans the search picks; Faiss's search must be exact (of
+    # two centroids at distances equal to float rounding, either may be picked).
     from search_spaces.methods.lr2vq import _nearest
 
-    generator = torch.Generator().manual_seed(0)
-    points, centroids = torch.randn(5000, 2, generator=generator), torch.randn(1024, 2)
-    brute = torch.cdist(points.double(), centroids.double()).argmin(1)
-    assert torch.equal(_nearest(points, centroids), brute)
+    generator = torch.Generator().manual_seed(dims)
+    points = torch.randn(5000, dims, generator=generator)
+    centroids = torch.randn(k, dims, generator=generator)
+    distances = torch.cdist(points.double(), centroids.double()).square()
+    codes = _nearest(points, centroids)
+    assert codes.dtype == torch.int64 and codes.shape == (5000,)
+    chosen = distances.gather(1, codes[:, None])[:, 0]
+    assert torch.allclose(chosen, distances.min(1).values, rtol=1e-5, atol=1e-6)
+    assert (codes == distances.argmin(1)).float().mean() > 0.999
 
 
 def _error(points, centroids, codes):
