@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Stop a cluster started by scripts/cluster_up.sh: each node's process group, by the ids it
-# recorded in DIR/*.pid (SIGTERM, then SIGKILL after 20 s). Other Ray processes on the machine are
-# left alone.
+# recorded in DIR/*.pid (SIGTERM, then SIGKILL after GRACE seconds). Other Ray processes on the
+# machine are left alone.
 #
-#   scripts/cluster_down.sh [DIR=.cluster]
+#   scripts/cluster_down.sh [DIR=.cluster] [GRACE=20]
 set -uo pipefail
 DIR="${1:-.cluster}"
+GRACE="${2:-20}"
 shopt -s nullglob
 pids=()
 for file in "$DIR"/worker*.pid "$DIR"/head.pid; do
@@ -16,7 +17,7 @@ if [ ${#pids[@]} -eq 0 ]; then
     exit 0
 fi
 for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null; done
-for _ in $(seq 1 20); do
+for _ in $(seq 1 "$GRACE"); do
     alive=0
     for pid in "${pids[@]}"; do
         if kill -0 -- "-$pid" 2>/dev/null; then alive=1; fi

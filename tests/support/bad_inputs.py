@@ -625,7 +625,9 @@ def make_records(runner: ForkRunner, tmp: Path) -> None:
     compplan(
         runner,
         tmp,
-        "profile --model zoo:digits --samples 3 --no-layers --processes 0 --out r.csv",
+        # Records to break, not to trust: the shortest protocol that writes them.
+        "profile --model zoo:digits --samples 3 --no-layers --processes 0 --no-structured "
+        "--min-time-ms 0 --blocks 4 --rounds 1 --out r.csv",
     )
     compplan(runner, tmp, "fit-latency r.csv --kind flops --holdout 0 --out pred.json")
     import pandas as pd
