@@ -6,7 +6,8 @@ against the `.cpz`, the kernels that run.
 
 For each model (zoo:resnet18 and zoo:mobilenet_v2 at 1x3x224x224, zoo:mnist1d, zoo:minilm on
 token ids, and a model in a user's own file written to a temporary folder, `USER_MODEL`) and
-each plan (presets, and a plan searched with the proxy under a size budget): the plan is
+each plan (presets, and a plan searched with the proxy under a size budget, with every layer
+searchable where the protected ends alone exceed it): the plan is
 applied (no fine-tuning; activation quantizers calibrated on the model's task inputs, or random
 ones), exported to `.cpz` (`engine.export`) and to ONNX (`planner.onnx_job.export_onnx_file`),
 and measured:
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime
 import json
 import platform
@@ -127,14 +129,19 @@ def make_plan(name: str, spec: str, loaded, graph):
 
     if name != "searched":
         return make_preset(graph, name, model=spec)
-    from planner.budgets import parse_size
+    from planner.budgets import BudgetError, parse_size
     from planner.config import SearchConfig
     from planner.search import Planner
     from search_spaces import Budget
 
     size = parse_size(SEARCH_BUDGET, graph.baseline_bits / 8)
     config = SearchConfig(model_spec=spec, budget=Budget(size_bytes=size), storage="memory", seed=0)
-    planner = Planner(loaded.module, loaded.example_inputs, config, graph=graph)
+    try:
+        planner = Planner(loaded.module, loaded.example_inputs, config, graph=graph)
+    except BudgetError as error:  # the protected ends alone exceed it: free them, as it advises
+        print(f"  searched: {error}; searching with --protect-ends no", flush=True)
+        config = dataclasses.replace(config, protect_ends=False)
+        planner = Planner(loaded.module, loaded.example_inputs, config, graph=graph)
     return planner.run(SEARCH_TRIALS).plan
 
 
