@@ -14,7 +14,7 @@ codebook is fitted on at most 256·k points drawn at random from a large layer, 
 is then assigned to it: past a few hundred points per centroid more points move the centroids
 little, and this bounds a layer's clustering cost by k instead of by its size. Each point's
 nearest centroid is found by Faiss's exact search (the only part of Faiss used: its k-means has
-no annealing and lost up to 5% of error on searched plans' layers). Scalars (m = 1,
+no annealing and lost up to 18% of error on searched plans' layers). Scalars (m = 1,
 or d̃ = 1: what a searched plan's many-cluster VQ often is) take an exact one-dimensional path
 (`kmeans_1d`) that runs Lloyd on every value in O(k log n) an iteration.
 """
