@@ -35,6 +35,8 @@ __all__ = [
 
 
 MAX_INPUT_ELEMENTS = 2**28  # 1 GiB of float32: far past any model's example input
+# Seeds the random example input of a model whose spec makes none (a file.py:callable, say).
+_EXAMPLE_SEED = 0
 
 
 class ModelSpecError(ValueError):
@@ -140,8 +142,12 @@ def load_model(
             f"'{spec}' needs --input-shape (for example --input-shape 1,3,224,224), or "
             "--inputs FILE with example inputs (token ids, say)"
         )
-    # A zoo model of token ids makes ids inside its vocabulary; other models take random floats.
-    example = make_input(shape) if make_input is not None else torch.randn(*shape)
+    # A zoo model of token ids makes ids inside its vocabulary; other models take random floats,
+    # seeded: the search's layer sensitivities, and so its plan, are then the same every run.
+    if make_input is not None:
+        example = make_input(shape)
+    else:
+        example = torch.randn(*shape, generator=torch.Generator().manual_seed(_EXAMPLE_SEED))
     return LoadedModel(spec=spec, module=module, example_inputs=(example,), task=task)
 
 

@@ -45,3 +45,20 @@ def test_input_shapes_past_the_element_cap_are_refused_before_allocating():
     with pytest.raises(ModelSpecError, match="elements"):
         parse_shape("100000,100000,100000")
     assert parse_shape("1,3,224,224") == (1, 3, 224, 224)
+
+
+def test_a_model_files_example_input_is_the_same_in_every_run(folder):
+    # The search's sensitivities run on it: an input drawn from the global RNG gave a seeded
+    # search another plan in every process.
+    import torch
+
+    (folder / "small.py").write_text(
+        "from torch import nn\n\ndef build():\n    return nn.Linear(4, 2)\n"
+    )
+    drawn = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        drawn.append(load_model("small.py:build", input_shape="2,4").example_inputs[0])
+    assert drawn[0].shape == (2, 4) and drawn[0].dtype == torch.float32
+    assert torch.equal(drawn[0], drawn[1])
+    assert drawn[0].std() > 0.5  # still random-looking floats, not a constant
