@@ -7,9 +7,14 @@
 set -uo pipefail
 DIR="${1:-.cluster}"
 GRACE="${2:-20}"
+if ! [[ "$GRACE" =~ ^[0-9]+$ ]]; then
+    echo "cluster_down: GRACE must be whole seconds (for example 20), not '$GRACE'" >&2
+    exit 2
+fi
 shopt -s nullglob
 pids=()
 for file in "$DIR"/worker*.pid "$DIR"/head.pid; do
+    [ -f "$file" ] || continue  # head.pid is no glob: nullglob keeps it where it is missing
     pids+=("$(cat "$file")")
 done
 if [ ${#pids[@]} -eq 0 ]; then
