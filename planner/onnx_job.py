@@ -81,8 +81,11 @@ def onnx_structure_check(path: str | Path, meta: dict, model_spec: str) -> None:
 
     recorded = meta.get("fingerprint")
     loaded = load_model(model_spec, input_shape=meta.get("input_shape"), pretrained=False)
+    # Traced on inputs of the recorded shape and dtype, as the export was: load_model's own are
+    # floats, which a model of token ids cannot take.
+    inputs = example_inputs(meta, f"{path} is damaged")
     try:
-        graph = discover(loaded.module, loaded.example_inputs, model_name=model_spec)
+        graph = discover(loaded.module, inputs, model_name=model_spec)
     except DiscoveryError:
         graph = None  # it does not even take the file's inputs
     if graph is None or recorded != graph.fingerprint:

@@ -96,6 +96,27 @@ def test_eval_refuses_an_onnx_file_of_another_model(project, capsys, tmp_path):
     assert code == 2 and err.count("\n") == 1 and "another model" in err, err
 
 
+def test_eval_checks_a_token_id_models_onnx_file_against_its_own_spec(project, capsys):
+    # The structure check traces the model named by --model: on float inputs a token-id model
+    # failed to run, and its own file was refused as "another model".
+    folder, files, _ = project
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        spec = ["--model", "encoder.py:build", "--inputs", files["ids"]]
+        assert _run(capsys, "preset", *spec, "--preset", "bits:8", "--out", "enc.json")[0] == 0
+        assert _run(capsys, "apply", *spec, "--plan", "enc.json", "--epochs", "0",
+                    "--out", "enc.cpz")[0] == 0  # fmt: skip
+        assert _run(capsys, "export", "enc.cpz", "--out", "enc.onnx", "--trust-specs")[0] == 0
+        code, out, err = _run(capsys, "eval", "enc.onnx", *spec, "--json")
+    finally:
+        os.chdir(cwd)
+    assert code == 0, err
+    import json
+
+    assert json.loads(out)["score"] > 0.99  # 8-bit weights keep the encoder's outputs
+
+
 def test_a_kind_without_an_onnx_form_is_named_with_its_layer(project, capsys, tmp_path):
     from search_spaces.methods import weight_method
 
