@@ -11,7 +11,8 @@ only pruned, or only has quantized inputs. The layer records which units made th
 A layer whose input quantizer is ONNX's QuantizeLinear (`ActivationMethod.int8_kernel`) runs an
 int8 kernel on ONNX Runtime, so it computes here what that kernel computes: its weight (whatever
 kind decoded it) requantized to int8 per output channel, scale max|W_c| / 127, zero point 0
-(`int8_weight`).
+(`int8_weight`); a Linear's bias on the int32 grid of the kernel's accumulator (`int32_bias`), as
+ONNX Runtime's QGemm adds it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ from torch import Tensor, nn
 
 from search_spaces.methods import ActivationConfig, activation_method_of
 
-__all__ = ["DenseWeight", "FoldedBatchNorm", "PlannedLayer", "int8_weight", "plain_layer"]
+__all__ = [
+    "DenseWeight",
+    "FoldedBatchNorm",
+    "PlannedLayer",
+    "int8_scale",
+    "int8_weight",
+    "int32_bias",
+    "plain_layer",
+]
 
 
 class DenseWeight(nn.Module):
@@ -130,12 +139,21 @@ class PlannedLayer(nn.Module):
         w = self.weight_source()
         return int8_weight(w) if self.int8 else w
 
+    def kernel_bias(self, weight: Tensor | None = None) -> Tensor | None:
+        """The bias the layer's kernel adds: an int8 Linear's on its accumulator's int32 grid
+        (`int32_bias`; `weight`: the decoded weight, if already at hand)."""
+        if self.bias is None or not (self.int8 and self.kind == "linear"):
+            return self.bias
+        weight = self.weight_source() if weight is None else weight
+        return int32_bias(self.bias, float(self.act_quant.scale), weight)
+
     def forward(self, x: Tensor) -> Tensor:
         if self.act_quant is not None:
             x = self.act_quant(x)
-        w = self.kernel_weight()
+        decoded = self.weight_source()
+        w = int8_weight(decoded) if self.int8 else decoded
         if self.kind == "linear":
-            return F.linear(x, w, self.bias)
+            return F.linear(x, w, self.kernel_bias(decoded))
         if self.kind == "embedding":
             return F.embedding(x, w, **self.geometry)
         conv = F.conv2d if self.kind == "conv2d" else F.conv1d
@@ -149,14 +167,38 @@ def int8_weight(weight: Tensor) -> Tensor:
     """`weight` through int8 per output channel (symmetric: scale max|W_c| / 127, zero point
     0), as ONNX's QuantizeLinear / DequantizeLinear on axis 0 (which the torch exporter writes for
     these ops, and the runtime folds at load); with a straight-through gradient when training."""
-    peak = weight.detach().abs().reshape(weight.shape[0], -1).amax(1)
-    scale = torch.where(peak > 0, peak / 127, torch.ones_like(peak))
-    zero = torch.zeros_like(scale, dtype=torch.int32)
+    scale = int8_scale(weight.detach())
+    zero = _zero_points(scale)
     if torch.is_grad_enabled() and weight.requires_grad:
-        return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -128, 127)
+        return torch.fake_quantize_per_channel_affine(weight, scale, zero.int(), 0, -128, 127)
     ops = torch.ops.quantized_decomposed
-    q = ops.quantize_per_channel(weight, scale, zero.long(), 0, -128, 127, torch.int8)
-    return ops.dequantize_per_channel(q, scale, zero.long(), 0, -128, 127, torch.int8)
+    q = ops.quantize_per_channel(weight, scale, zero, 0, -128, 127, torch.int8)
+    return ops.dequantize_per_channel(q, scale, zero, 0, -128, 127, torch.int8)
+
+
+def int8_scale(weight: Tensor) -> Tensor:
+    """The per-output-channel scale of `int8_weight`: max|W_c| / 127 (1 for an all-zero row)."""
+    peak = weight.abs().reshape(weight.shape[0], -1).amax(1)
+    return torch.where(peak > 0, peak / 127, 1.0)
+
+
+def _zero_points(scale: Tensor) -> Tensor:
+    """Zero points (0) per channel, computed from `scale`: the torch exporter would store
+    `zeros_like` as a tensor in the file, where this leaves the runtime to fold it at load."""
+    return (scale * 0).long()
+
+
+def int32_bias(bias: Tensor, input_scale: float, weight: Tensor) -> Tensor:
+    """`bias` rounded to multiples of `input_scale` times `int8_scale(weight)` per channel: the
+    int32 bias of an int8 kernel, written as ONNX's DequantizeLinear of int32 levels (which ONNX
+    Runtime needs to fuse a Gemm into QGemm); with a straight-through gradient when training."""
+    scale = int8_scale(weight.detach()) * input_scale
+    if torch.is_grad_enabled() and bias.requires_grad:
+        return bias + (torch.round(bias / scale) * scale - bias).detach()
+    levels = torch.round(bias / scale).to(torch.int32)
+    ops = torch.ops.quantized_decomposed
+    zero = _zero_points(scale)
+    return ops.dequantize_per_channel(levels, scale, zero, 0, -(2**31), 2**31 - 1, torch.int32)
 
 
 def plain_layer(layer: PlannedLayer) -> nn.Module:
@@ -164,6 +206,7 @@ def plain_layer(layer: PlannedLayer) -> nn.Module:
     layer's requantized, as its kernel computes)."""
     with torch.no_grad():
         weight = layer.kernel_weight().detach().clone()
+        kernel_bias = layer.kernel_bias()
     bias = layer.bias is not None
     if layer.kind == "embedding":
         plain: nn.Module = nn.Embedding(*weight.shape, **layer.geometry)
@@ -185,7 +228,7 @@ def plain_layer(layer: PlannedLayer) -> nn.Module:
     with torch.no_grad():
         plain.weight.copy_(weight)
         if bias:
-            plain.bias.copy_(layer.bias)
+            plain.bias.copy_(kernel_bias)
     return plain.to(weight.device)
 
 

@@ -9,9 +9,12 @@ already quantizes that very tensor, with the same scale and zero point: when the
 after its BatchNorm (merged into the weight and bias, as the kernel needs) and a ReLU or ReLU6,
 is read only by int8 layers whose input quantizers agree. Then the file computes what compplan's
 model computes (a quantizer placed before a ReLU gives the same levels as after it), up to the
-kernel's integer rounding. An int8 layer whose output flows elsewhere (a residual Add, a
-pooling, the model's output) keeps its int8 weight as constants the runtime folds at load, and
-runs in fp32 behind its input quantizer.
+kernel's integer rounding. A Linear needs no quantized output: written as a Gemm over the
+flattened batch, reading DequantizeLinear(x), DequantizeLinear(int8 weight) and
+DequantizeLinear(int32 bias) (`engine.layers.int32_bias`), it runs as QGemm with a float output.
+A convolution whose output flows elsewhere (a residual Add, a pooling, the model's output) keeps
+its int8 weight as constants the runtime folds at load, and runs in fp32 behind its input
+quantizer (ONNX Runtime has no fast int8 convolution with a float output).
 
 `int8_layers_(form)` rewrites an ONNX form in place and returns each planned layer's kernel
 class ("int8" or "fp32"). It follows readers through a `torch.fx` trace; where the model cannot
@@ -28,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from engine.layers import DenseWeight, FoldedBatchNorm, PlannedLayer, int8_weight
+from engine.layers import DenseWeight, FoldedBatchNorm, PlannedLayer, int8_weight, int32_bias
 from search_spaces.methods.uniform8 import quantize_dequantize
 
 __all__ = ["Int8Layer", "int8_layers_", "planned_int8_layers_"]
@@ -75,10 +78,13 @@ class Int8Layer(nn.Module):
         if self.post_scale is not None:  # conv(x)·s + t as one convolution
             w = w * self.post_scale.view((-1,) + (1,) * (w.dim() - 1))
             b = self.post_shift if b is None else b * self.post_scale + self.post_shift
-        w = int8_weight(w) if self.output is not None else _int8_folded(w)
         if self.kind == "linear":
-            y = F.linear(x, w, b)
+            if b is not None:
+                b = int32_bias(b, float(self.act_quant.scale), w)
+            rows = x.reshape(-1, x.shape[-1])  # a Gemm: what ONNX Runtime fuses into QGemm
+            y = F.linear(rows, int8_weight(w), b).reshape(*x.shape[:-1], w.shape[0])
         else:
+            w = int8_weight(w) if self.output is not None else _int8_folded(w)
             y = (F.conv2d if self.kind == "conv2d" else F.conv1d)(x, w, b, **self.geometry)
         return y if self.output is None else quantize_dequantize(y, *self.output)
 
@@ -87,7 +93,7 @@ def _int8_folded(weight: Tensor) -> Tensor:
     """`int8_weight(weight)` in operators a runtime folds at load (Div, Round, Clip, Mul), where
     a DequantizeLinear would run on every call."""
     peak = weight.abs().reshape(weight.shape[0], -1).amax(1)
-    scale = torch.where(peak > 0, peak / 127, torch.ones_like(peak))
+    scale = torch.where(peak > 0, peak / 127, 1.0)
     scale = scale.view((-1,) + (1,) * (weight.dim() - 1))
     return torch.clamp(torch.round(weight / scale), -128, 127) * scale
 
@@ -126,7 +132,7 @@ def int8_layers_(form: nn.Module) -> dict[str, str]:
         )
         if batchnorm is not None:
             form.set_submodule(batchnorm, nn.Identity())
-        kernels[name] = "int8" if output is not None else "fp32"
+        kernels[name] = "int8" if output is not None or layer.kind == "linear" else "fp32"
     return kernels
 
 

@@ -104,3 +104,46 @@ def test_a_layer_planned_for_int8_that_runs_fp32_is_named_in_a_warning(
     assert session.kernels["int8"] == 2
     assert "1 of the 3 layers planned for int8 kernels run in fp32" in caplog.text
     assert "block.conv2" in caplog.text
+
+
+class _TokenMlp(nn.Module):
+    """Linear layers on (batch, tokens, features), each read by a GELU or a LayerNorm: the
+    transformer's pattern, where no int8 layer reads an int8 layer's output."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.up, self.down = nn.Linear(16, 32), nn.Linear(32, 64), nn.Linear(64, 32)
+        self.norm, self.out = nn.LayerNorm(32), nn.Linear(32, 8)
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.out(self.norm(h + self.down(nn.functional.gelu(self.up(h)))))
+
+
+def test_linear_layers_run_int8_with_float_outputs(tmp_path):
+    """An int8 Linear needs no quantized output: ONNX Runtime runs it as QGemm, and the file
+    computes what the model computes (its bias on the kernel's int32 grid)."""
+    torch.manual_seed(0)
+    net = _TokenMlp().eval()
+    x = torch.randn(16, 5, 16)
+    plan = make_preset(discover(net, x[:1]), "bits:8+act:8")
+    assert set(plan.layers) == {"inp", "up", "down"}  # the output layer is protected
+    model = copy.deepcopy(net)
+    apply_plan_(model, plan, calibration=x, config=ApplyConfig(progress=False))
+    export(model, tmp_path / "m.cpz")
+    rebuilt = load(tmp_path / "m.cpz", model=_TokenMlp())
+    report = export_onnx(rebuilt, x[:1], tmp_path / "m.onnx")
+    session = onnx_session(tmp_path / "m.onnx", threads=1)
+    assert {n: layer["kernel"] for n, layer in report.layers.items()} == dict.fromkeys(
+        plan.layers, "int8"
+    )
+    assert session.kernels["int8"] == 3 and session.kernels["dequantize"] == 0
+    probe = torch.randn(8, 5, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = rebuilt(probe)
+    ran = session.module()(probe)
+    assert (ran - expected).abs().max() < 1e-4 * expected.abs().max()
+    # The bias the model adds is on the int32 grid, not the float bias.
+    up = rebuilt.get_submodule("up")
+    assert not torch.equal(up.kernel_bias(), up.bias)
+    assert (up.kernel_bias() - up.bias).abs().max() > 0
