@@ -6,7 +6,9 @@ Order of work, so that kinds compose (pruned + VQ, pruned + b-bit):
 3. replace each planned layer by a `PlannedLayer` whose weight source comes from the unit of the
    layer's weight method (`WeightMethod.build`; a `DenseWeight` for none), with the activation
    quantizer of its activation config calibrated on real inputs (`ActivationMethod.build`);
-4. re-estimate BatchNorm statistics on the calibration batch (`engine.calibrate`).
+4. re-estimate BatchNorm statistics on the calibration batch (`engine.calibrate`);
+5. give int8 convolutions whose outputs no int8 layer quantizes an output quantizer of their own
+   (`engine.int8_outputs`), so that ONNX Runtime runs them as int8 kernels.
 
 A new compression kind plugs in by registering its unit (`search_spaces.methods`), without
 touching `apply_plan_`.
@@ -23,6 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from engine.calibrate import reestimate_batchnorm_
+from engine.int8_outputs import quantize_int8_outputs_
 from engine.layers import DenseWeight, PlannedLayer
 from engine.permute import PermutationError, permute_group_, pqf_permutation
 from engine.pruning import prune_
@@ -198,6 +201,8 @@ def apply_plan_(
             )
     if calibration is not None and config.reestimate_batchnorm:
         reestimate_batchnorm_(model, calibration)
+    if calibration is not None:
+        quantize_int8_outputs_(model, calibration)
     applied = AppliedPlan(
         plan=plan,
         graph=graph,

@@ -22,7 +22,7 @@ from engine.export import freeze_
 from engine.layers import PlannedLayer, plain_layer
 from engine.merge_batchnorm import merge_batchnorms_
 from search_spaces.graph import ModelGraph
-from search_spaces.methods import deployed_layer
+from search_spaces.methods import activation_method_of, deployed_layer
 from search_spaces.plan import Plan
 
 __all__ = ["deployed", "deployed_structure"]
@@ -34,6 +34,9 @@ def deployed(model: nn.Module) -> nn.Module:
     for name, module in list(copy_.named_modules()):
         if isinstance(module, PlannedLayer):
             plain = deployed_layer(plain_layer(module), module.act_config, module.act_quant)
+            if module.out_quant is not None:  # an int8 convolution's own output quantizer
+                unit = activation_method_of(module.out_config)
+                plain = nn.Sequential(plain, unit.deployed(module.out_quant))
             copy_.set_submodule(name, plain)
     merge_batchnorms_(copy_)
     return copy_.eval()

@@ -173,6 +173,9 @@ def _layer_record(layer: PlannedLayer) -> tuple[dict, dict[str, Tensor]]:
         "bias": layer.bias is not None,
         "activations": None if layer.act_config is None else layer.act_config.to_dict(),
     }
+    if layer.out_quant is not None:  # an int8 convolution's output quantizer and merged BN
+        meta["output"] = layer.out_config.to_dict()
+        meta["post_batchnorm"] = layer.merged_batchnorm
     if layer.method == "none":
         meta["weights"] = {"method": "none", "shape": list(layer.weight_source.weight.shape)}
         return meta, {}
@@ -245,7 +248,7 @@ def export(
             continue
         seen[id(value)] = key
         tensors[key] = value.detach().cpu().contiguous().clone()
-        if ".act_quant." in f".{key}" or id(value) not in param_ids:
+        if ".act_quant." in f".{key}" or ".out_quant." in f".{key}" or id(value) not in param_ids:
             extra.append(key)
     metadata = {
         "format": FORMAT,
@@ -571,9 +574,19 @@ def _planned_layer(meta: dict, tensors: dict[str, Tensor]) -> PlannedLayer:
         act = unit.skeleton(act_config)
     geometry = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["geometry"].items()}
     bias = torch.zeros(weight().shape[0]) if meta["bias"] else None
-    return PlannedLayer(
+    layer = PlannedLayer(
         meta["kind"], weight, bias, geometry, act, method=weights["method"], act_config=act_config
     )
+    if meta.get("output") is not None:  # its values come with the rest of the state
+        settings = dict(meta["output"])
+        unit = activation_method(settings.pop("method"))
+        layer.out_config = unit.config_type.from_dict(settings)
+        layer.out_quant = unit.skeleton(layer.out_config)
+        if meta.get("post_batchnorm") is not None:
+            channels = weight().shape[0]
+            layer.post = FoldedBatchNorm(torch.zeros(channels), torch.zeros(channels))
+            layer.merged_batchnorm = meta["post_batchnorm"]
+    return layer
 
 
 def _tied_layer(record: dict, model: nn.Module) -> PlannedLayer:
@@ -693,6 +706,11 @@ def load(
             prefix = f"{name}.{_SOURCE}."
             own = {k[len(prefix) :]: t for k, t in tensors.items() if k.startswith(prefix)}
             model.set_submodule(name, _planned_layer(record, own))
+            merged = record.get("post_batchnorm")
+            if merged is not None:  # merged into the layer: its place does nothing
+                if not isinstance(model.get_submodule(merged), nn.modules.batchnorm._BatchNorm):
+                    raise ExportError(f"{damaged}: layer {name} merges {merged!r}, no BatchNorm")
+                model.set_submodule(merged, nn.Identity())
         freeze_(model)
         _load_state_(model, meta, tensors, path)
     except (KeyError, TypeError, ValueError, AttributeError) as error:

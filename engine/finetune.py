@@ -206,14 +206,14 @@ QUANTIZER_LR_FACTOR = 0.1
 
 def _is_quantizer_param(param_name: str) -> bool:
     dotted = f".{param_name}"
-    return ".act_quant." in dotted or ".quantizer." in dotted
+    return any(part in dotted for part in (".act_quant.", ".out_quant.", ".quantizer."))
 
 
 def build_param_groups(student: nn.Module, plan: Plan | None, lr: float) -> list[dict[str, Any]]:
     """Optimizer parameter groups for the plan's per-layer learning-rate multipliers.
 
-    Quantizer parameters (under ``act_quant`` or ``quantizer``) of a layer get their own group at
-    ``QUANTIZER_LR_FACTOR`` times the layer's rate, as N2UQ trains them.
+    Quantizer parameters (under ``act_quant``, ``out_quant`` or ``quantizer``) of a layer get
+    their own group at ``QUANTIZER_LR_FACTOR`` times the layer's rate, as N2UQ trains them.
 
     Only parameters that require grad are placed; each in exactly one group. A parameter under
     several planned names (``"block"`` and ``"block.conv"``) goes to the longest. A parameter

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from search_spaces.methods import ActivationConfig, activation_method_of
+from search_spaces.methods.uniform8 import scale_and_zero_point
 
 __all__ = [
     "DenseWeight",
@@ -80,6 +81,11 @@ class PlannedLayer(nn.Module):
         act_quant: a module applied to the input first (an activation quantizer), or None.
         method: the weight method whose unit made `weight` ("none": a `DenseWeight`).
         act_config: the config `act_quant` was made for (None without one).
+
+    An int8 convolution whose output no int8 layer quantizes gets, after construction
+    (`engine.int8_outputs`), `post`: the `FoldedBatchNorm` that alone read its output, merged in
+    (its module in the model, named `merged_batchnorm`, is then an `nn.Identity`), and
+    `out_quant`: a u8 quantizer of its output, made for `out_config`. All are None otherwise.
     """
 
     def __init__(
@@ -102,6 +108,10 @@ class PlannedLayer(nn.Module):
         self.method = method
         self.act_config = act_config
         self.int8 = act_config is not None and activation_method_of(act_config).int8_kernel
+        self.post: FoldedBatchNorm | None = None
+        self.merged_batchnorm: str | None = None
+        self.out_quant: nn.Module | None = None
+        self.out_config: ActivationConfig | None = None
 
     @classmethod
     def replacing(
@@ -145,7 +155,7 @@ class PlannedLayer(nn.Module):
         if self.bias is None or not (self.int8 and self.kind == "linear"):
             return self.bias
         weight = self.weight_source() if weight is None else weight
-        return int32_bias(self.bias, float(self.act_quant.scale), weight)
+        return int32_bias(self.bias, scale_and_zero_point(self.act_quant)[0], weight)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.act_quant is not None:
@@ -153,11 +163,15 @@ class PlannedLayer(nn.Module):
         decoded = self.weight_source()
         w = int8_weight(decoded) if self.int8 else decoded
         if self.kind == "linear":
-            return F.linear(x, w, self.kernel_bias(decoded))
-        if self.kind == "embedding":
+            y = F.linear(x, w, self.kernel_bias(decoded))
+        elif self.kind == "embedding":
             return F.embedding(x, w, **self.geometry)
-        conv = F.conv2d if self.kind == "conv2d" else F.conv1d
-        return conv(x, w, self.bias, **self.geometry)
+        else:
+            conv = F.conv2d if self.kind == "conv2d" else F.conv1d
+            y = conv(x, w, self.bias, **self.geometry)
+        if self.post is not None:
+            y = self.post(y)
+        return y if self.out_quant is None else self.out_quant(y)
 
     def extra_repr(self) -> str:
         return f"{self.kind}, {self.geometry}" if self.geometry else self.kind
@@ -203,11 +217,16 @@ def int32_bias(bias: Tensor, input_scale: float, weight: Tensor) -> Tensor:
 
 def plain_layer(layer: PlannedLayer) -> nn.Module:
     """An ordinary Conv1d, Conv2d or Linear holding `layer`'s current weight (decoded; an int8
-    layer's requantized, as its kernel computes)."""
+    layer's requantized, as its kernel computes), with its merged BatchNorm (`post`) merged into
+    the weight and bias; its output quantizer is not part of it."""
     with torch.no_grad():
         weight = layer.kernel_weight().detach().clone()
         kernel_bias = layer.kernel_bias()
-    bias = layer.bias is not None
+        if layer.post is not None:
+            scale, shift = layer.post.scale.detach(), layer.post.shift.detach()
+            weight = weight * scale.view((-1,) + (1,) * (weight.dim() - 1))
+            kernel_bias = shift if kernel_bias is None else kernel_bias * scale + shift
+    bias = kernel_bias is not None
     if layer.kind == "embedding":
         plain: nn.Module = nn.Embedding(*weight.shape, **layer.geometry)
     elif layer.kind == "linear":

@@ -102,6 +102,8 @@ def onnx_form(model: nn.Module) -> tuple[nn.Module, dict[str, str]]:
                 ) from None
         if layer.act_quant is not None:
             layer.act_quant = activation_method_of(layer.act_config).deployed(layer.act_quant)
+        if layer.out_quant is not None:
+            layer.out_quant = activation_method_of(layer.out_config).deployed(layer.out_quant)
     return form, int8_layers_(form)
 
 

@@ -9,12 +9,14 @@ already quantizes that very tensor, with the same scale and zero point: when the
 after its BatchNorm (merged into the weight and bias, as the kernel needs) and a ReLU or ReLU6,
 is read only by int8 layers whose input quantizers agree. Then the file computes what compplan's
 model computes (a quantizer placed before a ReLU gives the same levels as after it), up to the
-kernel's integer rounding. A Linear needs no quantized output: written as a Gemm over the
-flattened batch, reading DequantizeLinear(x), DequantizeLinear(int8 weight) and
-DequantizeLinear(int32 bias) (`engine.layers.int32_bias`), it runs as QGemm with a float output.
-A convolution whose output flows elsewhere (a residual Add, a pooling, the model's output) keeps
-its int8 weight as constants the runtime folds at load, and runs in fp32 behind its input
-quantizer (ONNX Runtime has no fast int8 convolution with a float output).
+kernel's integer rounding. A convolution whose output flows elsewhere (a residual Add, a
+pooling, the model's output) has an output quantizer of its own (`engine.int8_outputs`), after
+its merged BatchNorm, and is written the same way with it; without one (a model the trace
+cannot follow) it keeps its int8 weight as constants the runtime folds at load, and runs in fp32
+behind its input quantizer (ONNX Runtime has no fast int8 convolution with a float output). A
+Linear needs no quantized output: written as a Gemm over the flattened batch, reading
+DequantizeLinear(x), DequantizeLinear(int8 weight) and DequantizeLinear(int32 bias)
+(`engine.layers.int32_bias`), it runs as QGemm with a float output.
 
 `int8_layers_(form)` rewrites an ONNX form in place and returns each planned layer's kernel
 class ("int8" or "fp32"). It follows readers through a `torch.fx` trace; where the model cannot
@@ -25,20 +27,15 @@ layers, so that a plan's structure, built for timing, exports as its applied mod
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn.functional as F
-from torch import Tensor, fx, nn
+from torch import Tensor, nn
 
+from engine.int8_graph import layer_outputs
 from engine.layers import DenseWeight, FoldedBatchNorm, PlannedLayer, int8_weight, int32_bias
-from search_spaces.methods.uniform8 import quantize_dequantize
+from search_spaces.methods.uniform8 import quantize_dequantize, scale_and_zero_point
 
 __all__ = ["Int8Layer", "int8_layers_", "planned_int8_layers_"]
-
-logger = logging.getLogger("compplan")
-
-_RELUS = (nn.ReLU, nn.ReLU6)
 
 
 class Int8Layer(nn.Module):
@@ -80,7 +77,7 @@ class Int8Layer(nn.Module):
             b = self.post_shift if b is None else b * self.post_scale + self.post_shift
         if self.kind == "linear":
             if b is not None:
-                b = int32_bias(b, float(self.act_quant.scale), w)
+                b = int32_bias(b, scale_and_zero_point(self.act_quant)[0], w)
             rows = x.reshape(-1, x.shape[-1])  # a Gemm: what ONNX Runtime fuses into QGemm
             y = F.linear(rows, int8_weight(w), b).reshape(*x.shape[:-1], w.shape[0])
         else:
@@ -98,114 +95,64 @@ def _int8_folded(weight: Tensor) -> Tensor:
     return torch.clamp(torch.round(weight / scale), -128, 127) * scale
 
 
-class _Tracer(fx.Tracer):
-    """Stops at planned layers and at modules without children."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, PlannedLayer) or next(m.children(), None) is None
-
-
 def int8_layers_(form: nn.Module) -> dict[str, str]:
     """Rewrite each int8 planned layer of `form` as an `Int8Layer` (module docstring); returns
     every planned layer's kernel class by name."""
     kernels = {name: "fp32" for name, m in form.named_modules() if isinstance(m, PlannedLayer)}
     int8 = [n for n, m in form.named_modules() if isinstance(m, PlannedLayer) and m.int8]
-    if not int8:
-        return kernels
-    try:
-        graph = _Tracer().trace(form)
-    except Exception as error:  # any model a user brings may defeat the tracer
-        logger.debug("int8 outputs left unquantized: the model cannot be traced (%s)", error)
-        graph = None
-    calls: dict[str, int] = {}
-    nodes: dict[str, fx.Node] = {}
-    for node in graph.nodes if graph is not None else ():
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
-            nodes[node.target] = node
+    outputs = layer_outputs(form, int8) if int8 else {}
     for name in int8:
         layer = form.get_submodule(name)
-        fused = _fusion(form, nodes.get(name), calls) if calls.get(name) == 1 else None
-        batchnorm, output = fused if fused is not None else (None, None)
-        form.set_submodule(
-            name, Int8Layer(layer, batchnorm and form.get_submodule(batchnorm), output)
-        )
+        output, batchnorm = outputs.get(name), None
+        if layer.out_quant is not None:  # its own output quantizer, after its merged BatchNorm
+            fused = scale_and_zero_point(layer.out_quant)
+        elif output is not None and output.readers_quantize is not None:
+            fused = output.readers_quantize
+            batchnorm = output.batchnorm if layer.kind != "linear" else None
+        else:
+            fused = None
+        bn_module = form.get_submodule(batchnorm) if batchnorm is not None else layer.post
+        form.set_submodule(name, Int8Layer(layer, bn_module, fused))
         if batchnorm is not None:
             form.set_submodule(batchnorm, nn.Identity())
-        kernels[name] = "int8" if output is not None or layer.kind == "linear" else "fp32"
+        kernels[name] = "int8" if fused is not None or layer.kind == "linear" else "fp32"
     return kernels
-
-
-def _fusion(form: nn.Module, node: fx.Node | None, calls: dict[str, int]):
-    """(the BatchNorm to merge or None, the output's (scale, zero point)) where the layer's
-    output, through at most a BatchNorm and a ReLU, is read only by int8 layers whose input
-    quantizers agree; None elsewhere."""
-    if node is None:
-        return None
-    layer = form.get_submodule(node.target)
-    batchnorm = None
-    node, users = _past_identities(form, node)
-    if len(users) == 1 and _is_module(form, users[0], FoldedBatchNorm) and layer.kind != "linear":
-        if calls.get(users[0].target) != 1 or len(users[0].args) != 1:
-            return None
-        batchnorm, node = users[0].target, users[0]
-        node, users = _past_identities(form, node)
-    if len(users) == 1 and _is_relu(form, users[0]):
-        node, users = _past_identities(form, users[0])
-    params = set()
-    for user in users:
-        if not _is_module(form, user, PlannedLayer) or user.args != (node,) or user.kwargs:
-            return None
-        reader = form.get_submodule(user.target)
-        quantizer = reader.act_quant
-        if not reader.int8 or not hasattr(quantizer, "zero_point"):
-            return None
-        params.add((float(quantizer.scale), int(quantizer.zero_point)))
-    if len(params) != 1:
-        return None
-    return batchnorm, params.pop()
-
-
-def _past_identities(form: nn.Module, node: fx.Node) -> tuple[fx.Node, list[fx.Node]]:
-    """(`node`, or the last `nn.Identity` it alone feeds, in a chain; that node's readers): a
-    BatchNorm merged already leaves an Identity in its place."""
-    users = list(node.users)
-    while len(users) == 1 and _is_module(form, users[0], nn.Identity):
-        node = users[0]
-        users = list(node.users)
-    return node, users
-
-
-def _is_module(form: nn.Module, node: fx.Node, kind: type) -> bool:
-    return node.op == "call_module" and isinstance(form.get_submodule(node.target), kind)
-
-
-def _is_relu(form: nn.Module, node: fx.Node) -> bool:
-    if node.op == "call_module":
-        module = form.get_submodule(node.target)
-        if isinstance(module, nn.Hardtanh):  # ReLU6 is one
-            return module.min_val == 0
-        return isinstance(module, _RELUS)
-    if node.op == "call_function":
-        return node.target in (torch.relu, F.relu, F.relu6)
-    return node.op == "call_method" and node.target == "relu"
 
 
 def planned_int8_layers_(model: nn.Module) -> nn.Module:
     """Each `nn.Sequential(quantizer, conv or linear)` of a deployed structure whose quantizer is
-    the u8 one becomes a `PlannedLayer` with that input quantizer (its weight dense), in place."""
+    the u8 one becomes a `PlannedLayer` with that input quantizer (its weight dense), in place;
+    one wrapped as `nn.Sequential(that, u8 quantizer)` (`engine.deploy.deployed` of a layer with
+    an output quantizer) keeps that quantizer as its `out_quant`."""
     from search_spaces.methods.uniform8 import FixedUint8Quantizer, Uint8Config
 
-    for name, module in list(model.named_modules()):
-        if (
+    def int8_pair(module: nn.Module) -> bool:
+        return (
             isinstance(module, nn.Sequential)
             and len(module) == 2
             and isinstance(module[0], FixedUint8Quantizer)
             and isinstance(module[1], nn.Conv1d | nn.Conv2d | nn.Linear)
-        ):
-            plain = module[1]
-            layer = PlannedLayer.replacing(
-                plain, DenseWeight(plain.weight), module[0], act_config=Uint8Config()
-            )
-            model.set_submodule(name, layer)
+        )
+
+    replaced: list[str] = []
+    for name, module in list(model.named_modules()):
+        if any(name.startswith(f"{done}.") for done in replaced):
+            continue  # inside a layer made already
+        with_output = (
+            isinstance(module, nn.Sequential)
+            and len(module) == 2
+            and int8_pair(module[0])
+            and isinstance(module[1], FixedUint8Quantizer)
+        )
+        if not (with_output or int8_pair(module)):
+            continue
+        pair = module[0] if with_output else module
+        plain = pair[1]
+        layer = PlannedLayer.replacing(
+            plain, DenseWeight(plain.weight), pair[0], act_config=Uint8Config()
+        )
+        if with_output:
+            layer.out_quant, layer.out_config = module[1], Uint8Config()
+        model.set_submodule(name, layer)
+        replaced.append(name)
     return model

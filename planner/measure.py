@@ -143,6 +143,7 @@ def _measure_on_onnxruntime(
     import tempfile
     from pathlib import Path
 
+    from engine.int8_outputs import quantize_int8_outputs_
     from engine.onnx_export import export_onnx
     from engine.onnx_int8 import planned_int8_layers_
     from engine.onnx_session import onnx_session
@@ -152,6 +153,7 @@ def _measure_on_onnxruntime(
         for side, side_plan in (("plan", plan), ("uncompressed", Plan(layers={}))):
             structure = deployed_structure(model, side_plan, example_inputs, graph=graph)
             planned_int8_layers_(structure)  # written as the applied model's file writes them
+            quantize_int8_outputs_(structure, None)
             files[side] = Path(scratch) / f"{side}.onnx"
             export_onnx(structure, inputs, files[side], dynamic_batch=False)
 

@@ -4,8 +4,9 @@ One scale and one zero point per tensor, unsigned 8-bit levels: `(clamp(round(x 
 255) - z) · s`, which the exported file writes as a QuantizeLinear / DequantizeLinear pair that
 ONNX Runtime fuses with the layer into an int8 kernel (QLinearConv, QLinearMatMul). So a layer
 whose input this unit quantizes runs an int8 kernel (`int8_kernel`): its weight is requantized to
-int8 per output channel (`engine.layers.PlannedLayer`), and an output quantizer of the same kind
-is calibrated after it (`engine.apply`), as ONNX Runtime's own quantization tool does.
+int8 per output channel (`engine.layers.PlannedLayer`), and where it is a convolution whose
+output no int8 layer quantizes, an output quantizer of this kind is calibrated after it
+(`engine.int8_outputs`, from `engine.apply`), as ONNX Runtime's own quantization tool does.
 
 Calibration picks the clip range [lo, hi] (lo ≤ 0 ≤ hi, so 0 is a level) with the least squared
 error among shrinkings of the data's range, as N2UQ's `init_from`; data that are never negative
@@ -34,6 +35,7 @@ __all__ = [
     "Uint8Quantizer",
     "UniformUint8",
     "quantize_dequantize",
+    "scale_and_zero_point",
 ]
 
 _LEVELS = 255
@@ -115,6 +117,15 @@ class FixedUint8Quantizer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return quantize_dequantize(x, self.scale, self.zero_point)
+
+
+def scale_and_zero_point(quantizer: nn.Module) -> tuple[float, int]:
+    """(scale, zero point) of a `Uint8Quantizer` or `FixedUint8Quantizer`, as numbers."""
+    scale = quantizer.scale
+    return (
+        float(scale.detach()) if isinstance(scale, Tensor) else float(scale),
+        int(quantizer.zero_point),
+    )
 
 
 def quantize_dequantize(x: Tensor, scale: float, zero_point: int) -> Tensor:

@@ -4,6 +4,7 @@ quantizes their outputs, and the file computes what compplan's model computes.""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -53,7 +54,10 @@ def compressed(tmp_path_factory):
     net.eval()
     x = torch.randn(32, 3, 16, 16)
     graph = discover(net, x[:1])
-    plan = make_preset(graph, "bits:8+act:8")
+    preset = make_preset(graph, "bits:8+act:8")
+    # expand keeps float inputs: an fp32 layer reading an int8 one
+    expand = dataclasses.replace(preset.layers["expand"], activations=None)
+    plan = dataclasses.replace(preset, layers={**preset.layers, "expand": expand})
     model = copy.deepcopy(net)
     apply_plan_(model, plan, calibration=x, config=ApplyConfig(progress=False))
     folder = tmp_path_factory.mktemp("int8")
@@ -63,15 +67,25 @@ def compressed(tmp_path_factory):
     return rebuilt, report, onnx_session(folder / "m.onnx", threads=1)
 
 
-def test_layers_whose_outputs_the_model_quantizes_run_int8_kernels(compressed):
-    _, report, session = compressed
+def test_every_int8_layer_runs_an_int8_kernel(compressed):
+    model, report, session = compressed
     kernels = {name: layer["kernel"] for name, layer in report.layers.items()}
-    # conv1 feeds conv2 through BN and ReLU; mid feeds expand through BN and ReLU6: both fuse.
-    assert kernels["block.conv1"] == kernels["mid.0"] == "int8"
-    # conv2 flows into the residual Add, expand into the mean, the head into the output.
-    assert kernels["block.conv2"] == kernels["expand"] == "fp32"
-    assert session.kernels["int8"] == list(kernels.values()).count("int8") == 2
+    assert kernels == {
+        "block.conv1": "int8",
+        "block.conv2": "int8",
+        "mid.0": "int8",
+        "expand": "fp32",
+    }
+    assert session.kernels["int8"] == 3
     assert session.metadata["layers"] == report.layers
+    # conv1 feeds conv2 through BN and ReLU: conv2's input quantizer is its output's.
+    assert model.get_submodule("block.conv1").out_quant is None
+    # conv2 flows into the residual Add, mid.0 into a float layer: each quantizes its output
+    # after its BatchNorm, merged in.
+    for name, batchnorm in (("block.conv2", "block.bn2"), ("mid.0", "mid.1")):
+        layer = model.get_submodule(name)
+        assert layer.out_quant is not None and layer.merged_batchnorm == batchnorm
+        assert isinstance(model.get_submodule(batchnorm), nn.Identity)
 
 
 def test_the_file_computes_what_the_model_computes(compressed):
@@ -96,14 +110,14 @@ def test_a_layer_planned_for_int8_that_runs_fp32_is_named_in_a_warning(
     model = onnx.load(str(report.path))
     entry = next(p for p in model.metadata_props if p.key == "compplan")
     meta = json.loads(entry.value)
-    meta["layers"]["block.conv2"]["kernel"] = "int8"  # a residual's conv: ORT runs it in fp32
+    meta["layers"]["expand"]["kernel"] = "int8"  # float inputs: ORT runs it in fp32
     entry.value = json.dumps(meta)
     onnx.save(model, str(tmp_path / "edited.onnx"))
     with caplog.at_level("WARNING", logger="compplan"):
         session = onnx_session(tmp_path / "edited.onnx")
-    assert session.kernels["int8"] == 2
-    assert "1 of the 3 layers planned for int8 kernels run in fp32" in caplog.text
-    assert "block.conv2" in caplog.text
+    assert session.kernels["int8"] == 3
+    assert "1 of the 4 layers planned for int8 kernels run in fp32" in caplog.text
+    assert "expand" in caplog.text
 
 
 class _TokenMlp(nn.Module):

@@ -19,6 +19,7 @@ from torch import nn
 from engine.apply import ApplyConfig, apply_plan_
 from engine.deploy import deployed
 from engine.export import export, freeze_, load
+from engine.layers import PlannedLayer
 from predictors.size import size_report
 from search_spaces import LayerPlan, Plan, PlanError, discover, validate_plan
 from search_spaces.methods import (
@@ -359,7 +360,16 @@ def test_onnx_export_runs_in_a_plain_session_with_the_same_outputs(
     (ran,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         expected = compressed(x)
-    assert torch.allclose(torch.from_numpy(ran), expected, atol=1e-4, rtol=1e-4), method
+    # An int8 kernel rounds its output in integers: a level apart here and there (mean-pooled).
+    atol = 1e-3 if method == "act:uint8" else 1e-4
+    assert torch.allclose(torch.from_numpy(ran), expected, atol=atol, rtol=1e-4), method
     predicted = size_report(plan, net_graph).total_bits / 8
     assert report.dynamic_batch
-    assert report.planned_bytes <= predicted <= report.payload_bytes
+    # A BatchNorm merged into an int8 layer (engine.int8_outputs) adds its shift to the bias:
+    # one vector fewer than the size model counts.
+    merged = sum(
+        4 * m.bias.numel()
+        for m in compressed.modules()
+        if isinstance(m, PlannedLayer) and m.post is not None and m.bias is not None
+    )
+    assert report.planned_bytes <= predicted <= report.payload_bytes + merged

@@ -1,0 +1,89 @@
+"""Output quantizers for int8 convolutions whose outputs no int8 layer quantizes.
+
+ONNX Runtime runs a convolution as an int8 kernel (QLinearConv) only where its output is
+quantized, and compplan quantizes tensors where they enter a layer. So an int8 convolution whose
+output flows into a residual Add, a pooling or the model's output would run in fp32: half of
+ResNet-18's convolutions, every projection of MobileNetV2's residual blocks.
+`quantize_int8_outputs_(model, calibration)` gives each such convolution a u8 quantizer of its
+own output, as ONNX Runtime's quantization tool does, calibrated on the outputs it sees (the
+activation unit's `build`, so the same clip search). It sits after the BatchNorm that alone
+reads the convolution's output, which is merged into the layer (`PlannedLayer.post`; the
+BatchNorm's module becomes an `nn.Identity`), as the kernel needs and as the runtime merges it.
+The Add or pooling after it then reads dequantized values and runs in fp32, as the file runs it.
+
+Linear layers need none: ONNX Runtime runs them as QGemm with a float output
+(`engine.onnx_int8`). Convolutions whose readers quantize their output already, and layers the
+trace cannot follow, are left as they are.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from engine.int8_graph import layer_outputs
+from engine.layers import FoldedBatchNorm, PlannedLayer
+from search_spaces.methods import activation_method_of
+from search_spaces.methods.uniform8 import Uint8Config
+
+__all__ = ["quantize_int8_outputs_"]
+
+# Calibrating a quantizer needs a few hundred examples, not a whole data set.
+_CALIBRATION_EXAMPLES = 256
+
+
+def quantize_int8_outputs_(model: nn.Module, calibration: Tensor | None) -> list[str]:
+    """Give each int8 convolution of `model` whose output no int8 layer quantizes an output
+    quantizer (module docstring), in place; returns their names.
+
+    Args:
+        model: a model with planned layers (eval mode is used while calibrating).
+        calibration: a batch of inputs to calibrate the quantizers on; None leaves them at
+            their skeleton's values (a structure for timing).
+    """
+    names = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, PlannedLayer) and m.int8 and m.kind != "linear" and m.out_quant is None
+    ]
+    if not names:
+        return []
+    outputs = layer_outputs(model, names)
+    chosen = [name for name, out in outputs.items() if out.readers_quantize is None]
+    for name in chosen:
+        batchnorm = outputs[name].batchnorm
+        if batchnorm is not None:
+            layer, module = model.get_submodule(name), model.get_submodule(batchnorm)
+            folded = module if isinstance(module, FoldedBatchNorm) else FoldedBatchNorm.of(module)
+            layer.post = folded.to(next(layer.parameters()).device)
+            layer.merged_batchnorm = batchnorm
+            model.set_submodule(batchnorm, nn.Identity())
+    config = Uint8Config()
+    unit = activation_method_of(config)
+    seen = _outputs_seen(model, chosen, calibration) if calibration is not None else {}
+    for name in chosen:
+        layer = model.get_submodule(name)
+        quantizer = unit.build(config, seen[name]) if name in seen else unit.skeleton(config)
+        layer.out_quant, layer.out_config = quantizer, config
+    return chosen
+
+
+def _outputs_seen(model: nn.Module, names: list[str], batch: Tensor) -> dict[str, Tensor]:
+    """The output of each named layer when `model` runs on `batch` (its first examples)."""
+    captured: dict[str, Tensor] = {}
+    handles = [
+        model.get_submodule(name).register_forward_hook(
+            lambda _m, _args, out, name=name: captured.__setitem__(name, out.detach())
+        )
+        for name in names
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(batch[:_CALIBRATION_EXAMPLES])
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return captured
