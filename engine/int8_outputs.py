@@ -5,10 +5,11 @@ quantized, and compplan quantizes tensors where they enter a layer. So an int8 c
 output flows into a residual Add, a pooling or the model's output would run in fp32: half of
 ResNet-18's convolutions, every projection of MobileNetV2's residual blocks.
 `quantize_int8_outputs_(model, calibration)` gives each such convolution a u8 quantizer of its
-own output, as ONNX Runtime's quantization tool does, calibrated on the outputs it sees (the
-activation unit's `build`, so the same clip search). It sits after the BatchNorm that alone
-reads the convolution's output, which is merged into the layer (`PlannedLayer.post`; the
-BatchNorm's module becomes an `nn.Identity`), as the kernel needs and as the runtime merges it.
+own output, of the kind of its input quantizer, as ONNX Runtime's quantization tool does,
+calibrated on the outputs it sees (the unit's `build`, so the same clip search). It sits after
+the BatchNorm that alone reads the convolution's output, which is merged into the layer
+(`PlannedLayer.post`; the BatchNorm's module becomes an `nn.Identity`), as the kernel needs and
+as the runtime merges it.
 The Add or pooling after it then reads dequantized values and runs in fp32, as the file runs it.
 
 Linear layers need none: ONNX Runtime runs them as QGemm with a float output
@@ -24,7 +25,6 @@ from torch import Tensor, nn
 from engine.int8_graph import layer_outputs
 from engine.layers import FoldedBatchNorm, PlannedLayer
 from search_spaces.methods import activation_method_of
-from search_spaces.methods.uniform8 import Uint8Config
 
 __all__ = ["quantize_int8_outputs_"]
 
@@ -58,11 +58,11 @@ def quantize_int8_outputs_(model: nn.Module, calibration: Tensor | None) -> list
             layer.post = folded.to(next(layer.parameters()).device)
             layer.merged_batchnorm = batchnorm
             model.set_submodule(batchnorm, nn.Identity())
-    config = Uint8Config()
-    unit = activation_method_of(config)
     seen = _outputs_seen(model, chosen, calibration) if calibration is not None else {}
     for name in chosen:
         layer = model.get_submodule(name)
+        config = layer.act_config  # the int8 kind of its input quantizer: the kernel's output
+        unit = activation_method_of(config)
         quantizer = unit.build(config, seen[name]) if name in seen else unit.skeleton(config)
         layer.out_quant, layer.out_config = quantizer, config
     return chosen

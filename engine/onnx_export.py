@@ -40,6 +40,11 @@ METADATA_KEY = "compplan"
 FORMAT = "compplan-onnx"
 FORMAT_VERSION = 1
 _PAYLOAD = ".weight_source."  # the buffers of a planned layer's ONNX form, by name
+_QUANTIZERS = (".act_quant.", ".out_quant.")  # and of its activation quantizers' ONNX forms
+# The exporter's optimizer folds constants up to this many elements; larger ones (a range, a
+# table derived from stored tensors) stay operators that the runtime folds at load, so the file
+# holds no tensor that it could compute.
+_FOLDED_ELEMENTS = 64
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,8 @@ class OnnxReport:
         payload_bytes: the bytes of all its stored tensors (initializers).
         planned_bytes: the bytes of the planned layers' weight payloads (codes, codebooks,
             levels, scales), as stored.
+        quantizer_bytes: the bytes of their activation quantizers' stored parameters (N2UQ's
+            thresholds), which the size convention does not count.
         opset: the ONNX opset.
         dynamic_batch: whether the batch dimension is free (else fixed at the example's).
         layers: per planned layer, {"method", "kernel"}: the weight kind and the kernel class
@@ -63,6 +70,7 @@ class OnnxReport:
     file_bytes: int
     payload_bytes: int
     planned_bytes: int
+    quantizer_bytes: int
     opset: int
     dynamic_batch: bool
     layers: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -73,6 +81,7 @@ class OnnxReport:
             "file_bytes": self.file_bytes,
             "payload_bytes": self.payload_bytes,
             "planned_bytes": self.planned_bytes,
+            "quantizer_bytes": self.quantizer_bytes,
             "opset": self.opset,
             "dynamic_batch": self.dynamic_batch,
             "layers": self.layers,
@@ -101,9 +110,9 @@ def onnx_form(model: nn.Module) -> tuple[nn.Module, dict[str, str]]:
                     "a plan without it to export to ONNX"
                 ) from None
         if layer.act_quant is not None:
-            layer.act_quant = activation_method_of(layer.act_config).deployed(layer.act_quant)
+            layer.act_quant = activation_method_of(layer.act_config).onnx_form(layer.act_quant)
         if layer.out_quant is not None:
-            layer.out_quant = activation_method_of(layer.out_config).deployed(layer.out_quant)
+            layer.out_quant = activation_method_of(layer.out_config).onnx_form(layer.out_quant)
     return form, int8_layers_(form)
 
 
@@ -135,15 +144,20 @@ def export_onnx(
     path = check_output_path(path, "--out")
     inputs = (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
     form, kernels = onnx_form(model)
-    payload_names = {name for name, _ in form.named_buffers() if _PAYLOAD in name}
+    buffers = [name for name, _ in form.named_buffers()]
+    payload_names = {name for name in buffers if _PAYLOAD in name}
+    quantizer_names = {name for name in buffers if any(q in f".{name}" for q in _QUANTIZERS)}
+    stored = payload_names | quantizer_names
     program, dynamic = _export(form, inputs, dynamic_batch)
     ir_model = program.model
 
     def keep_payload(node) -> bool | None:  # None: the optimizer's own rule
-        reads_payload = any(v is not None and v.name in payload_names for v in node.inputs)
-        return False if reads_payload else None
+        reads_stored = any(v is not None and v.name in stored for v in node.inputs)
+        return False if reads_stored else None
 
-    onnxscript.optimizer.optimize_ir(ir_model, should_fold=keep_payload)
+    onnxscript.optimizer.optimize_ir(
+        ir_model, should_fold=keep_payload, output_size_limit=_FOLDED_ELEMENTS
+    )
     for node in ir_model.graph.all_nodes():  # the exporter's stack traces: most of the file
         node.metadata_props.clear()
         node.doc_string = None
@@ -164,6 +178,7 @@ def export_onnx(
         file_bytes=path.stat().st_size,
         payload_bytes=sum(sizes.values()),
         planned_bytes=sum(b for name, b in sizes.items() if name in payload_names),
+        quantizer_bytes=sum(b for name, b in sizes.items() if name in quantizer_names),
         opset=OPSET,
         dynamic_batch=dynamic,
         layers=layers,

@@ -139,10 +139,16 @@ def onnx_export_text(report: dict) -> str:
         f"wrote {report['path']}: {report['file_bytes']:,} bytes on disk; stored tensors "
         f"{report['payload_bytes']:,} bytes, of which planned weights "
         f"{report['planned_bytes']:,} (predicted {report['predicted_bytes']:,.0f} for the plan's "
-        f"layers, biases and BatchNorms); ONNX opset {report['opset']}, {batch}; planned layers: "
-        f"{runs or 'none'}; run it with onnxruntime.InferenceSession, or `compplan eval "
-        f"{report['path']}`"
+        f"layers, biases and BatchNorms){_quantizer_bytes(report)}; ONNX opset "
+        f"{report['opset']}, {batch}; planned layers: {runs or 'none'}; run it with "
+        f"onnxruntime.InferenceSession, or `compplan eval {report['path']}`"
     )
+
+
+def _quantizer_bytes(report: dict) -> str:
+    """The activation quantizers' stored bytes, which the size convention leaves out."""
+    count = report.get("quantizer_bytes", 0)
+    return f" and activation quantizers {count:,} (not in the prediction)" if count else ""
 
 
 def applied_text(result: dict, out: str) -> str:

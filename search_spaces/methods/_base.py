@@ -292,8 +292,9 @@ class ActivationMethod(abc.ABC):
         bits: the bit-widths it supports, all below 32.
         int8_kernel: whether its quantizer is exactly ONNX's QuantizeLinear to u8 (per-tensor
             scale and zero point), so that a layer whose input it quantizes runs an int8 kernel:
-            the engine then requantizes the layer's weight to int8 per output channel and
-            calibrates an output quantizer (`skeleton`'s kind) after it, as the runtime computes.
+            the engine then requantizes the layer's weight to int8 per output channel and, for
+            a convolution whose output no int8 layer quantizes, calibrates an output quantizer
+            of this kind after it (`engine.int8_outputs`), as the runtime computes.
     """
 
     name: ClassVar[str]
@@ -321,3 +322,9 @@ class ActivationMethod(abc.ABC):
     def deployed(self, module: nn.Module) -> nn.Module:
         """The deployed form of a quantizer `build` or `skeleton` made: the same outputs, at a
         cost that does not depend on the data."""
+
+    def onnx_form(self, module: nn.Module) -> nn.Module:
+        """The ONNX form of a quantizer: the deployed form's outputs, written with standard
+        operators; its buffers are what the file stores of it, and whatever the forward derives
+        from them is left for the runtime to fold at load. By default the deployed form."""
+        return self.deployed(module)

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from search_spaces.methods.quantizers import ActivationQuantizer
 
-__all__ = ["FrozenActivationQuantizer"]
+__all__ = ["FrozenActivationQuantizer", "ThresholdsOnlyQuantizer"]
 
 # Comparisons cost a pass over the input each: beyond 7 thresholds the grid is cheaper.
 _MAX_COMPARED = 7
@@ -123,3 +123,61 @@ class FrozenActivationQuantizer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.out_start + self.out_step * self.counts(x)
+
+
+class ThresholdsOnlyQuantizer(nn.Module):
+    """A `FrozenActivationQuantizer` in its ONNX form: the file stores its thresholds and two
+    scalars, and its grid tables are computed from the thresholds by standard operators, which
+    a runtime folds once, at load (the tables hold about 4·(cells + 2) floats: 4 KiB for an
+    8-bit quantizer, against its 1 KiB of thresholds). The cell layout (origin, scale, number
+    of cells, slots per cell) is the frozen quantizer's, as constants, so the tables and the
+    outputs are the frozen quantizer's, bit for bit, for float32 inputs.
+    """
+
+    thresholds: Tensor
+    out_start: Tensor
+    out_step: Tensor
+
+    def __init__(self, frozen: FrozenActivationQuantizer) -> None:
+        super().__init__()
+        self.bits = frozen.bits
+        self.register_buffer("thresholds", frozen.thresholds.clone())
+        self.register_buffer("out_start", frozen.out_start.clone())
+        self.register_buffer("out_step", frozen.out_step.clone())
+        self._compared = frozen._compared
+        self._origin, self._scale, self._cells = frozen._origin, frozen._scale, frozen._cells
+        self._width = frozen.cell_thresholds.shape[0]
+
+    def _cell(self, values: Tensor) -> Tensor:
+        scaled = torch.floor((values - self._origin) * self._scale)
+        return torch.clamp(scaled, -1, self._cells).long().add(1).clamp(0, self._cells + 1)
+
+    def _tables(self) -> tuple[Tensor, Tensor]:
+        """(count of thresholds in the cells below each cell, float32; the thresholds in each
+        cell, one row per slot, +inf where a cell has fewer): `FrozenActivationQuantizer`'s
+        `cell_base` and `cell_thresholds`, without bincount or scatter."""
+        t = self.thresholds
+        index = self._cell(t)  # nondecreasing: slots fill each cell in order
+        cells = torch.arange(self._cells + 2, device=t.device)
+        hits = index[:, None] == cells[None, :]  # (thresholds, cells)
+        per_cell = hits.long().sum(0)
+        below = torch.cumsum(per_cell, 0) - per_cell
+        slot = torch.arange(t.numel(), device=t.device) - below[index]
+        slots = torch.arange(self._width, device=t.device)
+        placed = (slot[:, None, None] == slots[None, :, None]) & hits[:, None, :]
+        values = (placed.to(t.dtype) * t[:, None, None]).sum(0)
+        table = torch.where(placed.any(0), values, torch.full_like(values, float("inf")))
+        return below.to(torch.float32), table
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._compared is not None:
+            count = torch.zeros_like(x)
+            for threshold in self._compared:
+                count = count + (x > threshold).to(x.dtype)
+        else:
+            cell_base, table = self._tables()
+            cell = self._cell(x)
+            count = cell_base.take(cell)
+            for row in range(self._width):
+                count = count + (x > table[row].take(cell)).to(x.dtype)
+        return self.out_start + self.out_step * count

@@ -2,7 +2,8 @@
 
 The module is `search_spaces.methods.quantizers.ActivationQuantizer` (calibrated on the layer's
 real inputs); its deployed form is `FrozenActivationQuantizer` (same outputs, data-independent
-cost). Its parameters are exported with the model's other state (counted apart from the size
+cost), and its ONNX form `ThresholdsOnlyQuantizer` (the same, storing only the thresholds). Its
+parameters are exported with the model's other state (counted apart from the size
 convention's payload, which counts weights).
 """
 
@@ -16,7 +17,10 @@ from search_spaces.errors import PlanError
 from search_spaces.knobs import is_int
 from search_spaces.methods._base import ActivationConfig, ActivationMethod
 from search_spaces.methods._registry import register_activation_method
-from search_spaces.methods.frozen_quantizer import FrozenActivationQuantizer
+from search_spaces.methods.frozen_quantizer import (
+    FrozenActivationQuantizer,
+    ThresholdsOnlyQuantizer,
+)
 from search_spaces.methods.quantizers import ACTIVATION_QUANT_BITS, ActivationQuantizer
 
 __all__ = ["N2UQ", "N2UQConfig"]
@@ -61,3 +65,7 @@ class N2UQ(ActivationMethod):
 
     def deployed(self, module: nn.Module) -> nn.Module:
         return FrozenActivationQuantizer.of(module)
+
+    def onnx_form(self, module: nn.Module) -> nn.Module:
+        frozen = module if isinstance(module, FrozenActivationQuantizer) else self.deployed(module)
+        return ThresholdsOnlyQuantizer(frozen)
