@@ -20,11 +20,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from engine.calibrate import reestimate_batchnorm_
+from engine.calibrate import captured_tensors, reestimate_batchnorm_
 from engine.int8_outputs import quantize_int8_outputs_
 from engine.layers import DenseWeight, PlannedLayer
 from engine.permute import PermutationError, permute_group_, pqf_permutation
@@ -43,9 +42,6 @@ logger = logging.getLogger("compplan")
 progress_log = logging.getLogger("compplan.progress")
 # A layer whose compression takes this long is named in the progress log.
 _SLOW_LAYER_SECONDS = 2.0
-
-# Calibrating activation quantizers needs a few hundred examples, not a whole data set.
-_CALIBRATION_EXAMPLES = 256
 
 
 @dataclass(frozen=True)
@@ -167,7 +163,9 @@ def apply_plan_(
     prune_(model, graph, keeps, inputs)
     if config.permute:
         _permute_for_vq_(model, graph, plan, config)
-    layer_inputs = _capture_inputs(model, quantized_inputs, calibration) if quantized_inputs else {}
+    layer_inputs = {}
+    if quantized_inputs:
+        layer_inputs = captured_tensors(model, quantized_inputs, calibration)
 
     settings = config.build_settings()
     bar = tqdm(plan.layers.items(), desc="applying plan", unit="layer", disable=not config.progress)
@@ -253,24 +251,3 @@ def _permute_for_vq_(model: nn.Module, graph: ModelGraph, plan: Plan, config: Ap
             permute_group_(model, graph, group.id, perm)
         except PermutationError as error:
             logger.info("group %d not permuted: %s", group.id, error)
-
-
-def _capture_inputs(model: nn.Module, names: list[str], batch: Tensor) -> dict[str, Tensor]:
-    """The inputs each named layer sees when the (pruned, still float) model runs on `batch`."""
-    captured: dict[str, Tensor] = {}
-    handles = [
-        model.get_submodule(name).register_forward_pre_hook(
-            lambda _m, args, name=name: captured.__setitem__(name, args[0].detach())
-        )
-        for name in names
-    ]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(batch[:_CALIBRATION_EXAMPLES])
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    return captured

@@ -1,4 +1,5 @@
-"""Re-estimate BatchNorm statistics after compression.
+"""Calibration passes: BatchNorm statistics re-estimated after compression, and the tensors
+that quantizers are calibrated on (`captured_tensors`).
 
 Quantizing or pruning a layer shifts the distribution of its outputs, and the BatchNorm after it
 then normalises with statistics that belong to the original weights. On zoo:digits this alone
@@ -11,7 +12,42 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["reestimate_batchnorm_"]
+__all__ = ["captured_tensors", "reestimate_batchnorm_"]
+
+# Calibrating a quantizer needs a few hundred examples, not a whole data set.
+CALIBRATION_EXAMPLES = 256
+
+
+def captured_tensors(
+    model: nn.Module, names: list[str], batch: Tensor, *, outputs: bool = False
+) -> dict[str, Tensor]:
+    """The input (or, with `outputs`, the output) of each named module when `model` runs in
+    eval mode on the first `CALIBRATION_EXAMPLES` of `batch`; the model's mode is restored."""
+    captured: dict[str, Tensor] = {}
+
+    def keep(name: str, value: Tensor) -> None:
+        captured[name] = value.detach()
+
+    handles = [
+        model.get_submodule(name).register_forward_hook(
+            lambda _m, _args, out, name=name: keep(name, out)
+        )
+        if outputs
+        else model.get_submodule(name).register_forward_pre_hook(
+            lambda _m, args, name=name: keep(name, args[0])
+        )
+        for name in names
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(batch[:CALIBRATION_EXAMPLES])
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return captured
 
 
 @torch.no_grad()

@@ -19,17 +19,14 @@ trace cannot follow, are left as they are.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
+from engine.calibrate import captured_tensors
 from engine.int8_graph import layer_outputs
 from engine.layers import FoldedBatchNorm, PlannedLayer
 from search_spaces.methods import activation_method_of
 
 __all__ = ["quantize_int8_outputs_"]
-
-# Calibrating a quantizer needs a few hundred examples, not a whole data set.
-_CALIBRATION_EXAMPLES = 256
 
 
 def quantize_int8_outputs_(model: nn.Module, calibration: Tensor | None) -> list[str]:
@@ -58,7 +55,7 @@ def quantize_int8_outputs_(model: nn.Module, calibration: Tensor | None) -> list
             layer.post = folded.to(next(layer.parameters()).device)
             layer.merged_batchnorm = batchnorm
             model.set_submodule(batchnorm, nn.Identity())
-    seen = _outputs_seen(model, chosen, calibration) if calibration is not None else {}
+    seen = {} if calibration is None else captured_tensors(model, chosen, calibration, outputs=True)
     for name in chosen:
         layer = model.get_submodule(name)
         config = layer.act_config  # the int8 kind of its input quantizer: the kernel's output
@@ -66,24 +63,3 @@ def quantize_int8_outputs_(model: nn.Module, calibration: Tensor | None) -> list
         quantizer = unit.build(config, seen[name]) if name in seen else unit.skeleton(config)
         layer.out_quant, layer.out_config = quantizer, config
     return chosen
-
-
-def _outputs_seen(model: nn.Module, names: list[str], batch: Tensor) -> dict[str, Tensor]:
-    """The output of each named layer when `model` runs on `batch` (its first examples)."""
-    captured: dict[str, Tensor] = {}
-    handles = [
-        model.get_submodule(name).register_forward_hook(
-            lambda _m, _args, out, name=name: captured.__setitem__(name, out.detach())
-        )
-        for name in names
-    ]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(batch[:_CALIBRATION_EXAMPLES])
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    return captured

@@ -11,8 +11,8 @@ searchable where the protected ends alone exceed it): the plan is
 applied (no fine-tuning; activation quantizers calibrated on the model's task inputs, or random
 ones), exported to `.cpz` (`engine.export`) and to ONNX (`planner.onnx_job.export_onnx_file`),
 and measured:
-- the ONNX file's bytes, its stored tensors and its planned weights against the size model's
-  prediction;
+- the ONNX file's bytes, its stored tensors, its planned weights and its activation quantizers'
+  parameters against the size model's prediction;
 - its ORT latency as a ratio to the ORT fp32 file of the uncompressed model (1 thread, batch 1,
   `measure_relative`: interleaved blocks, `MIN_TIME_MS` of the reference per measurement),
   `--repeats` times: median and range;
@@ -218,6 +218,7 @@ def bench_model(spec_name: str, plans: list[str], repeats: int, folder: Path) ->
                 "file_bytes": report["file_bytes"],
                 "payload_bytes": report["payload_bytes"],
                 "planned_bytes": report["planned_bytes"],
+                "quantizer_bytes": report["quantizer_bytes"],
                 "predicted_bytes": report["predicted_bytes"],
                 "fp32_over_file": fp32_report.file_bytes / report["file_bytes"],
                 "ratio_to_ort_fp32": ratio(session.module(), fp32, example, repeats),
