@@ -2,9 +2,9 @@
 
 The module is `search_spaces.methods.quantizers.ActivationQuantizer` (calibrated on the layer's
 real inputs); its deployed form is `FrozenActivationQuantizer` (same outputs, data-independent
-cost), and its ONNX form `ThresholdsOnlyQuantizer` (the same, storing only the thresholds). Its
-parameters are exported with the model's other state (counted apart from the size
-convention's payload, which counts weights).
+cost), and its ONNX form that one, or at 8 bits `ThresholdsOnlyQuantizer` (the same, storing
+only the thresholds). Its parameters are exported with the model's other state (counted apart
+from the size convention's payload, which counts weights).
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ __all__ = ["N2UQ", "N2UQConfig"]
 # Relative squared error of a b-bit uniform quantizer on Gaussian data with its best clipping
 # (Lloyd–Max–style tables for the uniform case): the proxy's price of quantizing a layer's input.
 _GAUSSIAN_ERROR = {2: 0.1188, 3: 0.03744, 4: 0.01154, 8: 0.0001}
+# A quantizer's grid tables up to this many elements are stored in its ONNX form (4 bits: about
+# 200); larger ones (8 bits: over 2,000) are computed from the thresholds at load.
+_STORED_TABLE_ELEMENTS = 512
 
 
 @dataclass(frozen=True)
@@ -68,4 +71,6 @@ class N2UQ(ActivationMethod):
 
     def onnx_form(self, module: nn.Module) -> nn.Module:
         frozen = module if isinstance(module, FrozenActivationQuantizer) else self.deployed(module)
-        return ThresholdsOnlyQuantizer(frozen)
+        # Deriving the tables takes a few KB of graph: worth it only where they are larger.
+        tables = frozen.cell_base.numel() + frozen.cell_thresholds.numel()
+        return ThresholdsOnlyQuantizer(frozen) if tables > _STORED_TABLE_ELEMENTS else frozen
