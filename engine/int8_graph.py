@@ -4,7 +4,7 @@ An int8 kernel's output is quantized only where the model quantizes that very te
 one asks what reads a layer's output: through a BatchNorm that alone reads it (merged into the
 kernel) and a ReLU (a quantizer before it gives the same levels as after it), are the readers
 int8 layers whose input quantizers agree? The trace stops at planned layers and at modules
-without children; a model it cannot trace gets no answer (None), and then no layer is fused.
+without children; a model it cannot trace gets no answer ({}), and then no layer is fused.
 """
 
 from __future__ import annotations

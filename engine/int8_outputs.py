@@ -9,8 +9,8 @@ own output, of the kind of its input quantizer, as ONNX Runtime's quantization t
 calibrated on the outputs it sees (the unit's `build`, so the same clip search). It sits after
 the BatchNorm that alone reads the convolution's output, which is merged into the layer
 (`PlannedLayer.post`; the BatchNorm's module becomes an `nn.Identity`), as the kernel needs and
-as the runtime merges it.
-The Add or pooling after it then reads dequantized values and runs in fp32, as the file runs it.
+as the runtime merges it. The Add or pooling after it then reads dequantized values and runs in
+fp32, as the file runs it.
 
 Linear layers need none: ONNX Runtime runs them as QGemm with a float output
 (`engine.onnx_int8`). Convolutions whose readers quantize their output already, and layers the
