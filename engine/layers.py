@@ -207,12 +207,15 @@ def int32_bias(bias: Tensor, input_scale: float, weight: Tensor) -> Tensor:
     int32 bias of an int8 kernel, written as ONNX's DequantizeLinear of int32 levels (which ONNX
     Runtime needs to fuse a Gemm into QGemm); with a straight-through gradient when training."""
     scale = int8_scale(weight.detach()) * input_scale
+    # Clamped to int32's range (a near-zero weight row has a tiny scale), as the cast needs.
+    levels = torch.clamp(torch.round(bias / scale), -(2**31), 2**31 - 128)
     if torch.is_grad_enabled() and bias.requires_grad:
-        return bias + (torch.round(bias / scale) * scale - bias).detach()
-    levels = torch.round(bias / scale).to(torch.int32)
+        return bias + (levels * scale - bias).detach()
     ops = torch.ops.quantized_decomposed
     zero = _zero_points(scale)
-    return ops.dequantize_per_channel(levels, scale, zero, 0, -(2**31), 2**31 - 1, torch.int32)
+    return ops.dequantize_per_channel(
+        levels.to(torch.int32), scale, zero, 0, -(2**31), 2**31 - 1, torch.int32
+    )
 
 
 def plain_layer(layer: PlannedLayer) -> nn.Module:
