@@ -173,9 +173,10 @@ def _layer_record(layer: PlannedLayer) -> tuple[dict, dict[str, Tensor]]:
         "bias": layer.bias is not None,
         "activations": None if layer.act_config is None else layer.act_config.to_dict(),
     }
-    if layer.out_quant is not None:  # an int8 convolution's output quantizer and merged BN
-        meta["output"] = layer.out_config.to_dict()
+    if layer.post is not None:  # an int8 convolution's merged BatchNorm
         meta["post_batchnorm"] = layer.merged_batchnorm
+    if layer.out_quant is not None:  # and its output quantizer
+        meta["output"] = layer.out_config.to_dict()
     if layer.method == "none":
         meta["weights"] = {"method": "none", "shape": list(layer.weight_source.weight.shape)}
         return meta, {}
@@ -577,15 +578,15 @@ def _planned_layer(meta: dict, tensors: dict[str, Tensor]) -> PlannedLayer:
     layer = PlannedLayer(
         meta["kind"], weight, bias, geometry, act, method=weights["method"], act_config=act_config
     )
-    if meta.get("output") is not None:  # its values come with the rest of the state
+    if meta.get("post_batchnorm") is not None:  # values come with the rest of the state
+        channels = weight().shape[0]
+        layer.post = FoldedBatchNorm(torch.zeros(channels), torch.zeros(channels))
+        layer.merged_batchnorm = meta["post_batchnorm"]
+    if meta.get("output") is not None:
         settings = dict(meta["output"])
         unit = activation_method(settings.pop("method"))
         layer.out_config = unit.config_type.from_dict(settings)
         layer.out_quant = unit.skeleton(layer.out_config)
-        if meta.get("post_batchnorm") is not None:
-            channels = weight().shape[0]
-            layer.post = FoldedBatchNorm(torch.zeros(channels), torch.zeros(channels))
-            layer.merged_batchnorm = meta["post_batchnorm"]
     return layer
 
 

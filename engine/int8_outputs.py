@@ -7,10 +7,11 @@ ResNet-18's convolutions, every projection of MobileNetV2's residual blocks.
 `quantize_int8_outputs_(model, calibration)` gives each such convolution a u8 quantizer of its
 own output, of the kind of its input quantizer, as ONNX Runtime's quantization tool does,
 calibrated on the outputs it sees (the unit's `build`, so the same clip search). It sits after
-the BatchNorm that alone reads the convolution's output, which is merged into the layer
-(`PlannedLayer.post`; the BatchNorm's module becomes an `nn.Identity`), as the kernel needs and
-as the runtime merges it. The Add or pooling after it then reads dequantized values and runs in
-fp32, as the file runs it.
+the BatchNorm that alone reads the convolution's output. That BatchNorm, for every int8
+convolution, is merged into the layer (`PlannedLayer.post`; its module becomes an
+`nn.Identity`), as the kernel needs and as the runtime merges it, so the model rounds the merged
+weight and bias as the kernel does. The Add or pooling after it then reads dequantized values
+and runs in fp32, as the file runs it.
 
 Linear layers need none: ONNX Runtime runs them as QGemm with a float output
 (`engine.onnx_int8`). Convolutions whose readers quantize their output already, and layers the
@@ -30,8 +31,9 @@ __all__ = ["quantize_int8_outputs_"]
 
 
 def quantize_int8_outputs_(model: nn.Module, calibration: Tensor | None) -> list[str]:
-    """Give each int8 convolution of `model` whose output no int8 layer quantizes an output
-    quantizer (module docstring), in place; returns their names.
+    """Merge into each int8 convolution of `model` the BatchNorm that alone reads its output,
+    and give each one whose output no int8 layer quantizes an output quantizer (module
+    docstring), in place; returns the names of those given one.
 
     Args:
         model: a model with planned layers (eval mode is used while calibrating).
@@ -47,7 +49,7 @@ def quantize_int8_outputs_(model: nn.Module, calibration: Tensor | None) -> list
         return []
     outputs = layer_outputs(model, names)
     chosen = [name for name, out in outputs.items() if out.readers_quantize is None]
-    for name in chosen:
+    for name in outputs:
         batchnorm = outputs[name].batchnorm
         if batchnorm is not None:
             layer, module = model.get_submodule(name), model.get_submodule(batchnorm)

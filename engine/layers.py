@@ -11,8 +11,9 @@ only pruned, or only has quantized inputs. The layer records which units made th
 A layer whose input quantizer is ONNX's QuantizeLinear (`ActivationMethod.int8_kernel`) runs an
 int8 kernel on ONNX Runtime, so it computes here what that kernel computes: its weight (whatever
 kind decoded it) requantized to int8 per output channel, scale max|W_c| / 127, zero point 0
-(`int8_weight`); a Linear's bias on the int32 grid of the kernel's accumulator (`int32_bias`), as
-ONNX Runtime's QGemm adds it.
+(`int8_weight`), and its bias on the int32 grid of the kernel's accumulator (`int32_bias`), as
+ONNX Runtime's kernels add it; a BatchNorm that alone reads an int8 convolution's output is
+merged into the layer first, as the kernel computes it.
 """
 
 from __future__ import annotations
@@ -82,10 +83,10 @@ class PlannedLayer(nn.Module):
         method: the weight method whose unit made `weight` ("none": a `DenseWeight`).
         act_config: the config `act_quant` was made for (None without one).
 
-    An int8 convolution whose output no int8 layer quantizes gets, after construction
-    (`engine.int8_outputs`), `post`: the `FoldedBatchNorm` that alone read its output, merged in
-    (its module in the model, named `merged_batchnorm`, is then an `nn.Identity`), and
-    `out_quant`: a u8 quantizer of its output, made for `out_config`. All are None otherwise.
+    An int8 convolution gets, after construction (`engine.int8_outputs`), `post`: the
+    `FoldedBatchNorm` that alone read its output, merged in (its module in the model, named
+    `merged_batchnorm`, is then an `nn.Identity`); and where no int8 layer quantizes its output,
+    `out_quant`: a u8 quantizer of that output, made for `out_config`. All are None otherwise.
     """
 
     def __init__(
@@ -144,33 +145,33 @@ class PlannedLayer(nn.Module):
     def weight(self) -> Tensor:
         return self.weight_source()
 
-    def kernel_weight(self) -> Tensor:
-        """The weight the layer's kernel computes with: int8 per channel for an int8 layer."""
-        w = self.weight_source()
-        return int8_weight(w) if self.int8 else w
-
-    def kernel_bias(self, weight: Tensor | None = None) -> Tensor | None:
-        """The bias the layer's kernel adds: an int8 Linear's on its accumulator's int32 grid
-        (`int32_bias`; `weight`: the decoded weight, if already at hand)."""
-        if self.bias is None or not (self.int8 and self.kind == "linear"):
-            return self.bias
-        weight = self.weight_source() if weight is None else weight
-        return int32_bias(self.bias, scale_and_zero_point(self.act_quant)[0], weight)
+    def kernel_parameters(self) -> tuple[Tensor, Tensor | None]:
+        """(weight, bias) the layer's kernel computes with: its merged BatchNorm (`post`) folded
+        in; for an int8 layer the weight requantized to int8 per output channel and the bias on
+        the accumulator's int32 grid (`int8_weight`, `int32_bias`), as ONNX Runtime's int8
+        kernels compute them."""
+        w, b = self.weight_source(), self.bias
+        if self.post is not None:  # conv(x)·s + t as one convolution
+            scale, shift = self.post.scale, self.post.shift
+            w = w * scale.view((-1,) + (1,) * (w.dim() - 1))
+            b = shift if b is None else b * scale + shift
+        if not self.int8:
+            return w, b
+        if b is not None:
+            b = int32_bias(b, scale_and_zero_point(self.act_quant)[0], w)
+        return int8_weight(w), b
 
     def forward(self, x: Tensor) -> Tensor:
         if self.act_quant is not None:
             x = self.act_quant(x)
-        decoded = self.weight_source()
-        w = int8_weight(decoded) if self.int8 else decoded
+        w, b = self.kernel_parameters()
         if self.kind == "linear":
-            y = F.linear(x, w, self.kernel_bias(decoded))
+            y = F.linear(x, w, b)
         elif self.kind == "embedding":
             return F.embedding(x, w, **self.geometry)
         else:
             conv = F.conv2d if self.kind == "conv2d" else F.conv1d
-            y = conv(x, w, self.bias, **self.geometry)
-        if self.post is not None:
-            y = self.post(y)
+            y = conv(x, w, b, **self.geometry)
         return y if self.out_quant is None else self.out_quant(y)
 
     def extra_repr(self) -> str:
@@ -219,16 +220,12 @@ def int32_bias(bias: Tensor, input_scale: float, weight: Tensor) -> Tensor:
 
 
 def plain_layer(layer: PlannedLayer) -> nn.Module:
-    """An ordinary Conv1d, Conv2d or Linear holding `layer`'s current weight (decoded; an int8
-    layer's requantized, as its kernel computes), with its merged BatchNorm (`post`) merged into
-    the weight and bias; its output quantizer is not part of it."""
+    """An ordinary Conv1d, Conv2d or Linear holding `layer`'s kernel parameters
+    (`PlannedLayer.kernel_parameters`: decoded, its merged BatchNorm folded in, an int8 layer's
+    requantized); its quantizers are not part of it."""
     with torch.no_grad():
-        weight = layer.kernel_weight().detach().clone()
-        kernel_bias = layer.kernel_bias()
-        if layer.post is not None:
-            scale, shift = layer.post.scale.detach(), layer.post.shift.detach()
-            weight = weight * scale.view((-1,) + (1,) * (weight.dim() - 1))
-            kernel_bias = shift if kernel_bias is None else kernel_bias * scale + shift
+        weight, kernel_bias = layer.kernel_parameters()
+        weight = weight.detach().clone()
     bias = kernel_bias is not None
     if layer.kind == "embedding":
         plain: nn.Module = nn.Embedding(*weight.shape, **layer.geometry)

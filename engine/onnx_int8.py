@@ -75,9 +75,9 @@ class Int8Layer(nn.Module):
         if self.post_scale is not None:  # conv(x)·s + t as one convolution
             w = w * self.post_scale.view((-1,) + (1,) * (w.dim() - 1))
             b = self.post_shift if b is None else b * self.post_scale + self.post_shift
+        if b is not None:  # as the kernel adds it (and the model: PlannedLayer.kernel_parameters)
+            b = int32_bias(b, scale_and_zero_point(self.act_quant)[0], w)
         if self.kind == "linear":
-            if b is not None:
-                b = int32_bias(b, scale_and_zero_point(self.act_quant)[0], w)
             rows = x.reshape(-1, x.shape[-1])  # a Gemm: what ONNX Runtime fuses into QGemm
             y = F.linear(rows, int8_weight(w), b).reshape(*x.shape[:-1], w.shape[0])
         else:
