@@ -51,6 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.apply import AppliedPlan, applied_plan_of
+from engine.int8_outputs import merge_int8_batchnorms_
 from engine.layers import DenseWeight, FoldedBatchNorm, PlannedLayer
 from engine.pruning import prune_
 from search_spaces.attention import split_attention_
@@ -146,11 +147,14 @@ class ExportReport:
         }
 
 
-def freeze_(model: nn.Module) -> nn.Module:
+def freeze_(model: nn.Module, *, merge_int8: bool = True) -> nn.Module:
     """Put `model` in its deployed form, in place: each weight source in its unit's frozen form
-    (b-bit: integer levels), folded BatchNorms, eval mode.
+    (b-bit: integer levels), folded BatchNorms (merged into the int8 convolutions they alone
+    read: `engine.int8_outputs.merge_int8_batchnorms_`), eval mode.
 
     Idempotent. Training after freezing trains the folded scales and shifts, not BatchNorms.
+    `merge_int8=False` leaves the BatchNorms unmerged (`load` merges them once their values are
+    in, which also serves files written before they were merged at export).
     """
     model.eval()
     frozen: dict[int, nn.Module] = {}  # tied layers share one source: freeze it once
@@ -162,6 +166,8 @@ def freeze_(model: nn.Module) -> nn.Module:
             module.weight_source = frozen[id(source)]
         elif isinstance(module, nn.modules.batchnorm._BatchNorm):
             model.set_submodule(name, FoldedBatchNorm.of(module))
+    if merge_int8:
+        merge_int8_batchnorms_(model)
     return model
 
 
@@ -712,8 +718,9 @@ def load(
                 if not isinstance(model.get_submodule(merged), nn.modules.batchnorm._BatchNorm):
                     raise ExportError(f"{damaged}: layer {name} merges {merged!r}, no BatchNorm")
                 model.set_submodule(merged, nn.Identity())
-        freeze_(model)
+        freeze_(model, merge_int8=False)
         _load_state_(model, meta, tensors, path)
+        merge_int8_batchnorms_(model)
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         if isinstance(error, ExportError | PlanError):
             raise
