@@ -145,21 +145,24 @@ class PlannedLayer(nn.Module):
     def weight(self) -> Tensor:
         return self.weight_source()
 
-    def kernel_parameters(self) -> tuple[Tensor, Tensor | None]:
-        """(weight, bias) the layer's kernel computes with: its merged BatchNorm (`post`) folded
-        in; for an int8 layer the weight requantized to int8 per output channel and the bias on
-        the accumulator's int32 grid (`int8_weight`, `int32_bias`), as ONNX Runtime's int8
-        kernels compute them."""
+    def merged_parameters(self) -> tuple[Tensor, Tensor | None]:
+        """(weight, bias) with the merged BatchNorm (`post`) folded in and, for an int8 layer,
+        the bias on the accumulator's int32 grid (`int32_bias`); the weight still in floats."""
         w, b = self.weight_source(), self.bias
         if self.post is not None:  # conv(x)·s + t as one convolution
             scale, shift = self.post.scale, self.post.shift
             w = w * scale.view((-1,) + (1,) * (w.dim() - 1))
             b = shift if b is None else b * scale + shift
-        if not self.int8:
-            return w, b
-        if b is not None:
+        if self.int8 and b is not None:
             b = int32_bias(b, scale_and_zero_point(self.act_quant)[0], w)
-        return int8_weight(w), b
+        return w, b
+
+    def kernel_parameters(self) -> tuple[Tensor, Tensor | None]:
+        """(weight, bias) the layer's kernel computes with: `merged_parameters`, an int8
+        layer's weight requantized to int8 per output channel (`int8_weight`), as ONNX
+        Runtime's int8 kernels compute them."""
+        w, b = self.merged_parameters()
+        return (int8_weight(w) if self.int8 else w), b
 
     def forward(self, x: Tensor) -> Tensor:
         if self.act_quant is not None:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.int8_graph import layer_outputs
-from engine.layers import DenseWeight, FoldedBatchNorm, PlannedLayer, int8_weight, int32_bias
+from engine.layers import DenseWeight, FoldedBatchNorm, PlannedLayer, int8_scale, int8_weight
 from search_spaces.methods.uniform8 import quantize_dequantize, scale_and_zero_point
 
 __all__ = ["Int8Layer", "int8_layers_", "planned_int8_layers_"]
@@ -44,7 +44,8 @@ class Int8Layer(nn.Module):
     Args:
         layer: the planned layer (its weight source and input quantizer already in their ONNX
             and deployed forms).
-        batchnorm: the folded BatchNorm that is its output's only reader, merged in; or None.
+        batchnorm: the folded BatchNorm that is its output's only reader, merged in (as the
+            layer's `post`: the layer is the ONNX form's own copy); or None.
         output: the (scale, zero point) its output is quantized with; None: not quantized, and
             the int8 weight is written as constants the runtime folds.
     """
@@ -56,42 +57,29 @@ class Int8Layer(nn.Module):
         output: tuple[float, int] | None,
     ):
         super().__init__()
-        self.kind, self.geometry = layer.kind, dict(layer.geometry)
-        self.weight_source, self.act_quant, self.bias = (
-            layer.weight_source,
-            layer.act_quant,
-            layer.bias,
-        )
-        scale = None if batchnorm is None else batchnorm.scale.detach().clone()
-        shift = None if batchnorm is None else batchnorm.shift.detach().clone()
-        self.register_buffer("post_scale", scale)
-        self.register_buffer("post_shift", shift)
-        self.output = output
+        if batchnorm is not None:
+            layer.post = batchnorm
+        self.layer, self.output = layer, output
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.act_quant is not None:
-            x = self.act_quant(x)
-        w, b = self.weight_source(), self.bias
-        if self.post_scale is not None:  # conv(x)·s + t as one convolution
-            w = w * self.post_scale.view((-1,) + (1,) * (w.dim() - 1))
-            b = self.post_shift if b is None else b * self.post_scale + self.post_shift
-        if b is not None:  # as the kernel adds it (and the model: PlannedLayer.kernel_parameters)
-            b = int32_bias(b, scale_and_zero_point(self.act_quant)[0], w)
-        if self.kind == "linear":
+        layer = self.layer
+        if layer.act_quant is not None:
+            x = layer.act_quant(x)
+        w, b = layer.merged_parameters()  # as the model computes (kernel_parameters)
+        if layer.kind == "linear":
             rows = x.reshape(-1, x.shape[-1])  # a Gemm: what ONNX Runtime fuses into QGemm
             y = F.linear(rows, int8_weight(w), b).reshape(*x.shape[:-1], w.shape[0])
         else:
             w = int8_weight(w) if self.output is not None else _int8_folded(w)
-            y = (F.conv2d if self.kind == "conv2d" else F.conv1d)(x, w, b, **self.geometry)
+            conv = F.conv2d if layer.kind == "conv2d" else F.conv1d
+            y = conv(x, w, b, **layer.geometry)
         return y if self.output is None else quantize_dequantize(y, *self.output)
 
 
 def _int8_folded(weight: Tensor) -> Tensor:
     """`int8_weight(weight)` in operators a runtime folds at load (Div, Round, Clip, Mul), where
     a DequantizeLinear would run on every call."""
-    peak = weight.abs().reshape(weight.shape[0], -1).amax(1)
-    scale = torch.where(peak > 0, peak / 127, 1.0)
-    scale = scale.view((-1,) + (1,) * (weight.dim() - 1))
+    scale = int8_scale(weight).view((-1,) + (1,) * (weight.dim() - 1))
     return torch.clamp(torch.round(weight / scale), -128, 127) * scale
 
 
