@@ -33,7 +33,7 @@ from engine.onnx_int8 import int8_layers_
 from search_spaces.methods import activation_method_of, weight_method
 from search_spaces.output_file import check_output_path, write_atomically
 
-__all__ = ["METADATA_KEY", "OPSET", "OnnxReport", "export_onnx", "onnx_form"]
+__all__ = ["METADATA_KEY", "OPSET", "OnnxReport", "export_onnx", "export_structure", "onnx_form"]
 
 OPSET = 21  # int4 and uint4 types, per-axis DequantizeLinear
 METADATA_KEY = "compplan"
@@ -183,6 +183,23 @@ def export_onnx(
         dynamic_batch=dynamic,
         layers=layers,
     )
+
+
+def export_structure(
+    structure: nn.Module, example_inputs: Tensor | tuple[Tensor, ...], path: str | Path
+) -> OnnxReport:
+    """Write a deployed structure (`engine.deploy.deployed_structure`, or one layer's
+    `deployed_layer`: built for timing, nothing clustered) to `path` as the applied model's
+    file would run it, at the example's batch: each int8 pair (u8 quantizer, plain layer) as an
+    int8 planned layer, int8 convolutions whose output no int8 layer quantizes with output
+    quantizers at their skeleton's values (`engine.int8_outputs`). `structure` is not changed."""
+    from engine.int8_outputs import quantize_int8_outputs_
+    from engine.onnx_int8 import planned_int8_layers_
+
+    form = nn.Sequential(copy.deepcopy(structure))  # a root of its own: a layer may be the pair
+    planned_int8_layers_(form)
+    quantize_int8_outputs_(form, None)
+    return export_onnx(form, example_inputs, path, dynamic_batch=False)
 
 
 def _export(form: nn.Module, inputs: tuple[Tensor, ...], dynamic_batch: bool):

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 from search_spaces.graph import LayerSpec, ModelGraph
 from search_spaces.knobs import ACT_BITS, LR_MULTS, kept_channels
 from search_spaces.methods import (
-    DEFAULT_ACTIVATION_METHOD,
-    activation_method,
+    AUTO_ACTIVATION,
+    activation_bits_of,
+    activation_method_for,
     check_knob,
     weight_method,
     weight_methods,
@@ -51,7 +52,8 @@ class Knobs:
 
     Attributes:
         methods: weight methods (registered names) or "none" (dense).
-        act_method: the activation quantizer (a registered name) for act_bits below 32.
+        act_method: the activation quantizer (a registered name) for act_bits below 32, or
+            "auto" (default): u8 at 8 bits (ONNX Runtime's int8 kernels), N2UQ below.
         act_bits: input activation bit-widths (32: none).
         keep: channel keep ratios, for the layer's coupling group.
         lr_mult: fine-tune learning-rate multipliers (0 freezes).
@@ -72,7 +74,7 @@ class Knobs:
         self,
         *,
         methods: tuple[str, ...] = ("vq", "bits"),
-        act_method: str = DEFAULT_ACTIVATION_METHOD,
+        act_method: str = AUTO_ACTIVATION,
         act_bits: tuple[int, ...] = ACT_BITS,
         keep: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0),
         lr_mult: tuple[float, ...] = LR_MULTS,
@@ -113,7 +115,7 @@ class Knobs:
             "methods",
             f"registered weight methods {sorted(names)} or 'none'",
         )
-        allowed = (*activation_method(act_method).bits, 32)
+        allowed = (*activation_bits_of(act_method), 32)
         check_knob(self.act_bits, lambda v: v in allowed, "act_bits", f"in {list(allowed)}")
         check_knob(self.keep, lambda v: 0 < v <= 1, "keep", "ratios in (0, 1]")
         check_knob(self.lr_mult, lambda v: v >= 0, "lr_mult", "numbers ≥ 0")
@@ -186,7 +188,9 @@ class LayerChoices:
             weights = unit.decode({k: pick(k) for k in unit.parameters(self.of(method))})
         return LayerPlan(
             weights=weights,
-            activations=activation_method(self.act_method).config(pick("act_bits")),
+            activations=activation_method_for(self.act_method, pick("act_bits")).config(
+                pick("act_bits")
+            ),
             keep=keep,
             lr_mult=pick("lr_mult"),
         )

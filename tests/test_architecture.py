@@ -25,6 +25,10 @@ EXCEPTIONS = {
     # processes (imported there only). The protocol itself, `predictors.profile.
     # measure_relative`, takes any two modules and imports nothing of the engine.
     ("predictors.latency.profiling", "engine.deploy"),
+    # ... and, on ONNX Runtime, exports that form as the applied model's file writes it and
+    # opens a session on it (`--runtime onnxruntime`), in the measuring processes only.
+    ("predictors.latency.profiling", "engine.onnx_export"),
+    ("predictors.latency.profiling", "engine.onnx_session"),
 }
 
 

@@ -30,7 +30,13 @@ from predictors.latency.records import (
     load_records,
     save_records,
 )
-from predictors.latency.sampling import random_plans, structured_plans, synthetic_layer_configs
+from predictors.latency.sampling import (
+    int8_region_plans,
+    kernel_mix_plans,
+    random_plans,
+    structured_plans,
+    synthetic_layer_configs,
+)
 
 __all__ = [
     "FEATURE_NAMES",
@@ -51,6 +57,8 @@ __all__ = [
     "features",
     "fit_predictor",
     "holdout_split",
+    "int8_region_plans",
+    "kernel_mix_plans",
     "load_predictor",
     "load_records",
     "make_predictor",

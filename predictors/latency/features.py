@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -22,8 +22,11 @@ from search_spaces.macs import layer_macs
 from search_spaces.plan import Plan
 
 __all__ = [
+    "ALONE",
+    "BASE_COLUMNS",
     "FEATURE_NAMES",
     "KINDS",
+    "RUNTIME_FEATURE_NAMES",
     "LatencyBatch",
     "LayerConfigs",
     "features",
@@ -53,6 +56,26 @@ FEATURE_NAMES = (
     "weight_bits",
 )
 
+# What a runtime with int8 kernels (ONNX Runtime) charges beyond a layer's own shape: its kernel
+# class beside its neighbours' (`LayerConfigs.in_int8` ...), since a boundary between classes
+# costs a Quantize or Dequantize and layout changes, and the work of a lookup quantizer below 8
+# bits (N2UQ compares each input element with its 2^b - 1 thresholds). A predictor of such a
+# runtime reads these too (`features(configs, names)`); one of PyTorch eager does not.
+RUNTIME_FEATURE_NAMES = (
+    "int8",
+    "in_int8",
+    "out_int8",
+    "in_boundary",
+    "out_boundary",
+    "join_before",
+    "join_after",
+    "pooled_before",
+    "log2_lookup_work",
+)
+
+# The neighbour columns of a layer timed alone: model input before it, model output after it.
+ALONE = {"in_int8": 0, "out_int8": 0, "joins_in": 1, "joins_out": 1, "pooled": 0}
+
 
 @dataclass(frozen=True)
 class LayerConfigs:
@@ -70,6 +93,14 @@ class LayerConfigs:
         act_bits: input activation bits (32: not quantized).
         weight_bits: weight bits the deployed form runs at, as the weight method says
             (`WeightMethod.deployed_weight_bits`: 32 for dense and for VQ, which runs decoded).
+        in_int8, out_int8: how many of the layers writing its input / reading its output run
+            int8 kernels (8-bit activations): 0 none (or the model's input / output), 1 some,
+            2 all.
+        joins_in, joins_out: layers writing its input's channels / its output's channels (more
+            than 1: a residual Add joins them).
+        pooled: 1 when its input has fewer elements per channel than a writer's output (a
+            pooling or strided view between them).
+    Layers timed alone (`ALONE`) have fp32 neighbours and no join or pooling.
     """
 
     kind: np.ndarray
@@ -83,10 +114,17 @@ class LayerConfigs:
     batch: np.ndarray
     act_bits: np.ndarray
     weight_bits: np.ndarray
+    in_int8: np.ndarray
+    out_int8: np.ndarray
+    joins_in: np.ndarray
+    joins_out: np.ndarray
+    pooled: np.ndarray
 
     @classmethod
     def from_columns(cls, **columns) -> LayerConfigs:
-        """Arrays (or scalars, broadcast) for every column, as int64."""
+        """Arrays (or scalars, broadcast) for every column, as int64; neighbour columns left
+        out take a layer alone's values (`ALONE`)."""
+        columns = {**ALONE, **columns}
         arrays = np.broadcast_arrays(*(np.asarray(columns[f.name]) for f in fields(cls)))
         return cls(**{f.name: a.astype(np.int64) for f, a in zip(fields(cls), arrays, strict=True)})
 
@@ -114,6 +152,19 @@ class LayerConfigs:
             out_spatial=self.out_spatial,
             batch=self.batch,
         )
+
+    def alone(self) -> LayerConfigs:
+        """These configurations as single layers timed alone (`ALONE`'s neighbours)."""
+        return replace(
+            self, **{k: np.full(self.shape, v, dtype=np.int64) for k, v in ALONE.items()}
+        )
+
+    def contiguous(self) -> LayerConfigs:
+        """These configurations with every layer's neighbours in its own kernel class: what a
+        layer costs inside a region of its class, with no boundary. A prediction over them is
+        a sum of per-layer terms again (the exact solver's additive part)."""
+        own = np.where(self.act_bits == 8, 2, 0)
+        return replace(self, in_int8=own, out_int8=own)
 
     def unique(self) -> tuple[LayerConfigs, np.ndarray]:
         """(the distinct configurations, flat; the index of each element among them).
@@ -147,37 +198,61 @@ class LayerConfigs:
         return unique, inverse.reshape(-1)
 
 
-def features(configs: LayerConfigs) -> np.ndarray:
-    """The network's input per configuration: float32, shape (*configs.shape, len(FEATURE_NAMES)).
+# The columns of a layer's own configuration, without its neighbours (a lookup table's key).
+BASE_COLUMNS = tuple(f for f in LayerConfigs.__dataclass_fields__ if f not in ALONE)
+
+
+def features(configs: LayerConfigs, names: Sequence[str] = FEATURE_NAMES) -> np.ndarray:
+    """The network's input per configuration: float32, shape (*configs.shape, len(names)), of
+    `FEATURE_NAMES` and, for a runtime with int8 kernels, `RUNTIME_FEATURE_NAMES`.
 
     Counts enter as log2, so that one network spans a 1×1 conv on 7×7 and a 3×3 conv on 224×224.
     """
     c = configs
     log2 = np.log2
-    f = np.stack(
-        [
-            c.kind == 0,
-            c.kind == 1,
-            c.kind == 2,
-            (c.groups > 1) & (c.groups == c.c_in) & (c.groups == c.c_out),
-            log2(c.c_in),
-            log2(c.c_out),
-            log2(c.kernel),
-            log2(c.in_spatial),
-            log2(c.out_spatial),
-            log2(c.batch),
-            log2(np.maximum(c.macs, 1)),
-            log2(c.batch * c.c_in * c.in_spatial),
-            log2(c.batch * c.c_out * c.out_spatial),
-            log2(c.c_out * (c.c_in // c.groups) * c.kernel),
-            log2(c.groups),
-            c.act_bits < 32,
-            c.act_bits / 32,
-            c.weight_bits / 32,
-        ],
-        axis=-1,
-    )
-    return f.astype(np.float32)
+    columns = [
+        c.kind == 0,
+        c.kind == 1,
+        c.kind == 2,
+        (c.groups > 1) & (c.groups == c.c_in) & (c.groups == c.c_out),
+        log2(c.c_in),
+        log2(c.c_out),
+        log2(c.kernel),
+        log2(c.in_spatial),
+        log2(c.out_spatial),
+        log2(c.batch),
+        log2(np.maximum(c.macs, 1)),
+        log2(c.batch * c.c_in * c.in_spatial),
+        log2(c.batch * c.c_out * c.out_spatial),
+        log2(c.c_out * (c.c_in // c.groups) * c.kernel),
+        log2(c.groups),
+        c.act_bits < 32,
+        c.act_bits / 32,
+        c.weight_bits / 32,
+    ]
+    if any(name in RUNTIME_FEATURE_NAMES for name in names):
+        int8 = c.act_bits == 8
+        columns += [
+            int8,
+            c.in_int8 / 2,
+            c.out_int8 / 2,
+            int8 != (c.in_int8 == 2),
+            int8 != (c.out_int8 == 2),
+            c.joins_in > 1,
+            c.joins_out > 1,
+            c.pooled > 0,
+            np.where(
+                c.act_bits < 8,
+                log2(c.batch * c.c_in * c.in_spatial) + log2(2.0 ** np.minimum(c.act_bits, 7) - 1),
+                0.0,
+            ),
+        ]
+    by_name = dict(zip(FEATURE_NAMES + RUNTIME_FEATURE_NAMES, columns, strict=False))
+    try:
+        picked = [by_name[name] for name in names]
+    except KeyError as error:
+        raise ValueError(f"unknown latency feature {error}") from None
+    return np.stack(picked, axis=-1).astype(np.float32)
 
 
 def _spatial(shape: tuple[int, ...], kind: str) -> int:
@@ -262,7 +337,50 @@ def plan_layer_configs(graph: ModelGraph, plans: Sequence[Plan] | LatencyBatch) 
         act_bits=batch.act_bits,
         weight_bits=weight_bits,
         **{k: np.broadcast_to(v, c_out.shape) for k, v in static.items()},
+        **_neighbour_columns(graph, batch.act_bits == 8),
     )
+
+
+def _neighbour_columns(graph: ModelGraph, int8: np.ndarray) -> dict[str, np.ndarray]:
+    """`in_int8`, `out_int8` (plans × layers) and the static `joins_in`, `joins_out`, `pooled`,
+    from the coupling groups: a layer's input is written by its input groups' layers, its output
+    read by its own group's consumers (a group joined by a residual Add counts all its writers)."""
+    names = list(graph.layers)
+    index = {name: j for j, name in enumerate(names)}
+    writers = {g.id: [index[n] for n in g.layers if n in index] for g in graph.groups}
+    readers = {g.id: [index[n] for n in g.consumers if n in index] for g in graph.groups}
+    groups = {g.id: g for g in graph.groups}
+
+    def level(neighbours: list[int]) -> np.ndarray:
+        if not neighbours:
+            return np.zeros(int8.shape[0], dtype=np.int64)
+        share = int8[:, neighbours].mean(axis=1)
+        return np.where(share == 1, 2, np.where(share > 0, 1, 0))
+
+    in_int8, out_int8 = np.zeros_like(int8, dtype=np.int64), np.zeros_like(int8, dtype=np.int64)
+    joins_in, joins_out, pooled = (np.ones(len(names), dtype=np.int64) for _ in range(3))
+    pooled[:] = 0
+    for j, spec in enumerate(graph.layers.values()):
+        before = [w for tie in spec.inputs for w in writers.get(tie.group, [])]
+        after = readers.get(spec.group, []) if spec.group is not None else []
+        in_int8[:, j], out_int8[:, j] = level(before), level(after)
+        joins_in[j] = max(1, len(before))
+        if spec.group in groups:
+            joins_out[j] = max(1, len(writers[spec.group]))
+        own = math.prod(spec.input_shape[2:]) if spec.kind != "linear" else 1
+        pooled[j] = any(
+            math.prod(graph.layers[names[w]].output_shape[2:]) > own
+            for w in before
+            if graph.layers[names[w]].kind != "linear" and spec.kind != "linear"
+        )
+    shape = int8.shape
+    return {
+        "in_int8": in_int8,
+        "out_int8": out_int8,
+        "joins_in": np.broadcast_to(joins_in[None, :], shape),
+        "joins_out": np.broadcast_to(joins_out[None, :], shape),
+        "pooled": np.broadcast_to(pooled[None, :], shape),
+    }
 
 
 def _deployed_weight_bits(plans: PlanBatch) -> np.ndarray:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from predictors.latency.features import LayerConfigs, plan_layer_configs
+from predictors.latency.features import BASE_COLUMNS, plan_layer_configs
 from predictors.latency.models import (
     PREDICTOR_KINDS,
     LatencyPredictor,
@@ -35,7 +35,7 @@ from search_spaces.plan import Plan
 
 __all__ = ["FitReport", "HoldoutScore", "fit_predictor", "holdout_split"]
 
-_KEY = tuple(LayerConfigs.__dataclass_fields__)
+_KEY = BASE_COLUMNS  # a layer record is of a layer alone: its own columns
 Graphs = dict[tuple[str, str], ModelGraph]
 
 

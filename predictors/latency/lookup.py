@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from predictors.latency.features import LayerConfigs
+from predictors.latency.features import BASE_COLUMNS, LayerConfigs
 from predictors.latency.predictor import LatencyPredictor
 from predictors.latency.training_sets import (
     ModelRecords,
@@ -16,12 +16,14 @@ from predictors.latency.training_sets import (
 
 __all__ = ["LookupTablePredictor"]
 
-_KEY = tuple(LayerConfigs.__dataclass_fields__)
+_KEY = BASE_COLUMNS  # a layer alone: no neighbours
 
 
 class LookupTablePredictor(LatencyPredictor):
     """The sum of each layer's latency measured alone (NetAdapt, nn-Meter), plus a per-model
-    constant for everything between layers (the median residual on the model records).
+    constant for everything between layers (the median residual on the model records). It
+    knows no neighbours: on a runtime with int8 kernels it misses what a boundary between
+    kernel classes costs, which is why it is the baseline there.
 
     A configuration missing from the table takes the nearest measured one of the same kind
     (kernel, stride, depthwise or not, quantized input or not, batch; nearest in MACs), scaled by

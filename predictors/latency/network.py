@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from predictors.latency.features import FEATURE_NAMES, features
+from predictors.latency.features import FEATURE_NAMES, RUNTIME_FEATURE_NAMES, features
 from predictors.latency.network_member import NetworkMember
 from predictors.latency.predictor import LatencyPredictor
 from predictors.latency.training_sets import (
@@ -68,7 +68,11 @@ class LatencyNetwork(LatencyPredictor):
     """
 
     kind = "network"
-    additive = True  # per-configuration MLP outputs summed, plus a per-model overhead; averaged
+    # Per-configuration MLP outputs summed, plus a per-model overhead; averaged. Fit on records
+    # of a runtime with int8 kernels, a layer's features hold its neighbours' kernel classes
+    # (`RUNTIME_FEATURE_NAMES`), and the network is additive no longer (set on the instance).
+    additive = True
+    INT8_RUNTIMES = ("onnxruntime",)
 
     def __init__(
         self,
@@ -94,6 +98,7 @@ class LatencyNetwork(LatencyPredictor):
             "quantizer_by_elements": quantizer_by_elements,
         }
         self.training_log: list[dict[str, float]] = []
+        self.feature_names: tuple[str, ...] = FEATURE_NAMES
 
     def _build(self):
         import torch
@@ -102,9 +107,11 @@ class LatencyNetwork(LatencyPredictor):
         for index in range(self.config.get("members", 1)):
             torch.manual_seed(self.config["seed"] + index)
             by_elements = self.config.get("quantizer_by_elements", False)
-            self.members.append(NetworkMember(self.config["hidden"], by_elements))
-        self.mean = torch.zeros(len(FEATURE_NAMES))
-        self.std = torch.ones(len(FEATURE_NAMES))
+            n_features = len(self.feature_names)
+            self.members.append(NetworkMember(self.config["hidden"], by_elements, n_features))
+        self.mean = torch.zeros(len(self.feature_names))
+        self.std = torch.ones(len(self.feature_names))
+        self.additive = not set(self.feature_names) & set(RUNTIME_FEATURE_NAMES)
 
     @staticmethod
     def _input_z(graph: ModelGraph):
@@ -115,6 +122,9 @@ class LatencyNetwork(LatencyPredictor):
     def _fit(self, records, graphs) -> None:
         import torch
 
+        self.feature_names = FEATURE_NAMES + (
+            RUNTIME_FEATURE_NAMES if self.runtime in self.INT8_RUNTIMES else ()
+        )
         self._build()
         models = ModelRecords(records, graphs, self.unit)
         layers, layer_ms = layer_records(records, self.unit)
@@ -124,11 +134,11 @@ class LatencyNetwork(LatencyPredictor):
         pieces = []
         for _, graph, configs, y in models.sets:
             unique, inverse = configs.unique()
-            x = torch.from_numpy(features(unique))
+            x = torch.from_numpy(features(unique, self.feature_names))
             inverse = torch.from_numpy(inverse).reshape(configs.shape)
             sets.append((x, inverse, self._input_z(graph), torch.tensor(y).log()))
             pieces.append(x)
-        x_layers = torch.from_numpy(features(layers)) if len(layer_ms) else None
+        x_layers = torch.from_numpy(features(layers, self.feature_names)) if len(layer_ms) else None
         if x_layers is not None:
             pieces.append(x_layers)
             y_layers = torch.tensor(layer_ms, dtype=torch.float64).log()
@@ -169,7 +179,7 @@ class LatencyNetwork(LatencyPredictor):
 
         unique, inverse = configs.unique()
         with torch.no_grad():
-            x = torch.from_numpy(features(unique))
+            x = torch.from_numpy(features(unique, self.feature_names))
             inverse = torch.from_numpy(inverse).reshape(configs.shape)
             z = self._input_z(graph)
             ms = [m.model(x, inverse, z, self.mean, self.std) for m in self.members]
@@ -185,7 +195,7 @@ class LatencyNetwork(LatencyPredictor):
         tensors |= {"mean": self.mean, "std": self.std}
         return {
             "config": self.config,
-            "features": list(FEATURE_NAMES),
+            "features": list(self.feature_names),
             "tensors": {
                 k: {"shape": list(v.shape), "data": v.reshape(-1).tolist()}
                 for k, v in tensors.items()
@@ -196,11 +206,13 @@ class LatencyNetwork(LatencyPredictor):
     def _load_state(self, state):
         import torch
 
-        if state["features"] != list(FEATURE_NAMES):
+        names = tuple(state["features"])
+        if names not in (FEATURE_NAMES, FEATURE_NAMES + RUNTIME_FEATURE_NAMES):
             raise PredictorError(
                 "this network was trained on other layer features than this compplan computes; "
                 "fit it again with `compplan fit-latency`"
             )
+        self.feature_names = names
         self.config = dict(state["config"])
         self.training_log = list(state.get("training_log", []))
         tensors = {

@@ -1,6 +1,7 @@
 """One member of the latency network's ensemble (`models.LatencyNetwork`): a layer MLP, an
 optional activation-quantizer head and a per-model overhead, in torch. Its parts are summed per
-plan by the caller's configuration index, so a member is additive as the predictor is."""
+plan by the caller's configuration index, so a member is additive as the predictor is. Its input
+is `FEATURE_NAMES`, then any neighbour features (`RUNTIME_FEATURE_NAMES`) after them."""
 
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ class NetworkMember:
     """One member of the network's ensemble: the layer MLP, the quantizer head and the
     per-model overhead (built lazily, since predicting alone never imports torch's nn)."""
 
-    def __init__(self, hidden: int, quantizer_by_elements: bool):
+    def __init__(self, hidden: int, quantizer_by_elements: bool, n_features: int):
         from torch import nn
 
         self.net = nn.Sequential(
-            nn.Linear(len(FEATURE_NAMES), hidden),
+            nn.Linear(n_features, hidden),
             nn.SiLU(),
             nn.Linear(hidden, hidden),
             nn.SiLU(),

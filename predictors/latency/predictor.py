@@ -15,6 +15,7 @@ their own (`flops`, `lookup`, `network`); the records → training-set steps the
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Sequence
@@ -94,6 +95,7 @@ class LatencyPredictor:
         self.unit_ms = 1.0  # milliseconds of one unit
         self.fitted = False
         self._uncompressed: dict[tuple[str, str], float] = {}
+        self._contiguous = False  # `additive_part`
 
     def fit(
         self,
@@ -130,7 +132,40 @@ class LatencyPredictor:
         """Each plan's predicted latency over the uncompressed model's (float64 array)."""
         if not self.fitted:
             raise PredictorError(f"the {self.kind} predictor is not fit yet")
-        return self._predict(graph, plan_layer_configs(graph, plans)) / self._base_of(graph)
+        configs = plan_layer_configs(graph, plans)
+        if self._contiguous:
+            configs = configs.contiguous()
+        return self._predict(graph, configs) / self._base_of(graph)
+
+    @property
+    def runtime(self) -> str:
+        """The runtime the records it was fit on were timed on ("torch" for a predictor fit
+        before records named one)."""
+        return str(self.fingerprint.get("runtime", "torch"))
+
+    def require_runtime(self, runtime: str) -> None:
+        """Refuse to price plans for another runtime than the records were timed on.
+
+        Raises:
+            PredictorError: `runtime` is not this predictor's, in one line that says what to do.
+        """
+        if runtime != self.runtime:
+            raise PredictorError(
+                f"the latency predictor was fit on records timed on {self.runtime}, not "
+                f"{runtime}: profile and fit one with `--runtime {runtime}`, or pass "
+                f"--runtime {self.runtime}"
+            )
+
+    def additive_part(self) -> LatencyPredictor:
+        """This predictor, or, where it is not additive (it prices the boundaries between
+        kernel classes), a copy that prices every layer as if its neighbours shared its kernel
+        class: additive, what the exact solver budgets with before the full predictor checks
+        its answer (`planner.solver`)."""
+        if self.additive:
+            return self
+        part = copy.copy(self)
+        part._contiguous, part.additive = True, True
+        return part
 
     def reference_ms(self, graph: ModelGraph) -> tuple[float, str]:
         """The uncompressed model's latency that ratios are times of, and where it comes

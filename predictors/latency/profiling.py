@@ -43,11 +43,14 @@ from predictors.latency.records import DEPLOYED_FORM
 from predictors.latency.sampling import (
     STRUCTURED_KEEPS,
     config_macs,
+    int8_region_plans,
+    kernel_mix_plans,
     random_plans,
     structured_plans,
     synthetic_layer_configs,
 )
 from predictors.profile import BLOCKS, MIN_TIME_MS, MeasurementError, device_fingerprint
+from predictors.runtimes import RUNTIMES
 from search_spaces.plan import Plan
 
 __all__ = [
@@ -79,7 +82,7 @@ def _layer_module(config: dict[str, int], device: str):
     """A single layer as the deployed form runs it, and the shape of its input."""
     from torch import nn
 
-    from search_spaces.methods import DEFAULT_ACTIVATION_METHOD, activation_method, deployed_layer
+    from search_spaces.methods import AUTO_ACTIVATION, activation_method_for, deployed_layer
 
     kind = KINDS[config["kind"]]
     c_in, c_out, batch = config["c_in"], config["c_out"], config["batch"]
@@ -99,7 +102,9 @@ def _layer_module(config: dict[str, int], device: str):
             if kind == "conv2d"
             else (batch, c_in, spatial)
         )
-    activations = activation_method(DEFAULT_ACTIVATION_METHOD).config(config["act_bits"])
+    # Latency configurations know bits, not methods: 8 bits is u8 (int8 kernels), as "auto".
+    bits = config["act_bits"]
+    activations = activation_method_for(AUTO_ACTIVATION, bits).config(bits)
     return deployed_layer(layer.to(device), activations).eval(), tuple(shape)
 
 
@@ -147,6 +152,7 @@ def _measure_jobs(
 
     torch.manual_seed(0)
     device, threads = settings["device"], settings["threads"]
+    on_runtime = _RuntimeForms(settings.get("runtime", "torch"), threads)
     model: list = []  # [loaded model, graph], built on the first plan job
     inputs_by_shape: dict[tuple, Any] = {}
     rounds = max(1, min(settings.get("rounds", 1), settings["blocks"]))
@@ -158,12 +164,16 @@ def _measure_jobs(
     def reference_of(job: dict):
         """(the reference job's reference, its inputs, its name), built afresh."""
         if "layer" in job or "link" in job:
-            return (*_calibration_module(device), "calibration")
+            module, inputs = _calibration_module(device)
+            return on_runtime("calibration", lambda: module, inputs), inputs, "calibration"
         loaded, graph = model_and_graph()
-        uncompressed = deployed_structure(
-            loaded.module, Plan(layers={}), loaded.example_inputs, graph=graph
-        )
-        return uncompressed.to(device), inputs_of(loaded), "model"
+
+        def uncompressed():
+            structure = Plan(layers={}), loaded.example_inputs
+            return deployed_structure(loaded.module, *structure, graph=graph).to(device)
+
+        inputs = inputs_of(loaded)
+        return on_runtime("model", uncompressed, inputs), inputs, "model"
 
     def model_and_graph():
         if not model:
@@ -180,17 +190,23 @@ def _measure_jobs(
     def inputs_of(loaded):
         return tuple(t.to(device) for t in loaded.example_inputs)
 
-    def build(job: dict):
+    def build(index: int, job: dict):
         """(the job's module, its inputs)."""
         if "layer" in job:
             module, shape = _layer_module(job["layer"], device)
             if shape not in inputs_by_shape:
                 inputs_by_shape[shape] = torch.randn(*shape, device=device)
-            return module, (inputs_by_shape[shape],)
+            inputs = (inputs_by_shape[shape],)
+            return on_runtime(f"job{index}", lambda: module, inputs), inputs
         loaded, graph = model_and_graph()
         plan = Plan(layers={}) if "link" in job else Plan.from_json(job["plan"])
-        module = deployed_structure(loaded.module, plan, loaded.example_inputs, graph=graph)
-        return module.to(device), inputs_of(loaded)
+
+        def structure():
+            built = deployed_structure(loaded.module, plan, loaded.example_inputs, graph=graph)
+            return built.to(device)
+
+        inputs = inputs_of(loaded)
+        return on_runtime(f"job{index}", structure, inputs), inputs
 
     parts: list[list] = [[] for _ in jobs]
     names: list[str] = [""] * len(jobs)
@@ -204,7 +220,7 @@ def _measure_jobs(
             if kind not in references:
                 references[kind] = reference_of(job)
             reference, reference_inputs, names[index] = references[kind]
-            module, inputs = build(job)
+            module, inputs = build(index, job)
             parts[index].append(
                 measure_relative(
                     module,
@@ -224,6 +240,7 @@ def _measure_jobs(
                 )
             )
             progress()
+    on_runtime.close()
     for index, job_parts in enumerate(parts):
         timing = RelativeTiming.combine(job_parts)
         report(
@@ -237,8 +254,53 @@ def _measure_jobs(
                 "min_ms": min(timing.module_ms),
                 "max_ms": max(timing.module_ms),
                 "runs": len(timing.module_ms),
+                # Each planned layer's kernel class on the runtime ("int8", "fp32"; a single
+                # layer's under "layer"), as the exported file ran it; "" on torch.
+                "kernels": _kernels_text(on_runtime.kernels.get(f"job{index}")),
             },
         )
+
+
+def _kernels_text(kernels: dict[str, str] | None) -> str:
+    if kernels is None:
+        return ""
+    if len(kernels) == 1 and next(iter(kernels)) in ("", "0"):  # a single layer, the root
+        kernels = {"layer": next(iter(kernels.values()))}
+    return json.dumps(kernels, sort_keys=True)
+
+
+class _RuntimeForms:
+    """What a measuring process times on its runtime: on "torch" the module itself; on
+    "onnxruntime" a fresh session on the module's ONNX file (`engine.onnx_export.
+    export_structure`: int8 where the structure has u8 quantizers in front of layers), exported
+    the first time its key is asked for and opened afresh each round, as the module is built."""
+
+    def __init__(self, runtime: str, threads: int):
+        self.runtime, self.threads = runtime, threads
+        self.files: dict[str, Path] = {}
+        self.kernels: dict[str, dict[str, str]] = {}  # key → each planned layer's kernel class
+        self.scratch = tempfile.TemporaryDirectory(prefix="compplan-profile-")
+
+    def __call__(self, key: str, build: Callable[[], Any], inputs: tuple) -> Any:
+        if self.runtime == "torch":
+            return build()
+        from engine.onnx_export import export_structure
+        from engine.onnx_session import onnx_session
+
+        if key not in self.files:
+            path = Path(self.scratch.name) / f"{key}.onnx"
+            try:
+                report = export_structure(build(), inputs, path)
+            except Exception as error:  # the exporter's and the runtime's errors are many kinds
+                raise ProfileError(f"{key}: cannot export it to ONNX ({error})") from None
+            self.files[key] = path
+            self.kernels[key] = {
+                name.removeprefix("0."): layer["kernel"] for name, layer in report.layers.items()
+            }
+        return onnx_session(self.files[key], threads=self.threads, count_kernels=False).module()
+
+    def close(self) -> None:
+        self.scratch.cleanup()
 
 
 def _run_jobs(jobs: list[dict], settings: dict, processes: int, on_progress: Callable[[], None]):
@@ -299,7 +361,16 @@ def _worker_timings(jobs: list[dict], settings: dict):
 
 
 def _settings(
-    model, input_shape, device, threads, blocks, calls, warmup, rounds, min_time_ms=0.0
+    model,
+    input_shape,
+    device,
+    threads,
+    blocks,
+    calls,
+    warmup,
+    rounds,
+    min_time_ms=0.0,
+    runtime="onnxruntime",
 ) -> dict:
     if blocks < 4 or calls < 1 or warmup < 0 or not 1 <= rounds <= blocks or min_time_ms < 0:
         raise MeasurementError(
@@ -317,6 +388,13 @@ def _settings(
             raise ProfileError(f"device '{device}' was asked for, but torch sees no CUDA device")
     elif device != "cpu":
         raise MeasurementError(f"device must be 'cpu' or 'cuda[:N]' (got '{device}')")
+    if runtime not in RUNTIMES:
+        raise MeasurementError(f"runtime '{runtime}': choose one of {', '.join(RUNTIMES)}")
+    if runtime == "onnxruntime" and device != "cpu":
+        raise MeasurementError(
+            f"onnxruntime is profiled on the CPU here (got device '{device}'): pass --runtime "
+            "torch to time a GPU"
+        )
     return {
         "model": model,
         "input_shape": input_shape,
@@ -327,6 +405,7 @@ def _settings(
         "warmup": warmup,
         "rounds": rounds,
         "min_time_ms": min_time_ms,
+        "runtime": runtime,
     }
 
 
@@ -393,9 +472,10 @@ def _in_calibration_units(ratio: float, reference_units: float) -> dict[str, flo
     return {"reference_units": reference_units, "units": ratio * reference_units}
 
 
-def _fingerprint_columns(device: str, threads: int) -> dict[str, Any]:
+def _fingerprint_columns(device: str, threads: int, runtime: str) -> dict[str, Any]:
     fingerprint = device_fingerprint(device, threads)
     return {
+        "runtime": runtime,
         "device": fingerprint["device"],
         "cpu": fingerprint["cpu"],
         "threads": fingerprint["threads"],
@@ -418,16 +498,20 @@ def profile_layers(
     repeats: int = 1,
     source: str = "synthetic",
     progress: bool = True,
+    runtime: str = "onnxruntime",
 ) -> pd.DataFrame:
-    """Time single layers (flat `configs`) against the calibration module; one "layer" record
-    per configuration (see `profile` for the columns)."""
-    settings = _settings(None, None, device, threads, blocks, calls, warmup, rounds)
-    flat = configs.reshape(-1)
+    """Time single layers (flat `configs`, each alone: its neighbour columns are `ALONE`'s)
+    against the calibration module; one "layer" record per configuration (see `profile` for
+    the columns)."""
+    settings = _settings(
+        None, None, device, threads, blocks, calls, warmup, rounds, runtime=runtime
+    )
+    flat = configs.reshape(-1).alone()
     rows_in = [{k: int(v[i]) for k, v in flat.columns().items()} for i in range(len(flat.kind))]
     timed = _timed_rows(
         [{"layer": r} for r in rows_in], settings, processes, repeats, "layers", progress
     )
-    fingerprint = _fingerprint_columns(device, threads)
+    fingerprint = _fingerprint_columns(device, threads, runtime)
     rows = [
         {
             "record": "layer",
@@ -467,6 +551,7 @@ def profile(
     layers: bool = True,
     synthetic_layers: int = 0,
     progress: bool = True,
+    runtime: str = "onnxruntime",
 ) -> pd.DataFrame:
     """Measure the deployed form of plans of `model`, and (with `layers`) their single layers.
 
@@ -477,7 +562,8 @@ def profile(
         inputs: a data file whose `x` gives the example input instead, of its dtype (token ids;
             `search_spaces.data_file`), read again in each measuring process.
         plans: the plans to measure; None draws `samples` random plans of `space` (default: the
-            full `SearchSpace` of the model) with `random_plans`.
+            full `SearchSpace` of the model) with `random_plans`, half of them on
+            onnxruntime from `kernel_mix_plans` (int8 regions, alternating and single layers).
         device: "cpu" or "cuda[:N]".
         threads: torch's intra-op threads while timing.
         blocks, calls, warmup, rounds: each plan is timed interleaved with the uncompressed
@@ -491,12 +577,18 @@ def profile(
         processes: split the work across this many fresh processes, run one at a time (0: here).
         repeats: measure everything this many times, in different processes; keep the median.
         structured: also measure the plans users ask for (`structured_plans`: uniform keeps,
-            with and without 8-bit activations everywhere), beside the random ones.
+            with and without 8-bit activations everywhere; on onnxruntime also
+            `int8_region_plans`: int8 on all, the first half, the second half or every second
+            layer), beside the random ones.
         layers: also time each distinct layer configuration of the plans alone.
         synthetic_layers: also time this many random single layers (`synthetic_layer_configs`
             at the input's batch size, seeded by `seed`; their `model` is "synthetic"): they
             teach the network layer kinds this model lacks.
         progress: show a progress bar.
+        runtime: what runs the deployed forms ("onnxruntime", on the CPU: each form exported
+            to ONNX once per measuring process, int8 where a layer has 8-bit activations, and
+            a fresh session opened each round; "torch": PyTorch eager). Every record names it
+            (`runtime`), and a predictor fit on them prices that runtime only.
 
     Returns:
         Records, one row per plan ("model") and per layer configuration ("layer"): the timing
@@ -535,21 +627,27 @@ def profile(
     loaded = load_model(model, input_shape=input_shape, pretrained=False, inputs=inputs)
     shape = tuple(loaded.example_inputs[0].shape)
     settings = _settings(
-        model, list(shape), device, threads, blocks, calls, warmup, rounds, min_time_ms
+        model, list(shape), device, threads, blocks, calls, warmup, rounds, min_time_ms, runtime
     )
     settings["inputs"] = inputs
     graph = discover(loaded.module, loaded.example_inputs, model_name=model)
     space = space or SearchSpace(graph)
+    int8_kernels = runtime == "onnxruntime"
+    if plans is None and int8_kernels:  # half of them mixing kernel classes on purpose
+        mixed = kernel_mix_plans(space, samples // 2, seed=seed)
+        plans = mixed + random_plans(space, samples - len(mixed), seed=seed)
     plans = list(random_plans(space, samples, seed=seed) if plans is None else plans)
     if structured:
         plans += structured_plans(space)
+        if int8_kernels:
+            plans += int8_region_plans(space)
     for plan in plans:  # a bad plan fails here, in one line, not minutes later in a worker
         validate_plan(plan, graph)
     configs = plan_layer_configs(graph, plans)
     started = time.perf_counter()
     jobs = [{"plan": p.to_json()} for p in plans] + [{"link": True}]
     *timed, link = _timed_rows(jobs, settings, processes, repeats, "plans", progress)
-    fingerprint = _fingerprint_columns(device, threads)
+    fingerprint = _fingerprint_columns(device, threads, runtime)
     shape_text = "x".join(str(v) for v in shape)
     macs = configs.macs.sum(axis=1)
     frame = pd.DataFrame(
@@ -578,10 +676,11 @@ def profile(
         "processes": processes,
         "repeats": repeats,
         "progress": progress,
+        "runtime": runtime,
     }
     frames = [frame]
     if layers:
-        unique, _ = configs.unique()
+        unique, _ = configs.alone().unique()
         frames.append(profile_layers(unique, source=model, **timing))
         frames[-1]["input_shape"] = shape_text
     if synthetic_layers:

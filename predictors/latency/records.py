@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from predictors.latency.features import LayerConfigs
+from predictors.latency.features import BASE_COLUMNS, LayerConfigs
+from predictors.runtimes import RUNTIMES
 from search_spaces.input_file import InputFileError, check_input_file
 from search_spaces.output_file import write_atomically, write_text_atomically
 
 __all__ = [
     "DEPLOYED_FORM",
     "FINGERPRINT_COLUMNS",
+    "RUNTIMES",
     "ProfileSummary",
     "RecordsError",
     "check_records_path",
@@ -32,6 +34,9 @@ __all__ = [
 FINGERPRINT_COLUMNS = ("device", "cpu", "threads", "torch", "gpu")
 _REQUIRED = ("record", "model", "input_shape", "plan", "latency_ms", *FINGERPRINT_COLUMNS)
 _LAYER_COLUMNS = tuple(LayerConfigs.__dataclass_fields__)
+_REQUIRED_LAYER_COLUMNS = BASE_COLUMNS  # neighbour columns came later: a layer alone's values
+# What ran the deployed form is the `runtime` column (`predictors.runtimes`); records without it
+# were timed on torch.
 _FORMATS = {".parquet": "parquet", ".csv": "csv"}
 # What `engine.deploy` builds and `profile` times, in the `deployed_form` column of every record:
 # 1 (no column; compplan before it) ran each BatchNorm as its own scale-shift step, 2 merges a
@@ -103,7 +108,7 @@ def load_records(*paths: str | Path) -> pd.DataFrame:
             raise RecordsError(f"{path}: cannot read it as {kind}: {error}") from None
         missing = [c for c in _REQUIRED if c not in frame.columns]
         if "layer" in set(frame.get("record", ())):
-            missing += [c for c in _LAYER_COLUMNS if c not in frame.columns]
+            missing += [c for c in _REQUIRED_LAYER_COLUMNS if c not in frame.columns]
         if missing:
             raise RecordsError(
                 f"{path}: not latency records (missing columns {', '.join(missing)}); "
@@ -114,6 +119,11 @@ def load_records(*paths: str | Path) -> pd.DataFrame:
             raise RecordsError(f"{path}: unknown record kinds {sorted(unknown)}")
         if "deployed_form" not in frame.columns:
             frame["deployed_form"] = 1
+        if "runtime" not in frame.columns:
+            frame["runtime"] = "torch"
+        unknown = set(frame["runtime"].astype(str)) - set(RUNTIMES)
+        if unknown:
+            raise RecordsError(f"{path}: unknown runtimes {sorted(unknown)}")
         _check_numbers(frame, path)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
@@ -186,6 +196,7 @@ class ProfileSummary:
         first = records.iloc[0]
         device = {k: first[k] for k in FINGERPRINT_COLUMNS}
         device["threads"] = int(device["threads"])
+        device["runtime"] = str(first.get("runtime", "torch"))
         seconds = records.attrs.get("profile_seconds")
         relative = "ratio" in models and models["ratio"].notna().all()
         return cls(

@@ -16,8 +16,12 @@ from search_spaces.macs import layer_macs
 from search_spaces.plan import Plan
 
 __all__ = [
+    "INT8_REGIONS",
     "STRUCTURED_KEEPS",
     "config_macs",
+    "dense_plan",
+    "int8_region_plans",
+    "kernel_mix_plans",
     "random_plans",
     "structured_plans",
     "synthetic_layer_configs",
@@ -32,7 +36,7 @@ def structured_plans(space, keeps: Sequence[float] = STRUCTURED_KEEPS) -> list[P
     the layer takes them. Weights stay dense: on a device without low-bit kernels the deployed
     form decodes them, so a preset's latency (PQF, b-bit, with keep:R) is one of these plans'.
     """
-    from search_spaces.methods import activation_method
+    from search_spaces.methods import activation_method_for
     from search_spaces.plan import LayerPlan
 
     graph = space.graph
@@ -47,7 +51,7 @@ def structured_plans(space, keeps: Sequence[float] = STRUCTURED_KEEPS) -> list[P
             for name, choices in space.layers.items():
                 quantized = act_bits < 32 and act_bits in choices.act_bits
                 layer = LayerPlan(
-                    activations=activation_method(choices.act_method).config(act_bits)
+                    activations=activation_method_for(choices.act_method, act_bits).config(act_bits)
                     if quantized
                     else None,
                     keep=group_keep.get(graph.layers[name].group, 1.0),
@@ -63,6 +67,120 @@ def structured_plans(space, keeps: Sequence[float] = STRUCTURED_KEEPS) -> list[P
                     provenance={"source": source},
                 )
             )
+    return plans
+
+
+# The int8 regions users compare (`int8_region_plans`): which of the layers that take 8-bit
+# inputs do, in graph order.
+INT8_REGIONS = ("all", "first-half", "second-half", "alternating")
+
+
+def dense_plan(
+    space, act_bits: dict[str, int], keep: float | dict[int, float] = 1.0, source: str = ""
+) -> Plan:
+    """A plan of `space` with dense weights, these layers' input bits (the rest 32) and keep
+    ratios (one for every group, each at its nearest allowed one, or group id → ratio); its
+    provenance's source is `source`. What latency depends on, and no more."""
+    from search_spaces.methods import activation_method_for
+    from search_spaces.plan import LayerPlan
+
+    graph = space.graph
+    if not isinstance(keep, dict):
+        keep = {
+            gid: min(choices, key=lambda r: abs(r - keep))
+            for gid, choices in space.group_keep.items()
+        }
+    layers = {}
+    for name, choices in space.layers.items():
+        bits = act_bits.get(name, 32)
+        layer = LayerPlan(
+            activations=activation_method_for(choices.act_method, bits).config(bits)
+            if bits < 32
+            else None,
+            keep=keep.get(graph.layers[name].group, 1.0),
+        )
+        if layer != LayerPlan():
+            layers[name] = layer
+    return Plan(
+        layers=layers,
+        model=graph.model_name,
+        fingerprint=graph.fingerprint,
+        provenance={"source": source},
+    )
+
+
+def _int8_layers(space) -> list[str]:
+    """The layers that take 8-bit inputs, in graph order."""
+    return [name for name, choices in space.layers.items() if 8 in choices.act_bits]
+
+
+def int8_region_plans(space, keep: float = 1.0) -> list[Plan]:
+    """Plans with 8-bit inputs (int8 kernels on ONNX Runtime) in one region of the layers that
+    take them (`INT8_REGIONS`), the others fp32, every group at `keep`: where the boundaries
+    between kernel classes are few (all, halves) and many (alternating)."""
+    names = _int8_layers(space)
+    half = len(names) // 2
+    chosen = {
+        "all": names,
+        "first-half": names[:half],
+        "second-half": names[half:],
+        "alternating": names[::2],
+    }
+    return [
+        dense_plan(space, dict.fromkeys(chosen[region], 8), keep, f"int8:{region},keep={keep:g}")
+        for region in INT8_REGIONS
+    ]
+
+
+def kernel_mix_plans(space, n: int, *, seed: int = 0) -> list[Plan]:
+    """`n` plans that mix kernel classes as a runtime with int8 kernels meets them: 8-bit inputs
+    on a contiguous region of the layers, on every second or third layer, on one or two layers,
+    or on each layer with a drawn odds; a fifth of them with some fp32 layers at 2 to 4 bits
+    instead (N2UQ, which ONNX Runtime runs slower than fp32); half of them pruned, every group
+    at one drawn keep or each at its own. Weights stay dense: latency depends on the structure.
+    """
+    rng = np.random.default_rng(seed)
+    names = _int8_layers(space)
+    low = sorted({b for c in space.layers.values() for b in c.act_bits if b < 8})
+    keeps = sorted({k for choices in space.group_keep.values() for k in choices})
+    plans = []
+    for _ in range(n):
+        pattern = ["region", "strided", "single", "odds"][rng.integers(4)]
+        count = len(names)
+        if pattern == "region" and count:
+            start = int(rng.integers(count))
+            chosen = names[start : start + int(rng.integers(1, count - start + 1))]
+        elif pattern == "strided":
+            step = int(rng.integers(2, 4))
+            chosen = names[int(rng.integers(step)) :: step]
+        elif pattern == "single":
+            chosen = (
+                [
+                    names[i]
+                    for i in rng.choice(count, min(count, 1 + int(rng.integers(2))), replace=False)
+                ]
+                if count
+                else []
+            )
+        else:
+            odds = rng.random()
+            chosen = [name for name in names if rng.random() < odds]
+        act_bits = dict.fromkeys(chosen, 8)
+        if low and rng.random() < 0.2:
+            for name, choices in space.layers.items():
+                lower = [b for b in choices.act_bits if b < 8]
+                if name not in act_bits and lower and rng.random() < 0.3:
+                    act_bits[name] = int(lower[rng.integers(len(lower))])
+        keep: float | dict[int, float] = 1.0
+        if keeps and rng.random() < 0.5:
+            if rng.random() < 0.5:
+                keep = float(keeps[rng.integers(len(keeps))])
+            else:
+                keep = {
+                    gid: float(choices[rng.integers(len(choices))])
+                    for gid, choices in space.group_keep.items()
+                }
+        plans.append(dense_plan(space, act_bits, keep, f"kernel-mix:{pattern}"))
     return plans
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from predictors.latency.features import LayerConfigs, plan_layer_configs
+from predictors.latency.features import ALONE, LayerConfigs, plan_layer_configs
 from predictors.latency.records import DEPLOYED_FORM, FINGERPRINT_COLUMNS
 from search_spaces.graph import ModelGraph
 from search_spaces.plan import Plan
@@ -42,8 +42,9 @@ class PredictorError(ValueError):
 
 
 def records_fingerprint(records: pd.DataFrame) -> dict[str, Any]:
-    """The one device fingerprint every record shares; records of several devices, or of two
-    deployed forms, are refused; records of an older deployed form are fit with a warning."""
+    """The one device fingerprint every record shares, with the `runtime` they were timed on
+    (records without the column: "torch"); records of several devices, runtimes or deployed
+    forms are refused; records of an older deployed form are fit with a warning."""
     forms = sorted({int(form) for form in records.get("deployed_form", [DEPLOYED_FORM])})
     if len(forms) > 1:
         raise PredictorError(
@@ -57,6 +58,12 @@ def records_fingerprint(records: pd.DataFrame) -> dict[str, Any]:
             "BatchNorm as its own step): models with BatchNorms now run faster than they say; "
             "profile them again"
         )
+    runtimes = sorted(set(records.get("runtime", pd.Series(["torch"])).astype(str)))
+    if len(runtimes) > 1:
+        raise PredictorError(
+            f"the records time {' and '.join(runtimes)}; a predictor is for one runtime: fit one "
+            "per runtime (`compplan fit-latency --runtime`)"
+        )
     devices = records[list(FINGERPRINT_COLUMNS)].astype(str).drop_duplicates()
     if len(devices) > 1:
         listed = "; ".join(", ".join(row) for row in devices.itertuples(index=False))
@@ -66,6 +73,7 @@ def records_fingerprint(records: pd.DataFrame) -> dict[str, Any]:
         )
     row = devices.iloc[0].to_dict()
     row["threads"] = int(row["threads"])
+    row["runtime"] = runtimes[0]
     return row
 
 
@@ -198,12 +206,13 @@ class ModelRecords:
 
 def layer_records(records: pd.DataFrame, column: str) -> tuple[LayerConfigs, np.ndarray]:
     """The single-layer records' configurations and targets (`column`; none, for records of
-    plans only: a file of those has no layer columns at all)."""
+    plans only: a file of those has no layer columns at all). Records without neighbour columns
+    (an older compplan's) are of layers alone (`ALONE`), as every layer record is."""
     rows = records[records["record"] == "layer"]
     columns = {
         name: rows[name].to_numpy(float).astype(np.int64)
         if name in rows
-        else np.zeros(0, dtype=np.int64)
+        else np.full(len(rows), ALONE.get(name, 0), dtype=np.int64)
         for name in LayerConfigs.__dataclass_fields__
     }
     return LayerConfigs.from_columns(**columns), rows[column].to_numpy(float)

@@ -30,7 +30,10 @@ from search_spaces.methods._base import (
     check_knob,
 )
 from search_spaces.methods._registry import (
+    AUTO_ACTIVATION,
+    activation_bits_of,
     activation_method,
+    activation_method_for,
     activation_method_of,
     activation_methods,
     register_activation_method,
@@ -51,6 +54,7 @@ from search_spaces.methods.vq import VQConfig
 DEFAULT_ACTIVATION_METHOD = "n2uq"
 
 __all__ = [
+    "AUTO_ACTIVATION",
     "DEFAULT_ACTIVATION_METHOD",
     "ActivationConfig",
     "ActivationMethod",
@@ -62,7 +66,9 @@ __all__ = [
     "WeightConfig",
     "WeightMethod",
     "WeightShapes",
+    "activation_bits_of",
     "activation_method",
+    "activation_method_for",
     "activation_method_of",
     "activation_methods",
     "check_knob",

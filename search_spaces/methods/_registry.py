@@ -23,8 +23,11 @@ from search_spaces.methods._base import (
 )
 
 __all__ = [
+    "AUTO_ACTIVATION",
     "COMMON_KNOBS",
+    "activation_bits_of",
     "activation_method",
+    "activation_method_for",
     "activation_method_of",
     "activation_methods",
     "register_activation_method",
@@ -139,6 +142,29 @@ def activation_methods() -> tuple[ActivationMethod, ...]:
 def activation_method(name: str, *, layer: str | None = None) -> ActivationMethod:
     """The registered activation method `name` (PlanError when there is none)."""
     return _lookup(_ACTIVATION, name, "activation", layer=layer, field="activations.method")
+
+
+# The `act_method` knob "auto": per bit-width, the method a CPU runtime runs best: u8 at 8 bits
+# (ONNX Runtime's int8 kernels), N2UQ below (nonuniform levels, more accurate at 2 to 4 bits).
+AUTO_ACTIVATION = "auto"
+_AUTO_METHODS = {8: "uint8"}
+_AUTO_BELOW_8 = "n2uq"
+
+
+def activation_method_for(name: str, bits: int, *, layer: str | None = None) -> ActivationMethod:
+    """The activation method an `act_method` knob names for inputs of `bits` bits: itself, or
+    for "auto" u8 at 8 bits and N2UQ below (`AUTO_ACTIVATION`)."""
+    if name == AUTO_ACTIVATION:
+        name = _AUTO_METHODS.get(bits, _AUTO_BELOW_8)
+    return activation_method(name, layer=layer)
+
+
+def activation_bits_of(name: str) -> tuple[int, ...]:
+    """The input bit-widths an `act_method` knob offers (below 32)."""
+    if name == AUTO_ACTIVATION:
+        below = activation_method(_AUTO_BELOW_8).bits
+        return tuple(sorted({*below, *_AUTO_METHODS}))
+    return tuple(activation_method(name).bits)
 
 
 def activation_method_of(config: ActivationConfig) -> ActivationMethod:

@@ -8,17 +8,16 @@ import pytest
 from support.latency import known_records
 
 from predictors.latency import (
-    LayerConfigs,
     PredictorError,
     fit_predictor,
     holdout_split,
     random_plans,
 )
-from predictors.latency.features import plan_layer_configs
+from predictors.latency.features import BASE_COLUMNS, plan_layer_configs
 from search_spaces import Plan, SearchSpace
 
 DIGITS = "zoo:digits"
-KEY = list(LayerConfigs.__dataclass_fields__)
+KEY = list(BASE_COLUMNS)
 
 
 @pytest.fixture(scope="module")

@@ -68,6 +68,7 @@ def measured(digits_plans):
         processes=0,
         progress=False,
         min_time_ms=0,
+        runtime="torch",
     )
 
 
@@ -136,7 +137,7 @@ def test_profile_records_plans_and_their_layers(measured, digits, digits_plans):
     models = measured[measured["record"] == "model"]
     layers = measured[measured["record"] == "layer"]
     assert len(models) == 6
-    unique, _ = plan_layer_configs(graph, digits_plans[:6]).unique()
+    unique, _ = plan_layer_configs(graph, digits_plans[:6]).alone().unique()
     assert len(layers) == len(unique.kind)
     # BLOCKS blocks of at least 3 calls; a fast layer takes more, to fill its blocks.
     assert (measured["latency_ms"] > 0).all() and (measured["runs"] >= 3 * BLOCKS).all()
@@ -151,7 +152,7 @@ def test_profile_records_plans_and_their_layers(measured, digits, digits_plans):
     assert link.nunique() == 1 and link.iloc[0] > 0 and (layers["reference_units"] == 1).all()
     assert np.allclose(measured["units"], measured["ratio"] * measured["reference_units"])
     assert set(measured["device"]) == {"cpu"} and set(measured["threads"]) == {1}
-    assert set(measured["torch"]) == {torch.__version__}
+    assert set(measured["torch"]) == {torch.__version__} and set(measured["runtime"]) == {"torch"}
     assert (models["input_shape"] == "1x1x8x8").all() and (models["input_dtype"] == "float32").all()
 
 
@@ -187,6 +188,7 @@ def test_pruned_plans_measure_faster():
         processes=0,
         progress=False,
         layers=False,
+        runtime="torch",
     )
     assert list(records["input_shape"]) == ["32x1x8x8"] * 2
     full, pruned = records["ratio"]
@@ -226,7 +228,13 @@ def test_bad_records_files_say_why(tmp_path, measured):
 
 def test_profile_in_a_fresh_process(digits_plans):
     records = profile(
-        DIGITS, plans=digits_plans[:2], structured=False, processes=1, layers=False, progress=False
+        DIGITS,
+        plans=digits_plans[:2],
+        structured=False,
+        processes=1,
+        layers=False,
+        progress=False,
+        runtime="torch",
     )
     assert len(records) == 2 and (records["latency_ms"] > 0).all()
 

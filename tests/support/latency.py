@@ -29,6 +29,7 @@ def known_records(
     device: str = "cpu",
     model_phase: float = 1.0,
     units: bool = True,
+    runtime: str | None = None,
 ) -> pd.DataFrame:
     """Records as `profile` writes them, of a device whose times are `known_latency` summed plus
     `OVERHEAD_MS` per model: one "model" row per plan (its ratio to the uncompressed plan, whose
@@ -37,11 +38,14 @@ def known_records(
 
     `model_phase`: the machine ran that many times slower while the plans were measured than
     while the layers were: the plans' milliseconds carry it, their ratios and calibration units
-    (`units`; False drops those columns, as in an older compplan's records) do not."""
+    (`units`; False drops those columns, as in an older compplan's records) do not.
+    `runtime`: the records' runtime column (None: none, as an older compplan's: torch)."""
     configs = plan_layer_configs(graph, plans)
     totals = known_latency(configs).sum(axis=1) + OVERHEAD_MS
     reference = known_latency(plan_layer_configs(graph, [Plan(layers={})])).sum() + OVERHEAD_MS
     fingerprint = {"device": device, "cpu": "test", "threads": 1, "torch": "x", "gpu": ""}
+    if runtime is not None:
+        fingerprint["runtime"] = runtime
     where = {"model": model, "input_shape": input_shape}
     rows = [
         {
@@ -58,7 +62,7 @@ def known_records(
         }
         for p, t in zip(plans, totals, strict=True)
     ]
-    unique, _ = configs.unique()
+    unique, _ = configs.alone().unique()
     for i, ms in enumerate(known_latency(unique)):
         config = {k: int(v[i]) for k, v in unique.columns().items()}
         calibration = {"ratio": ms, "reference": "calibration", "reference_ms": 1.0}
