@@ -20,7 +20,7 @@ import numpy as np
 
 from planner.options import layer_options
 from predictors.size import MIB
-from search_spaces.methods import activation_method
+from search_spaces.methods import activation_method_for
 from search_spaces.plan import LayerPlan, Plan, PlanError
 from search_spaces.space import SearchSpace
 
@@ -178,7 +178,7 @@ def reachable_minimum(space: SearchSpace, latency=None) -> Reachable:
 
 def _activations(choices, bits: int):
     """The layer's activation config at `bits` (None at 32)."""
-    return activation_method(choices.act_method).config(bits)
+    return activation_method_for(choices.act_method, bits).config(bits)
 
 
 @dataclass(frozen=True)

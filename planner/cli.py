@@ -269,8 +269,12 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _apply(args: argparse.Namespace) -> int:
     from planner.compress import CompressionJob
-    from planner.render import applied_text
+    from planner.onnx_job import export_onnx_file, file_latency_check
+    from planner.render import applied_text, file_latency_text, onnx_export_text
+    from search_spaces.output_file import check_output_path
 
+    if args.onnx is not None:
+        check_output_path(args.onnx, "--onnx")  # refused before minutes of fine-tuning
     result = CompressionJob(
         model_spec=args.model,
         input_shape=args.input_shape,
@@ -285,7 +289,13 @@ def _apply(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=_progress_shown(args),
     ).run()
-    return _output(args, result, applied_text(result, args.out))
+    text = applied_text(result, args.out)
+    if args.onnx is not None:
+        exported = export_onnx_file(args.out, args.onnx)
+        check = file_latency_check(args.out, args.onnx)
+        result = {**result, "onnx": {**exported, "latency": check}}
+        text += f"\n{onnx_export_text(exported)}\n{file_latency_text(check, args.onnx)}"
+    return _output(args, result, text)
 
 
 def _measure_latency(args: argparse.Namespace) -> int:
@@ -311,9 +321,8 @@ def _profile(args: argparse.Namespace) -> int:
     check_records_path(args.out)  # refuse a bad path before measuring for minutes
     check_output_path(args.out, "--out")
     same = ("input_shape", "samples", "seed", "synthetic_layers", "device", "threads", "blocks")
-    settings = {
-        k: vars(args)[k] for k in (*same, "calls", "rounds", "min_time_ms", "processes", "repeats")
-    }
+    more = ("calls", "rounds", "min_time_ms", "processes", "repeats", "runtime")
+    settings = {k: vars(args)[k] for k in (*same, *more)}
     plans = [Plan.load(p) for p in args.plan] if args.plan else None
     if args.uncompressed_only:
         plans = [Plan(layers={}, provenance={"source": "uncompressed"})]
@@ -344,6 +353,12 @@ def _fit_latency(args: argparse.Namespace) -> int:
         )
     check_output_path(args.out, "--out")
     records = load_records(*args.records)
+    timed_on = sorted(set(records["runtime"].astype(str)))
+    if timed_on != [args.runtime]:
+        raise PlannerError(
+            f"the records were timed on {' and '.join(timed_on)}, not {args.runtime}: fit them "
+            f"with --runtime {timed_on[0]}, or profile with --runtime {args.runtime}"
+        )
     settings = {"holdout": args.holdout, "seed": args.seed, "trust_specs": args.trust_specs}
     if args.for_other_models:
         settings["quantizer_by_elements"] = True
@@ -356,6 +371,7 @@ def _predict_latency(args: argparse.Namespace) -> int:
     from predictors.latency import load_predictor
 
     predictor = load_predictor(args.predictor)
+    predictor.require_runtime(args.runtime)
     plan, _, graph = _plan_and_graph(args, pretrained=False)
     ratio = float(predictor.predict_ratio(graph, [plan])[0])
     reference_ms, source = predictor.reference_ms(graph)
@@ -363,8 +379,8 @@ def _predict_latency(args: argparse.Namespace) -> int:
     text = (
         f"{args.plan or args.preset} on {args.model}: ×{ratio:.3f} of the uncompressed model, "
         f"{ratio * reference_ms:.3f} ms against its {reference_ms:.3f} ms ({source}), predicted "
-        f"by the {predictor.kind} predictor for {device.get('cpu')} ({device.get('device')}, "
-        f"{device.get('threads')} thread(s))"
+        f"by the {predictor.kind} predictor for {predictor.runtime} on {device.get('cpu')} "
+        f"({device.get('device')}, {device.get('threads')} thread(s))"
     )
     document = {
         "ratio": ratio,
@@ -373,6 +389,7 @@ def _predict_latency(args: argparse.Namespace) -> int:
         "reference": source,
         "predictor": args.predictor,
         "kind": predictor.kind,
+        "runtime": predictor.runtime,
     }
     return _output(args, {**document, "device": device}, text)
 
@@ -425,6 +442,8 @@ def _search_config(args: argparse.Namespace, graph, task: str | None):
     baseline = graph.baseline_bits / 8
     size = None if args.size_budget is None else parse_size(args.size_budget, baseline)
     predictor = args.latency_model and load_predictor(args.latency_model)
+    if predictor:
+        predictor.require_runtime(args.runtime)
     latency = predictor and predictor.to_document()
     latency_ms = None
     if args.latency_budget is not None:
@@ -454,6 +473,8 @@ def _search_config(args: argparse.Namespace, graph, task: str | None):
         fresh=args.fresh,
         seed=args.seed,
         latency=latency,
+        runtime=args.runtime,
+        verify=args.verify,
     )
 
 
@@ -502,7 +523,9 @@ def _search(args: argparse.Namespace) -> int:
         print(f"running {args.trials} trials on Ray Tune …", file=sys.stderr)
     bar = SearchBar(args.trials, enabled=_progress_shown(args))
     try:
-        outcome = planner.run(args.trials, args.timeout, progress=bar.update)
+        outcome = planner.run(
+            args.trials, args.timeout, progress=bar.update, measuring=_say_measuring(args)
+        )
     except KeyboardInterrupt:
         where = getattr(planner.backend, "path", None) or display_url(config.storage)  # Tune's
         return _fail(
@@ -525,6 +548,16 @@ def _search(args: argparse.Namespace) -> int:
     return _output(args, summary, search_text(outcome, graph, config, plan_path=str(out)))
 
 
+def _say_measuring(args: argparse.Namespace):
+    """What `search --verify` says as it measures each candidate (stderr; silent with --json)."""
+
+    def say(label: str) -> None:
+        if not args.json:
+            print(f"measuring {label} on {args.runtime} …", file=sys.stderr)
+
+    return say
+
+
 def _worker(args: argparse.Namespace) -> int:
     from planner.errors import PlannerError
     from planner.search import Planner
@@ -538,6 +571,8 @@ def _worker(args: argparse.Namespace) -> int:
     changes = {"seed": seed, "seed_exact": False}
     if (spec := _task_spec(args)) is not None:  # the task's data here, not the study's
         changes["task"] = spec
+    if args.runtime is not None:
+        changes["runtime"] = args.runtime
     planner = Planner.from_study(
         args.storage,
         args.study,
@@ -553,7 +588,10 @@ def _worker(args: argparse.Namespace) -> int:
         return _fail(f"worker stopped; every finished trial is in {where}", 130)
     finally:
         bar.close()
-    summary = worker_summary(result, planner.worker_id, display_url(args.storage), args.study)
+    where = display_url(args.storage)
+    summary = worker_summary(
+        result, planner.worker_id, where, args.study, planner.config.priced_runtime
+    )
     return _output(args, summary, worker_text(summary))
 
 

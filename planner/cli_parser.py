@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from predictors.runtimes import RUNTIMES
+
 __all__ = ["USAGE_ERROR", "build_parser"]
 
 USAGE_ERROR = 2
@@ -159,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
         help_text = f"{help_text} (default {default})"
         sub.add_argument(flag, type=type(default), default=default, help=help_text, **kw)
 
+    def runtime_option(sub: argparse.ArgumentParser, what: str, default: str | None) -> None:
+        """--runtime: what runs the deployed plan (the predictor's records name theirs)."""
+        shown = f" (default {default})" if default else ""
+        sub.add_argument("--runtime", choices=RUNTIMES, default=default, help=what + shown)
+
     text = "print JSON instead of text"
     inspect = command(
         "inspect", "List a model's layers: what can be compressed, what is kept and why.", json=text
@@ -191,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     what = "inputs to synthesize in data-free mode (about 0.1 s each on 2 cores for digits)"
     number(apply, "--synthetic", 512, what)
     number(apply, "--seed", 0, "seeds k-means and fine-tuning")
+    what = (
+        "also export it to ONNX (as `compplan export`) and measure that file on ONNX Runtime "
+        "against the uncompressed model: measured latency beside the plan's predicted and budget"
+    )
+    apply.add_argument("--onnx", metavar="OUT.onnx", help=what)
 
     latency = command(
         "measure-latency",
@@ -204,10 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     number(latency, "--batch", 1, "batch size")
     number(latency, "--threads", 1, "threads (torch's, or each ONNX Runtime session's)")
     what = (
-        "torch: PyTorch eager, weights decoded (default); onnxruntime: both models exported "
-        "to ONNX and run by ONNX Runtime, the plan's file against the uncompressed model's"
+        "onnxruntime: both models exported to ONNX (int8 kernels where layers have 8-bit "
+        "activations) and run by ONNX Runtime, the plan's file against the uncompressed "
+        "model's; torch: PyTorch eager, weights decoded"
     )
-    latency.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch", help=what)
+    runtime_option(latency, what, "onnxruntime")
     blocks_and_calls(latency)
 
     search = command(
@@ -233,6 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--latency-model", metavar="FILE", help="a predictor from `compplan fit-latency`"
     )
     budgets.add_argument("--macs-budget", type=int, metavar="N", help="MACs per example")
+    what = (
+        "the runtime latency is priced on: the predictor must be fit on its records "
+        "(`compplan profile --runtime`)"
+    )
+    runtime_option(budgets, what, "onnxruntime")
+    what = (
+        "after the search, export its N best feasible plans, measure each on the runtime and "
+        "keep the best one measured within --latency-budget (0: off)"
+    )
+    number(budgets, "--verify", 0, what, metavar="N")
     search.add_argument(
         "--objective",
         choices=["proxy", "real"],
@@ -308,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
     what = "the sampler's seed (default: a different one per worker)"
     worker.add_argument("--seed", type=int, help=what)
+    what = "refuse to join unless the study prices latency on this runtime (default: the study's)"
+    runtime_option(worker, what, None)
 
     profile = command(
         "profile",
@@ -327,7 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plans.add_argument("--uncompressed-only", action="store_true", help=what)
     profile.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    number(profile, "--threads", 1, "torch threads while timing")
+    number(
+        profile, "--threads", 1, "threads while timing (torch's, or each ONNX Runtime session's)"
+    )
+    what = (
+        "what runs the plans: onnxruntime (each plan exported to ONNX, int8 where layers have "
+        "8-bit activations; CPU) or torch (PyTorch eager); the records name it"
+    )
+    runtime_option(profile, what, "onnxruntime")
     blocks_and_calls(profile)
     what = "skip the structured plans (uniform keeps, with and without 8-bit activations)"
     profile.add_argument("--no-structured", action="store_true", help=what)
@@ -366,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--uncompressed-only) and no models of its block kinds; beside records of models that "
         "share its block kinds, leave it off (README, Latency)",
     )
+    what = "the runtime the records were timed on; records of another are refused"
+    runtime_option(fit, what, "onnxruntime")
     number(fit, "--holdout", 0.2, "share of the plans held out to report accuracy on, 0 skips it")
     number(fit, "--seed", 0, "seeds the split and the network")
     fit.add_argument(
@@ -378,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     what = "Predict a plan's latency with a predictor from `compplan fit-latency`."
     predict = command("predict-latency", what, json=text)
     predict.add_argument("--predictor", required=True, metavar="FILE", help="predictor file")
+    what = "the runtime to predict for; a predictor fit on another is refused"
+    runtime_option(predict, what, "onnxruntime")
     plan_or_preset(predict)
 
     what = (

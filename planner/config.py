@@ -25,6 +25,7 @@ from engine.distill import DISTILL_LOSSES
 from planner.budgets import BudgetError
 from planner.errors import PlannerError
 from planner.storage import DEFAULT_STORAGE, display_url
+from predictors.runtimes import DEFAULT_RUNTIME, RUNTIMES
 from search_spaces.model_spec import parse_shape
 from search_spaces.plan import Budget, PlanError
 
@@ -161,6 +162,12 @@ class SearchConfig:
             the earlier study is kept. The same fresh search run again resumes its own study.
         seed: the sampler's seed (also seeds k-means and fine-tuning in the real objective).
         latency: a latency predictor's JSON document (`LatencyPredictor.to_document()`).
+        runtime: what runs the deployed plan and what its latency is priced on: "onnxruntime"
+            or "torch" (`predictors.latency.records.RUNTIMES`); the predictor must have been fit
+            on records of it. None: the predictor's runtime, or onnxruntime without one
+            (`priced_runtime`).
+        verify: after the search, measure its this many best feasible plans on the runtime and
+            keep the best one measured within the latency budget (`planner.verify`); 0: off.
     """
 
     model_spec: str = ""
@@ -183,6 +190,8 @@ class SearchConfig:
     fresh: bool = False
     seed: int = 0
     latency: Mapping[str, Any] | None = None
+    runtime: str | None = None
+    verify: int = 0
 
     def __post_init__(self) -> None:
         # Plain dicts with tuples, as they read back from JSON, so that a config equals its
@@ -220,11 +229,44 @@ class SearchConfig:
                 "--fresh starts a new study under the default name; with --study give a new "
                 "NAME instead"
             )
+        if self.runtime is not None:
+            _choose(self.runtime, RUNTIMES, "runtime")
+        if self.verify < 0:
+            raise PlannerError(f"--verify must be at least 0, not {self.verify}")
+        if self.verify and self.budget.latency_ms is None:
+            raise BudgetError(
+                "--verify measures the best plans against a latency budget: give "
+                "--latency-budget (and --latency-model), or drop --verify"
+            )
+        if self.verify and self.objective == "real":
+            raise PlannerError(
+                "--verify checks the proxy search's plans: use it with --objective proxy, then "
+                "apply the plan (`compplan apply --onnx` measures the file)"
+            )
+        timed_on = self._predictor_runtime
+        if self.runtime is not None and timed_on is not None and timed_on != self.runtime:
+            raise PlannerError(
+                f"the latency predictor was fit on records timed on {timed_on}, not "
+                f"{self.runtime}: profile and fit one with `--runtime {self.runtime}`, or pass "
+                f"--runtime {timed_on}"
+            )
         if self.budget.latency_ms is not None and self.latency is None:
             raise BudgetError(
                 "a latency budget needs a latency predictor: build one with `compplan profile` "
                 "and `compplan fit-latency`, then pass it (--latency-model PATH)"
             )
+
+    @property
+    def _predictor_runtime(self) -> str | None:
+        if self.latency is None or "fingerprint" not in self.latency:
+            return None
+        return str(dict(self.latency["fingerprint"]).get("runtime", "torch"))
+
+    @property
+    def priced_runtime(self) -> str:
+        """The runtime latency is priced on: `runtime`, else the predictor's, else the
+        default (onnxruntime)."""
+        return self.runtime or self._predictor_runtime or DEFAULT_RUNTIME
 
     @property
     def sampler_name(self) -> str:

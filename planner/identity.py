@@ -20,8 +20,8 @@ The components, each a short digest (a changed one is named in the refusal):
 - "objectives": what the study minimizes (the proxy alone, or with size and latency: --pareto);
 - "latency": the latency predictor (its device fingerprint and fitted state), if any.
 
-There is no runtime component yet: the search has no runtime setting (a latency predictor is fit
-for one device and runtime, so a changed predictor already covers it).
+The runtime (`SearchConfig.runtime`) needs no component of its own: a latency predictor is fit
+on records of one runtime and refused for another, so its "latency" digest covers it.
 """
 
 from __future__ import annotations

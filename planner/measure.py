@@ -11,6 +11,7 @@ The planner's one measurement, as `compplan measure-latency` runs it. It lives h
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -23,6 +24,7 @@ from predictors.profile import (
     RelativeTiming,
     measure_relative,
 )
+from predictors.runtimes import RUNTIMES
 from search_spaces.plan import Plan
 
 if TYPE_CHECKING:
@@ -30,9 +32,7 @@ if TYPE_CHECKING:
 
     from search_spaces.graph import ModelGraph
 
-__all__ = ["RUNTIMES", "measure_plan_latency"]
-
-RUNTIMES = ("torch", "onnxruntime")
+__all__ = ["RUNTIMES", "measure_file_latency", "measure_plan_latency"]
 
 
 def measure_plan_latency(
@@ -47,7 +47,7 @@ def measure_plan_latency(
     rounds: int = 3,
     min_time_ms: float = MIN_TIME_MS,
     graph: ModelGraph | None = None,
-    runtime: str = "torch",
+    runtime: str = "onnxruntime",
 ) -> RelativeTiming:
     """The latency of `plan`'s deployed form of `model` (pruned channels removed, weights
     decoded, activation quantizers in place) as its ratio to the uncompressed deployed model,
@@ -141,26 +141,60 @@ def _measure_on_onnxruntime(
     """`measure_plan_latency` on ONNX Runtime: both deployed forms exported once, fresh
     sessions each round."""
     import tempfile
-    from pathlib import Path
 
-    from engine.int8_outputs import quantize_int8_outputs_
-    from engine.onnx_export import export_onnx
-    from engine.onnx_int8 import planned_int8_layers_
+    from engine.onnx_export import export_structure
     from engine.onnx_session import onnx_session
 
     with tempfile.TemporaryDirectory(prefix="compplan-measure-") as scratch:
         files = {}
         for side, side_plan in (("plan", plan), ("uncompressed", Plan(layers={}))):
             structure = deployed_structure(model, side_plan, example_inputs, graph=graph)
-            planned_int8_layers_(structure)  # written as the applied model's file writes them
-            quantize_int8_outputs_(structure, None)
             files[side] = Path(scratch) / f"{side}.onnx"
-            export_onnx(structure, inputs, files[side], dynamic_batch=False)
+            export_structure(structure, inputs, files[side])
 
         def fresh_pair():
             return tuple(  # opened again each round: no kernels to count
                 onnx_session(files[side], threads=threads, count_kernels=False).module()
                 for side in ("plan", "uncompressed")
+            )
+
+        return _measured_in_rounds(fresh_pair, inputs, threads, blocks, calls, rounds, min_time_ms)
+
+
+def measure_file_latency(
+    path: str | Path,
+    model: nn.Module,
+    example_inputs: Tensor | tuple[Tensor, ...],
+    *,
+    threads: int = 1,
+    blocks: int = BLOCKS,
+    calls: int = 3,
+    rounds: int = 3,
+    min_time_ms: float = MIN_TIME_MS,
+) -> RelativeTiming:
+    """An exported ONNX file (`compplan export`, `apply --onnx`) on ONNX Runtime against the
+    uncompressed `model`'s fp32 ONNX file, timed as `measure_plan_latency` times a plan: the
+    file the user ships, measured, as a ratio (and its ms through the uncompressed model's
+    quiet time). Inputs are the example's, at its batch.
+
+    Raises:
+        ExportError: onnxruntime cannot open the file, or `model` cannot be exported.
+    """
+    import tempfile
+
+    from engine.onnx_export import export_structure
+    from engine.onnx_session import onnx_session
+
+    inputs = example_inputs if isinstance(example_inputs, torch.Tensor) else example_inputs[0]
+    with tempfile.TemporaryDirectory(prefix="compplan-measure-") as scratch:
+        reference = Path(scratch) / "uncompressed.onnx"
+        structure = deployed_structure(model, Plan(layers={}), example_inputs)
+        export_structure(structure, inputs, reference)
+
+        def fresh_pair():
+            return tuple(
+                onnx_session(file, threads=threads, count_kernels=False).module()
+                for file in (path, reference)
             )
 
         return _measured_in_rounds(fresh_pair, inputs, threads, blocks, calls, rounds, min_time_ms)

@@ -23,7 +23,7 @@ from search_spaces.model_spec import load_model
 from search_spaces.output_file import check_output_path
 from search_spaces.plan import Plan
 
-__all__ = ["export_onnx_file", "onnx_structure_check"]
+__all__ = ["export_onnx_file", "file_latency_check", "onnx_structure_check"]
 
 _CARRIED = ("model_spec", "task", "distill", "input_shape", "input_dtype")
 
@@ -93,3 +93,44 @@ def onnx_structure_check(path: str | Path, meta: dict, model_spec: str) -> None:
             f"{path} was exported from another model than {model_spec} (structure fingerprints "
             "differ); give the model it was exported from"
         )
+
+
+def file_latency_check(
+    cpz: str | Path, onnx: str | Path, *, threads: int = 1, rounds: int = 3
+) -> dict[str, Any]:
+    """The ONNX file exported from the `.cpz` at `cpz`, measured on ONNX Runtime against the
+    uncompressed model's fp32 file (`planner.measure.measure_file_latency`), beside what the
+    plan's search predicted and its budget (recorded in the plan's provenance as ms and the
+    predictor's reference ms, compared here as ratios to the uncompressed model, since ms move
+    with the machine).
+
+    Returns:
+        {"measured_ratio", "spread", "measured_ms" (this run's), "runtime": "onnxruntime",
+        "predicted_ratio", "budget_ratio", "within"} (the last three None where the plan has
+        no latency prediction or budget).
+    """
+    from planner.measure import measure_file_latency
+
+    meta = read_metadata(cpz)
+    plan = Plan.from_dict(meta["plan"])
+    inputs = example_inputs(meta, f"{cpz} is damaged")
+    spec = meta.get("model_spec")
+    model = load_model(spec, input_shape=meta.get("input_shape"), pretrained=False).module
+    timing = measure_file_latency(onnx, model, inputs, threads=threads, rounds=rounds)
+    provenance = plan.provenance
+    reference = provenance.get("reference_ms")
+    predicted = provenance.get("latency_ms")
+    budget = plan.budget.latency_ms
+    priced_on = provenance.get("runtime")
+    predicted_ratio = predicted / reference if predicted and reference else None
+    budget_ratio = budget / reference if budget and reference else None
+    return {
+        "measured_ratio": timing.ratio,
+        "spread": timing.spread,
+        "measured_ms": timing.latency_ms,
+        "runtime": "onnxruntime",
+        "priced_on": priced_on,
+        "predicted_ratio": predicted_ratio,
+        "budget_ratio": budget_ratio,
+        "within": None if budget_ratio is None else timing.ratio <= budget_ratio,
+    }

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import Tensor, nn
@@ -244,6 +244,16 @@ class Problem:
                 "new study (--fresh, or another --study NAME)"
             )
         return e
+
+    def with_figures(self, plan: Plan, e: Evaluation) -> Plan:
+        """`plan` with its figures in its provenance (proxy, size, MACs, predicted latency),
+        and with a latency, the runtime it is priced on and the predictor's reference ms: what
+        `compplan apply --onnx` checks the exported file against."""
+        figures = {"proxy": e.proxy, "size_bytes": e.size_bytes, "latency_ms": e.latency_ms}
+        if e.latency_ms is not None:
+            reference_ms = self.latency.reference_ms(self.graph)[0]
+            figures |= {"runtime": self.config.priced_runtime, "reference_ms": reference_ms}
+        return replace(plan, provenance={**plan.provenance, **figures, "macs": e.macs})
 
     def final_plan(self, params: Mapping[str, Any], **provenance: Any) -> Plan:
         """The plan of `params` for the user: model spec, fingerprint, budget, and provenance

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from planner.options import LayerOptions
 from search_spaces.attention import layer_weight
-from search_spaces.methods import activation_method, weight_method
+from search_spaces.methods import activation_method_for, weight_method
 from search_spaces.methods.threads import one_thread
 
 __all__ = ["ProxyObjective", "ProxyTable", "layer_sensitivities", "proxy_table"]
@@ -213,7 +213,7 @@ class ProxyObjective:
         """The proxy's price of quantizing layer `name`'s input to `bits` (0 at 32)."""
         if bits == 32:
             return 0.0
-        unit = activation_method(self.space.layers[name].act_method)
+        unit = activation_method_for(self.space.layers[name].act_method, bits)
         return unit.proxy_error(bits) * self.table.sensitivities.get(name, 1.0)
 
     def pruning_cost(self, gid: int, ratio: float) -> float:

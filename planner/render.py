@@ -210,11 +210,13 @@ def profile_text(s: ProfileSummary, model: str, out: str) -> str:
     # One plan fits no predictor alone: it is the record that goes beside other models'.
     records = out if s.plans > 1 else f"OTHER_MODELS.parquet ... {out}"
     plans = "1 plan" if s.plans == 1 else f"{s.plans} plans"
+    runtime = device.get("runtime", "torch")
+    flag = "" if runtime == "onnxruntime" else f" --runtime {runtime}"
     return (
-        f"measured {plans} of {model} and {s.layers} single layers{took} "
-        f"on {device['cpu']} ({device['device']}, {device['threads']} thread(s)): {figures}, "
+        f"measured {plans} of {model} and {s.layers} single layers{took} on {runtime}, "
+        f"{device['cpu']} ({device['device']}, {device['threads']} thread(s)): {figures}, "
         f"spread within a measurement {s.spread_median:.1%}\nwrote {out}; next: compplan "
-        f"fit-latency {records} --out latency.json{trust}"
+        f"fit-latency {records} --out latency.json{flag}{trust}"
     )
 
 
@@ -234,7 +236,24 @@ def fit_text(report: FitReport, out: str) -> str:
     )
     lines.append(
         f"fit a {report.kind} predictor on {report.plans} plans in {report.fit_seconds:.1f} s, "
-        f"{scale}, for {device['cpu']} ({device['device']}, {device['threads']} thread(s)); "
-        f"wrote {out}"
+        f"{scale}, for {report.predictor.runtime} on {device['cpu']} ({device['device']}, "
+        f"{device['threads']} thread(s)); wrote {out}"
     )
     return "\n".join(lines)
+
+
+def file_latency_text(check: dict, path: str) -> str:
+    """`compplan apply --onnx`: the file's measured latency beside its prediction and budget."""
+    text = (
+        f"measured {path} on {check['runtime']}: ×{check['measured_ratio']:.3f} of the "
+        f"uncompressed model ({check['measured_ms']:.2f} ms here, spread "
+        f"{check['spread']:.1%})"
+    )
+    if check["predicted_ratio"] is not None:
+        text += f"; predicted ×{check['predicted_ratio']:.3f}"
+        if check.get("priced_on") not in (None, check["runtime"]):
+            text += f" (priced on {check['priced_on']})"
+    if check["budget_ratio"] is not None:
+        verdict = "within" if check["within"] else "OVER"
+        text += f"; budget ×{check['budget_ratio']:.3f}: {verdict}"
+    return text

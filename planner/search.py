@@ -18,7 +18,8 @@ Optuna) refinement and learning-rate tuning.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Any
 
 from torch import Tensor, nn
@@ -33,6 +34,7 @@ from planner.refine import Refiner
 from planner.results import SearchResult
 from planner.solver import ExactSolver
 from planner.storage import open_storage
+from planner.verify import verified_plan
 from search_spaces.graph import ModelGraph
 from search_spaces.plan import Plan
 
@@ -54,6 +56,8 @@ class SearchOutcome:
             model and budgets at hand (`Problem.recheck`): the figures to show for it.
         chosen: which trial or candidate `plan` is, in words ("trial 42", "proxy trial 131",
             "balanced ×4"), as its provenance names it.
+        verified: with `SearchConfig.verify`, every candidate measured on the runtime
+            (`planner.verify.VerifiedPlan`).
     """
 
     result: SearchResult
@@ -62,6 +66,7 @@ class SearchOutcome:
     learning_rates: dict[str, Any] | None = None
     evaluation: Evaluation | None = None
     chosen: str = ""
+    verified: list | None = None
 
 
 class Planner:
@@ -181,7 +186,8 @@ class Planner:
         models and tasks always do, data files where the same path holds them) and the latency
         predictor from the document embedded in it. `settings` change config fields (a worker's
         own seed; `seed_exact=False`: the study's creator seeds it, once; `task`: the task's
-        data where this worker finds it).
+        data where this worker finds it); `runtime` is not changed but checked: a study that
+        prices latency on another runtime is refused.
 
         Args:
             trust_specs: import and run the code a model or task spec of the study names (a
@@ -197,9 +203,15 @@ class Planner:
         from engine.task_spec import load_with_task
         from planner.backends import read_study_config
 
+        runtime = settings.pop("runtime", None)
         config = read_study_config(storage, study).with_(
             storage=storage, study=study, fresh=False, **settings
         )
+        if runtime is not None and runtime != config.priced_runtime:
+            raise PlannerError(
+                f"study '{study}' prices latency on {config.priced_runtime}, not {runtime}: "
+                f"join it with --runtime {config.priced_runtime} (or without --runtime)"
+            )
         if not config.model_spec:
             raise PlannerError(
                 f"study '{study}' was created from a model handed over in Python (no model spec): "
@@ -294,16 +306,20 @@ class Planner:
         return self._refiner().tune_learning_rates(self.study_name, objective, plan, trials=trials)
 
     def run(
-        self, n_trials: int, timeout: float | None = None, *, progress: Progress | None = None
+        self,
+        n_trials: int,
+        timeout: float | None = None,
+        *,
+        progress: Progress | None = None,
+        measuring: Callable[[str], None] = lambda _: None,
     ) -> SearchOutcome:
-        """The pipeline `compplan search` runs: the search; then with the real objective on
-        Optuna, refinement of its best plans and (`config.real.tune_lr` trials) learning rates.
-        On Ray the trials themselves are scored by the real objective.
-
-        The plan handed over is sized and predicted again for this model and budgets
-        (`Problem.recheck`), its provenance carrying those figures: one over a budget is never
-        handed over, whatever the study's trials say (a study edited, or scored for another
-        model by an older compplan).
+        """The pipeline `compplan search` runs: the search; with `config.verify`, its best
+        plans measured on the runtime (`planner.verify`; `measuring` is told each label);
+        then with the real objective on Optuna, refinement and (`config.real.tune_lr`)
+        learning rates (on Ray the trials themselves are scored by the real objective). The
+        plan handed over is sized and predicted again (`Problem.recheck`), its provenance
+        carrying those figures: one over a budget is never handed over, whatever the study's
+        trials say (a study edited, or scored for another model by an older compplan).
 
         Raises:
             PlannerError: no trial is feasible (every finished trial is kept), or the winner is
@@ -318,6 +334,10 @@ class Planner:
         outcome = SearchOutcome(result=result, plan=result.best_plan)
         outcome.chosen = f"trial {result.best['number']}"
         what = f"the best of {len(result.trials)} trials (#{result.best['number']})"
+        if self.config.verify:
+            outcome.plan, verified = verified_plan(self.problem, result, self.config, measuring)
+            outcome.verified, outcome.chosen = verified.candidates, verified.label
+            what = f"the best plan measured within the budget ({verified.label})"
         real = self.real
         if real is not None and self.config.backend != "ray":
             outcome.refined = self.refine(real)
@@ -330,10 +350,7 @@ class Planner:
                 )
                 outcome.plan = outcome.learning_rates["plan"]
         outcome.evaluation = self.problem.recheck(outcome.plan, what)
-        e = outcome.evaluation
-        figures = {"proxy": e.proxy, "size_bytes": e.size_bytes, "latency_ms": e.latency_ms}
-        provenance = {**outcome.plan.provenance, **figures, "macs": e.macs}
-        outcome.plan = replace(outcome.plan, provenance=provenance)
+        outcome.plan = self.problem.with_figures(outcome.plan, outcome.evaluation)
         return outcome
 
     # -- helpers ----------------------------------------------------------------------------------

@@ -79,11 +79,15 @@ def created_text(storage: str, study: str) -> str:
     )
 
 
-def worker_summary(result, worker: str, storage: str, study: str) -> dict[str, Any]:
-    """The `compplan worker --json` document: this worker's trials and the study's best."""
+def worker_summary(
+    result, worker: str, storage: str, study: str, runtime: str | None = None
+) -> dict[str, Any]:
+    """The `compplan worker --json` document: this worker's trials and the study's best, and
+    the runtime the study prices latency on."""
     return {
         "storage": storage,
         "study": study,
+        "runtime": runtime,
         "worker": worker,
         "trials_here": int((result.trials["worker"] == worker).sum()),
         "trials_in_study": len(result.trials),
@@ -124,6 +128,8 @@ def search_summary(
         "real": None,
         "baseline_bytes": graph.baseline_bits / 8,
         "budget": config.budget.to_dict(),
+        "runtime": config.priced_runtime,
+        "verified": outcome.verified and [c.to_dict() for c in outcome.verified],
     }
     if refined is not None:
         lr = outcome.learning_rates
@@ -166,9 +172,18 @@ def search_text(
     # The written plan's figures (recomputed), never a trial's record of them.
     written = _written(outcome)
     ratio = graph.baseline_bits / 8 / written["size_bytes"]
-    latency = "" if written["latency_ms"] is None else f", {written['latency_ms']:.2f} ms predicted"
+    latency = (
+        ""
+        if written["latency_ms"] is None
+        else f", {written['latency_ms']:.2f} ms predicted on {config.priced_runtime}"
+    )
     figures = f"proxy {written['proxy']:.4g}, {mib(written['size_bytes'])} ({ratio:.1f}×){latency}"
-    if refined is None:
+    if outcome.verified:  # not the proxy's best, necessarily: the best measured within
+        headline = (
+            f"{len(result.trials)} trials, best proxy {best['value']:.4g} (#{best['number']}); "
+            f"kept {outcome.chosen}: {figures}"
+        )
+    elif refined is None:
         headline = f"best of {len(result.trials)} trials (#{best['number']}): {figures}"
     else:  # the proxy's best is not the plan written: say which is which
         headline = (
@@ -194,6 +209,16 @@ def search_text(
             f"epoch{'s' * (epochs != 1)}; best validation {metric} "
             f"{score_text(metric, refined['value'])}: {outcome.chosen}, {figures}"
         )
+    if outcome.verified:
+        budget = config.budget.latency_ms
+        lines.append(f"measured on {config.priced_runtime} (budget {budget:.2f} ms):")
+        for c in outcome.verified:
+            mark = "within" if c.within else "over"
+            kept = "  ← kept" if c.label == outcome.chosen else ""
+            lines.append(
+                f"  {c.label}: proxy {c.proxy:.4g}, predicted {c.predicted_ms:.2f} ms, measured "
+                f"{c.measured_ms:.2f} ms (×{c.measured_ratio:.3f}, {mark}){kept}"
+            )
     if outcome.learning_rates is not None:
         lr = outcome.learning_rates
         lines.append(

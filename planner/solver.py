@@ -4,8 +4,14 @@ The proxy is a sum over layers and size is additive, so with every keep ratio at
 under a size budget is a multiple-choice knapsack (`planner.exact.solve_choices`, a MILP). A
 latency budget joins it exactly when the latency predictor is additive (a sum over layers plus a
 per-model constant: `LatencyPredictor.additive`); each choice's latency is then the predictor's
-change when that layer alone takes it. The solver refuses a latency budget with a predictor that is
-not additive rather than answer wrongly.
+change when that layer alone takes it. A predictor of a runtime with int8 kernels is not additive:
+it prices the boundaries between int8 and fp32 layers. Then the solver budgets with its additive
+part (each layer priced inside a region of its own kernel class), prices the answer with the full
+predictor, and, while that is over the budget, takes the excess off its latency limit and solves
+again (at most `MAX_RESOLVES` times, and not past what keep 1 reaches; the answer says how many,
+and `feasible` what the full predictor found: the search's repair prunes from there). A pairwise
+term per adjacent pair in the MILP would be exact, at a quadratic number of variables; the resolves
+are measured in `scripts/bench_runtime_latency.py`.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ __all__ = ["BALANCE_PENALTY", "ExactSolver"]
 
 # `solve(max_layer_ratio=...)`: the cost of an option past the cap, above any layer's proxy.
 BALANCE_PENALTY = 1e3
+# Re-solves with a tightened latency limit, after the full predictor prices an answer over it.
+MAX_RESOLVES = 4
 
 
 class ExactSolver:
@@ -38,8 +46,9 @@ class ExactSolver:
 
         Every keep ratio stays at 1 (pruning couples the layers of a group and their consumers,
         which a per-layer knapsack cannot express). The size budget is exact, and so is a latency
-        budget with an additive predictor. The answer is evaluated like any trial, so `feasible`
-        also covers MACs.
+        budget with an additive predictor (otherwise module docstring). The answer is evaluated
+        like any trial, so `feasible` also covers MACs; `resolves` says how often it was solved
+        again under a tightened latency limit.
 
         `max_layer_ratio` c keeps every layer within c times the size budget's overall
         compression ratio: options compressing a layer further cost a penalty above any proxy,
@@ -48,11 +57,12 @@ class ExactSolver:
         wipe out a few layers (see `planner.refine`).
 
         Returns:
-            {"plan", "params", "proxy", "size_bytes", "latency_ms", "feasible", "seconds"}.
+            {"plan", "params", "proxy", "size_bytes", "latency_ms", "feasible", "seconds",
+            "resolves"}.
 
         Raises:
             BudgetError: no choice at keep 1 meets the budgets, or a latency budget with a
-                predictor that is not additive.
+                predictor that is not additive and has no additive part.
         """
         problem = self.problem
         study_space, budget = problem.study_space, problem.budget
@@ -74,35 +84,68 @@ class ExactSolver:
             limits["size"] = budget.size_bytes * 8 - problem.graph.kept_bits
             uses["size"] = sizes
         if budget.latency_ms is not None:
-            if not getattr(problem.latency, "additive", True):
-                raise BudgetError(
-                    f"the exact solver needs an additive latency predictor, and the "
-                    f"{problem.latency.kind} predictor is not one; the search runs unseeded"
-                )
             base_ms, deltas = self.latency_deltas(acts)
             limits["latency"] = budget.latency_ms - base_ms
             uses["latency"] = deltas
-        try:
-            solution = solve_choices(costs, uses, limits)
-        except InfeasibleBudget as error:
-            raise self._refusal(error, base_ms) from None
-        positions, act_bits = {}, {}
-        for name, choice in solution.chosen.items():
-            position, act = divmod(choice, len(acts[name]))
-            positions[name] = study_space.frontier[name][position]
-            act_bits[name] = acts[name][act]
-        params = study_space.params_of(positions, act_bits=act_bits)
-        plan = problem.final_plan(params, source="compplan exact", objective="proxy")
-        (evaluation,) = problem.evaluate([plan])
-        return {
-            "plan": plan,
-            "params": params,
-            "proxy": evaluation.proxy,
-            "size_bytes": evaluation.size_bytes,
-            "latency_ms": evaluation.latency_ms,
-            "feasible": evaluation.feasible,
-            "seconds": solution.seconds,
-        }
+        seconds, resolves, answer = 0.0, 0, None
+        while True:
+            try:
+                solution = solve_choices(costs, uses, limits)
+            except InfeasibleBudget as error:
+                if answer is None:
+                    raise self._refusal(error, base_ms) from None
+                break  # tightened past what keep 1 reaches: the last answer, over the budget
+            seconds += solution.seconds
+            positions, act_bits = {}, {}
+            for name, choice in solution.chosen.items():
+                position, act = divmod(choice, len(acts[name]))
+                positions[name] = study_space.frontier[name][position]
+                act_bits[name] = acts[name][act]
+            params = study_space.params_of(positions, act_bits=act_bits)
+            plan = problem.final_plan(params, source="compplan exact", objective="proxy")
+            (evaluation,) = problem.evaluate([plan])
+            answer = {
+                "plan": plan,
+                "params": params,
+                "proxy": evaluation.proxy,
+                "size_bytes": evaluation.size_bytes,
+                "latency_ms": evaluation.latency_ms,
+                "feasible": evaluation.feasible,
+            }
+            over = self._latency_overshoot(evaluation.latency_ms)
+            if over <= 0 or resolves == MAX_RESOLVES:
+                break
+            # The additive part priced no boundary between kernel classes: what the full
+            # predictor finds over the budget comes off the solver's latency limit.
+            limits["latency"] -= over
+            resolves += 1
+        return {**answer, "seconds": seconds, "resolves": resolves}
+
+    def _additive_latency(self):
+        """The latency predictor the knapsack prices choices with: itself when additive, else
+        its additive part (`LatencyPredictor.additive_part`).
+
+        Raises:
+            BudgetError: a predictor (a user's own object) that is neither.
+        """
+        latency = self.problem.latency
+        if getattr(latency, "additive", True):
+            return latency
+        if hasattr(latency, "additive_part"):
+            return latency.additive_part()
+        raise BudgetError(
+            f"the exact solver needs an additive latency predictor, or one with an additive "
+            f"part, and the {getattr(latency, 'kind', type(latency).__name__)} predictor is "
+            "neither; the search runs unseeded"
+        )
+
+    def _latency_overshoot(self, latency_ms: float | None) -> float:
+        """How far the full predictor prices an answer over the latency budget (ms; 0 when it
+        is within it, or when the predictor is additive and the solver's pricing exact)."""
+        budget, latency = self.problem.budget, self.problem.latency
+        if budget.latency_ms is None or latency_ms is None or getattr(latency, "additive", True):
+            return 0.0
+        return max(0.0, latency_ms - budget.latency_ms)
 
     def _refusal(self, error: InfeasibleBudget, base_ms: float) -> BudgetError:
         """`error` in the budget's own units (bytes, ms): the solver's limits are relative
@@ -176,7 +219,9 @@ class ExactSolver:
     def latency_deltas(self, acts: dict[str, list[int]]) -> tuple[float, dict[str, np.ndarray]]:
         """The predicted latency of the base plan (every layer at its first frontier option and
         first activation bits, keep 1) and, per layer, the change when that layer alone takes
-        each (position, activation bits) choice, in the order `solve` numbers them."""
+        each (position, activation bits) choice, in the order `solve` numbers them; by the
+        predictor's additive part (`LatencyPredictor.additive_part`: each layer priced as if
+        its neighbours shared its kernel class)."""
         from predictors.latency.features import LatencyBatch
         from predictors.size import PlanBatch
 
@@ -198,7 +243,7 @@ class ExactSolver:
                 batch[key][row, j] = values[position, j]
             act[row, j] = bits
         keep = np.ones((n, len(problem.graph.groups)))
-        latency = problem.latency.predict(
+        latency = self._additive_latency().predict(
             problem.graph, LatencyBatch(plans=PlanBatch(**batch, keep=keep), act_bits=act)
         )
         deltas: dict[str, list[float]] = {name: [] for name in names}

@@ -28,7 +28,7 @@ from planner.exact import undominated
 from planner.options import LayerOptions
 from planner.proxy import ProxyTable
 from predictors.size import weight_arrays
-from search_spaces.methods import activation_method, weight_method
+from search_spaces.methods import activation_method_for, weight_method
 from search_spaces.plan import LayerPlan, Plan
 from search_spaces.space import SearchSpace
 
@@ -115,7 +115,7 @@ class StudySpace:
             act_bits = params.get(f"{name}/act_bits", choices.act_bits[0])
             plan = LayerPlan(
                 weights=option.weights,
-                activations=activation_method(choices.act_method).config(act_bits),
+                activations=activation_method_for(choices.act_method, act_bits).config(act_bits),
                 keep=keep,
             )
             if plan != LayerPlan():

@@ -8,6 +8,8 @@ import pytest
 
 from planner.cli import main
 
+TORCH = ["--runtime", "torch"]  # these read the records' form; `test_onnxruntime_...` the runtime
+
 
 def _json(capsys) -> dict:
     return json.loads(capsys.readouterr().out)
@@ -16,7 +18,7 @@ def _json(capsys) -> dict:
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     path = tmp_path_factory.mktemp("latency") / "digits.parquet"
-    argv = ["profile", "--model", "zoo:digits", "--samples", "8", "--processes", "0"]
+    argv = ["profile", "--model", "zoo:digits", "--samples", "8", "--processes", "0", *TORCH]
     # BLOCKS blocks whatever they last: these tests read the records' form, not their precision.
     argv += ["--min-time-ms", "0"]
     assert main([*argv, "--synthetic-layers", "3", "--out", str(path), "--json"]) == 0
@@ -43,6 +45,7 @@ def test_profile_writes_records_and_says_what_it_measured(records, capsys):
                 "0",
                 "--no-layers",
                 "--no-structured",
+                *TORCH,
                 "--out",
                 str(records.with_suffix(".csv")),
             ]
@@ -57,12 +60,15 @@ def test_profile_writes_records_and_says_what_it_measured(records, capsys):
 def test_fit_then_predict(records, tmp_path, capsys, kind):
     predictor = tmp_path / f"{kind}.json"
     assert (
-        main(["fit-latency", str(records), "--kind", kind, "--out", str(predictor), "--json"]) == 0
+        main(
+            ["fit-latency", str(records), *TORCH, "--kind", kind, "--out", str(predictor), "--json"]
+        )
+        == 0
     )
     fitted = _json(capsys)
     assert fitted["plans"] == 20 and fitted["holdout"]["plans"] == 4
     assert 0 <= fitted["holdout"]["within_10pct"] <= 1 and fitted["device"]["device"] == "cpu"
-    argv = ["predict-latency", "--predictor", str(predictor), "--model", "zoo:digits"]
+    argv = ["predict-latency", "--predictor", str(predictor), "--model", "zoo:digits", *TORCH]
     assert main([*argv, "--preset", "keep:0.5", "--json"]) == 0
     half = _json(capsys)
     assert main([*argv, "--preset", "bits:4", "--json"]) == 0
@@ -85,9 +91,19 @@ def test_a_model_the_records_do_not_hold_is_predicted_with_a_warning(
 
     monkeypatch.setattr(models, "_warned_extrapolated", set())  # as in a fresh process
     predictor = tmp_path / "flops.json"
-    assert main(["fit-latency", str(records), "--kind", "flops", "--out", str(predictor)]) == 0
+    assert (
+        main(["fit-latency", str(records), *TORCH, "--kind", "flops", "--out", str(predictor)]) == 0
+    )
     capsys.readouterr()
-    argv = ["predict-latency", "--predictor", str(predictor), "--preset", "keep:0.5", "--json"]
+    argv = [
+        "predict-latency",
+        "--predictor",
+        str(predictor),
+        "--preset",
+        "keep:0.5",
+        "--json",
+        *TORCH,
+    ]
     with caplog.at_level("WARNING", logger="compplan"):
         assert main([*argv, "--model", "zoo:digits"]) == 0
     assert _json(capsys)["reference"] == "measured" and "records hold no plan" not in caplog.text
@@ -106,7 +122,7 @@ def test_the_warning_s_advice_one_uncompressed_record_makes_the_model_measured(
 
     monkeypatch.setattr(models, "_warned_extrapolated", set())  # as in a fresh process
     own = tmp_path / "mnist1d.parquet"
-    argv = ["profile", "--model", "zoo:mnist1d", "--uncompressed-only", "--out", str(own)]
+    argv = ["profile", "--model", "zoo:mnist1d", "--uncompressed-only", "--out", str(own), *TORCH]
     assert main([*argv, "--processes", "0", "--min-time-ms", "0"]) == 0
     out = capsys.readouterr().out
     # One record fits nothing alone: the next command puts it beside other models' records.
@@ -117,11 +133,22 @@ def test_the_warning_s_advice_one_uncompressed_record_makes_the_model_measured(
     assert 0.5 < frame["ratio"].iloc[0] < 2  # the uncompressed model against itself
     predictor = tmp_path / "flops.json"
     assert (
-        main(["fit-latency", str(records), str(own), "--kind", "flops", "--out", str(predictor)])
+        main(
+            [
+                "fit-latency",
+                str(records),
+                str(own),
+                *TORCH,
+                "--kind",
+                "flops",
+                "--out",
+                str(predictor),
+            ]
+        )
         == 0
     )
     capsys.readouterr()
-    argv = ["predict-latency", "--predictor", str(predictor), "--model", "zoo:mnist1d"]
+    argv = ["predict-latency", "--predictor", str(predictor), "--model", "zoo:mnist1d", *TORCH]
     with caplog.at_level("WARNING", logger="compplan"):
         assert main([*argv, "--preset", "keep:0.5", "--json"]) == 0
     assert _json(capsys)["reference"] == "measured" and "records hold no plan" not in caplog.text
@@ -133,7 +160,7 @@ def test_the_warning_s_advice_one_uncompressed_record_makes_the_model_measured(
 
 def test_a_network_for_other_models_saves_its_quantizer_head(records, tmp_path, capsys):
     predictor = tmp_path / "others.json"
-    argv = ["fit-latency", str(records), "--out", str(predictor), "--holdout", "0"]
+    argv = ["fit-latency", str(records), "--out", str(predictor), "--holdout", "0", *TORCH]
     assert main([*argv, "--for-other-models"]) == 0
     state = json.loads(predictor.read_text())["state"]
     assert state["config"]["quantizer_by_elements"] is True
@@ -182,7 +209,7 @@ def test_records_from_two_devices_are_refused(records, tmp_path, capsys):
     frame = load_records(records)
     frame.loc[frame.index[0], "threads"] = 2
     save_records(frame, tmp_path / "mixed.parquet")
-    assert main(["fit-latency", str(tmp_path / "mixed.parquet"), "--out", "p.json"]) == 2
+    assert main(["fit-latency", str(tmp_path / "mixed.parquet"), "--out", "p.json", *TORCH]) == 2
     assert "fit one per device" in capsys.readouterr().err
 
 
@@ -220,3 +247,30 @@ def test_an_unnamed_graph_is_told_to_take_the_name_its_records_use(
         )
     assert "records hold no plan" not in caplog.text
     assert predictor.reference_ms(named.problem.graph)[1] == "measured"
+
+
+def test_onnxruntime_is_the_default_and_a_predictor_of_it_is_refused_for_torch(tmp_path, capsys):
+    records, predictor = tmp_path / "ort.parquet", tmp_path / "ort.json"
+    argv = ["profile", "--model", "zoo:digits", "--samples", "3", "--processes", "0"]
+    argv += ["--no-structured", "--no-layers", "--min-time-ms", "0", "--rounds", "1"]
+    assert main([*argv, "--out", str(records), "--json"]) == 0
+    assert _json(capsys)["device"]["runtime"] == "onnxruntime"
+    fit = ["fit-latency", str(records), "--kind", "flops", "--out", str(predictor)]
+    assert main([*fit, *TORCH]) == 2  # records of onnxruntime, fit for torch
+    assert "timed on onnxruntime, not torch" in capsys.readouterr().err
+    assert main(fit) == 0
+    capsys.readouterr()
+    argv = ["predict-latency", "--predictor", str(predictor), "--model", "zoo:digits"]
+    assert main([*argv, "--preset", "bits:8+act:8", "--json"]) == 0
+    assert _json(capsys)["runtime"] == "onnxruntime"
+    assert main([*argv, "--preset", "bits:8+act:8", *TORCH]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fit on records timed on onnxruntime, not torch" in err
+    search = ["search", "--model", "zoo:digits", "--size-budget", "x8", "--out", "p.json"]
+    search += ["--latency-model", str(predictor), "--storage", f"sqlite:///{tmp_path}/s.db"]
+    assert main([*search, "--latency-budget", "x0.5", *TORCH]) == 2
+    assert "--runtime onnxruntime" in capsys.readouterr().err
+    assert main([*search, "--verify", "2"]) == 2  # nothing to verify against
+    assert "--verify measures the best plans against a latency budget" in capsys.readouterr().err
+    assert main([*search, "--runtime", "tflite"]) == 2
+    assert "invalid choice: 'tflite'" in capsys.readouterr().err

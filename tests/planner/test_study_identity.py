@@ -162,7 +162,9 @@ def fit_predictors(project) -> None:
     plans = random_plans(SearchSpace(graph), 6, seed=0)
     graphs = {("mynet.py:build", "1x16"): graph}
     for name, phase in (("latency.json", 1.0), ("latency-other.json", 1.5)):
-        records = known_records(graph, plans, model="mynet.py:build", input_shape="1x16")
+        records = known_records(
+            graph, plans, model="mynet.py:build", input_shape="1x16", runtime="onnxruntime"
+        )
         records["reference_ms"] *= phase
         FlopsPredictor().fit(records, graphs=graphs).save(project / name)
 

@@ -51,6 +51,7 @@ def test_a_records_file_runs_the_code_it_names_only_with_trust(marking_spec, tmp
     path = tmp_path / "records.csv"
     records.to_csv(path, index=False)
     fit = ["fit-latency", str(path), "--out", str(tmp_path / "p.json"), "--kind", "flops"]
+    fit += ["--runtime", "torch"]  # the records' (made-up, torch) runtime
     code, err = _run(capsys, *fit)
     assert code == 2 and err.count("\n") == 1 and "--trust-specs" in err, err
     assert not marker.exists()

@@ -111,7 +111,7 @@ def _flops_predictor(path):
         "format": "compplan-latency-predictor",
         "version": 2,
         "kind": "flops",
-        "fingerprint": {"device": "cpu", "cpu": "test", "threads": 1},
+        "fingerprint": {"device": "cpu", "cpu": "test", "threads": 1, "runtime": "onnxruntime"},
         "state": {"ms_per_mac": 1e-7, "offset_ms": 0.5},
     }
     return predictor_from_document(document).save(path)
@@ -128,13 +128,18 @@ def test_a_worker_rebuilds_the_search_from_the_studys_config_alone(tmp_path, cap
     assert created == 0
     predictor.unlink()
     capsys.readouterr()
-    assert main(["worker", "--storage", storage, "--study", "alone", "--trials", "6"]) == 0
+    joining = ["worker", "--storage", storage, "--study", "alone"]
+    assert main([*joining, "--trials", "1", "--runtime", "torch"]) == 2  # refused, no trial run
+    assert "prices latency on onnxruntime, not torch" in capsys.readouterr().err
+    assert main([*joining, "--trials", "6", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["runtime"] == "onnxruntime"  # rebuilt from it
     study = optuna.load_study(study_name="alone", storage=storage)
     trials = study.get_trials(deepcopy=False)
     assert len(trials) == 6
     assert all(t.user_attrs["latency_ms"] > 0.5 for t in trials)  # the embedded predictor ran
     config = study.user_attrs["compplan_config"]
     assert config["budget"]["latency_ms"] == 10 and config["protect_ends"] is False
+    assert config["runtime"] == "onnxruntime"  # the runtime recorded in the study
     # protect_ends=no reached the worker: the first conv is searched, not kept at 32 bits.
     assert any(key.startswith("stem.0/") for key in trials[0].params)
 

@@ -200,6 +200,12 @@ CASES = [
     case("budget-none", f"{S} --out b6.json"),
     case("latency-no-model", f"{S} --latency-budget 5 --out b7.json"),
     case("latency-model-missing", f"{S} --latency-budget 5 --latency-model no.json --out b8.json"),
+    case("runtime-unknown", f"{S4} --runtime tflite --out b13.json"),
+    case("runtime-predictor-other", f"{S4} --latency-model pred.json --latency-budget x0.9 "
+         "--runtime torch --out b14.json"),
+    case("verify-no-latency-budget", f"{S4} --verify 2 --out b15.json"),
+    case("predict-runtime-other", f"predict-latency {D} --preset bits:8 --predictor pred.json "
+         "--runtime torch"),
     case("macs-zero", f"{S} --macs-budget 0 --out b9.json"),
     case("macs-negative", f"{S} --macs-budget -5 --out b10.json"),
     case("trials-negative", f"search {D} --size-budget x4 --trials -1 --out b11.json"),
