@@ -88,7 +88,7 @@ class LookupTablePredictor(LatencyPredictor):
         raise PredictorError("the lookup table is empty")
 
     def _sum(self, configs: LayerConfigs) -> np.ndarray:
-        unique, inverse = configs.unique()
+        unique, inverse = configs.alone().unique()  # its entries are of layers alone
         return self._lookup(unique)[inverse].reshape(configs.shape).sum(axis=1)
 
     def _predict(self, graph, configs) -> np.ndarray:

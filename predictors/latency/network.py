@@ -119,6 +119,12 @@ class LatencyNetwork(LatencyPredictor):
 
         return torch.tensor([[math.log2(input_elements(graph)) / 20.0]])
 
+    def _distinct(self, configs):
+        """`configs.unique()`, of the columns its features read: without neighbour features a
+        layer's neighbours make no configuration of their own."""
+        reads_neighbours = set(self.feature_names) & set(RUNTIME_FEATURE_NAMES)
+        return (configs if reads_neighbours else configs.alone()).unique()
+
     def _fit(self, records, graphs) -> None:
         import torch
 
@@ -133,7 +139,7 @@ class LatencyNetwork(LatencyPredictor):
         sets = []
         pieces = []
         for _, graph, configs, y in models.sets:
-            unique, inverse = configs.unique()
+            unique, inverse = self._distinct(configs)
             x = torch.from_numpy(features(unique, self.feature_names))
             inverse = torch.from_numpy(inverse).reshape(configs.shape)
             sets.append((x, inverse, self._input_z(graph), torch.tensor(y).log()))
@@ -177,7 +183,7 @@ class LatencyNetwork(LatencyPredictor):
     def _predict(self, graph, configs) -> np.ndarray:
         import torch
 
-        unique, inverse = configs.unique()
+        unique, inverse = self._distinct(configs)
         with torch.no_grad():
             x = torch.from_numpy(features(unique, self.feature_names))
             inverse = torch.from_numpy(inverse).reshape(configs.shape)
