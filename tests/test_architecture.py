@@ -27,8 +27,8 @@ EXCEPTIONS = {
     ("predictors.latency.profiling", "engine.deploy"),
     # ... and, on ONNX Runtime, exports that form as the applied model's file writes it and
     # opens a session on it (`--runtime onnxruntime`), in the measuring processes only.
-    ("predictors.latency.profiling", "engine.onnx_export"),
-    ("predictors.latency.profiling", "engine.onnx_session"),
+    ("predictors.latency.runtime_forms", "engine.onnx_export"),
+    ("predictors.latency.runtime_forms", "engine.onnx_session"),
 }
 
 

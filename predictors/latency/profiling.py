@@ -17,9 +17,10 @@ Measurements run in fresh processes, one at a time (`processes`); `repeats` > 1 
 in that many different processes and keeps the median ratio. With `processes=0` all runs in this
 process (tests, quick looks).
 
-This is the one place where `predictors` reaches into `engine`: the deployed form is the engine's
-to build, and a latency is only true of what really runs. The import is local to the functions
-that measure, so predicting never loads the engine.
+This and `runtime_forms` (the ONNX files a measuring process times on ONNX Runtime) are where
+`predictors` reaches into `engine`: the deployed form is the engine's to build, and a latency is
+only true of what really runs. The imports are local to the functions that measure, so
+predicting never loads the engine.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import pandas as pd
 
 from predictors.latency.features import KINDS, LayerConfigs, plan_layer_configs
 from predictors.latency.records import DEPLOYED_FORM
+from predictors.latency.runtime_forms import ProfileError, RuntimeForms, kernels_text
 from predictors.latency.sampling import (
     STRUCTURED_KEEPS,
     config_macs,
@@ -64,10 +66,6 @@ __all__ = [
 ]
 
 _CONFIG_COLUMNS = tuple(LayerConfigs.__dataclass_fields__)
-
-
-class ProfileError(RuntimeError):
-    """Profiling could not run or a measuring process failed; the message says why."""
 
 
 # -- building and timing (run inside the measuring process) --------------------------------------
@@ -152,7 +150,7 @@ def _measure_jobs(
 
     torch.manual_seed(0)
     device, threads = settings["device"], settings["threads"]
-    on_runtime = _RuntimeForms(settings.get("runtime", "torch"), threads)
+    on_runtime = RuntimeForms(settings.get("runtime", "torch"), threads)
     model: list = []  # [loaded model, graph], built on the first plan job
     inputs_by_shape: dict[tuple, Any] = {}
     rounds = max(1, min(settings.get("rounds", 1), settings["blocks"]))
@@ -256,51 +254,9 @@ def _measure_jobs(
                 "runs": len(timing.module_ms),
                 # Each planned layer's kernel class on the runtime ("int8", "fp32"; a single
                 # layer's under "layer"), as the exported file ran it; "" on torch.
-                "kernels": _kernels_text(on_runtime.kernels.get(f"job{index}")),
+                "kernels": kernels_text(on_runtime.kernels.get(f"job{index}")),
             },
         )
-
-
-def _kernels_text(kernels: dict[str, str] | None) -> str:
-    if kernels is None:
-        return ""
-    if len(kernels) == 1 and next(iter(kernels)) in ("", "0"):  # a single layer, the root
-        kernels = {"layer": next(iter(kernels.values()))}
-    return json.dumps(kernels, sort_keys=True)
-
-
-class _RuntimeForms:
-    """What a measuring process times on its runtime: on "torch" the module itself; on
-    "onnxruntime" a fresh session on the module's ONNX file (`engine.onnx_export.
-    export_structure`: int8 where the structure has u8 quantizers in front of layers), exported
-    the first time its key is asked for and opened afresh each round, as the module is built."""
-
-    def __init__(self, runtime: str, threads: int):
-        self.runtime, self.threads = runtime, threads
-        self.files: dict[str, Path] = {}
-        self.kernels: dict[str, dict[str, str]] = {}  # key → each planned layer's kernel class
-        self.scratch = tempfile.TemporaryDirectory(prefix="compplan-profile-")
-
-    def __call__(self, key: str, build: Callable[[], Any], inputs: tuple) -> Any:
-        if self.runtime == "torch":
-            return build()
-        from engine.onnx_export import export_structure
-        from engine.onnx_session import onnx_session
-
-        if key not in self.files:
-            path = Path(self.scratch.name) / f"{key}.onnx"
-            try:
-                report = export_structure(build(), inputs, path)
-            except Exception as error:  # the exporter's and the runtime's errors are many kinds
-                raise ProfileError(f"{key}: cannot export it to ONNX ({error})") from None
-            self.files[key] = path
-            self.kernels[key] = {
-                name.removeprefix("0."): layer["kernel"] for name, layer in report.layers.items()
-            }
-        return onnx_session(self.files[key], threads=self.threads, count_kernels=False).module()
-
-    def close(self) -> None:
-        self.scratch.cleanup()
 
 
 def _run_jobs(jobs: list[dict], settings: dict, processes: int, on_progress: Callable[[], None]):
