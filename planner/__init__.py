@@ -9,6 +9,7 @@ too) and re-exported here, where users look for them.
 
 from planner.config import RaySettings, RealSettings, SearchConfig
 from planner.errors import PlannerError
+from planner.knob_restrictions import SearchKnobs
 from planner.presets import PRESET_HELP, make_preset
 from planner.results import SearchResult
 from planner.search import Planner, SearchOutcome
@@ -25,6 +26,7 @@ __all__ = [
     "RaySettings",
     "RealSettings",
     "SearchConfig",
+    "SearchKnobs",
     "SearchOutcome",
     "SearchResult",
     "make_preset",

@@ -247,8 +247,8 @@ def size_refusal(space: SearchSpace, budget_bytes: float, smallest_bytes: float)
         )
     else:
         way_out = (
-            f"raise --size-budget to at least {smallest}, or from Python widen the knobs "
-            "(SearchConfig(knobs=...): smaller k, fewer bits, lower keep)"
+            f"raise --size-budget to at least {smallest}, or allow smaller options: lower "
+            "--keep, fewer --weight-bits, smaller --vq-k (SearchKnobs in Python)"
         )
     return (
         f"size budget {budget} is below the smallest plan this space reaches, {smallest} "

@@ -427,6 +427,7 @@ def _search_config(args: argparse.Namespace, graph, task: str | None):
     from planner.budgets import parse_latency, parse_size
     from planner.config import RaySettings, RealSettings, SearchConfig
     from planner.errors import PlannerError
+    from planner.knob_restrictions import FLAGS, SearchKnobs
     from planner.storage import DEFAULT_STORAGE
     from predictors.latency import load_predictor
     from search_spaces import Budget
@@ -449,6 +450,7 @@ def _search_config(args: argparse.Namespace, graph, task: str | None):
     if args.latency_budget is not None:
         reference = predictor.reference_ms(graph)[0] if predictor else None
         latency_ms = parse_latency(args.latency_budget, reference)
+    real = RealSettings(args.epochs, args.lr, args.distill, args.candidates, args.tune_lr)
     ray = RaySettings(args.address, args.cpus_per_trial, args.gpus_per_trial, args.ray_results)
     return SearchConfig(
         model_spec=args.model,
@@ -456,14 +458,9 @@ def _search_config(args: argparse.Namespace, graph, task: str | None):
         task=task,
         budget=Budget(size_bytes=size, latency_ms=latency_ms, macs=args.macs_budget),
         protect_ends=args.protect_ends == "yes",
+        knobs=SearchKnobs(**{name: getattr(args, name) for name in FLAGS}),
         objective=args.objective,
-        real=RealSettings(
-            epochs=args.epochs,
-            lr=args.lr,
-            distill=args.distill,
-            candidates=args.candidates,
-            tune_lr=args.tune_lr,
-        ),
+        real=real,
         sampler=args.sampler,
         pareto=args.pareto,
         backend=args.backend,

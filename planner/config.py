@@ -24,6 +24,7 @@ from typing import Any
 from engine.distill import DISTILL_LOSSES
 from planner.budgets import BudgetError
 from planner.errors import PlannerError
+from planner.knob_restrictions import SearchKnobs
 from planner.storage import DEFAULT_STORAGE, display_url
 from predictors.runtimes import DEFAULT_RUNTIME, RUNTIMES
 from search_spaces.model_spec import parse_shape
@@ -143,7 +144,8 @@ class SearchConfig:
             objective fine-tunes and scores on it (None: the model's own zoo task, if any).
         budget: size (bytes), predicted latency (ms), MACs; None fields are unlimited.
         protect_ends: keep the first conv and the classifier at 32 bits.
-        knobs: `search_spaces.Knobs` fields changed from the defaults for every layer.
+        knobs: what the search may choose for every layer (`SearchKnobs`; a dict of its fields
+            or of `search_spaces.Knobs` keywords is converted).
         overrides: layer name or "re:<pattern>" → `Knobs` fields for those layers.
         objective: "proxy" (predicted distortion) or "real" (fine-tuned and scored).
         real: the real objective's settings.
@@ -175,7 +177,7 @@ class SearchConfig:
     task: str | None = None
     budget: Budget = field(default_factory=Budget)
     protect_ends: bool = True
-    knobs: Mapping[str, Any] = field(default_factory=dict)
+    knobs: SearchKnobs = field(default_factory=SearchKnobs)
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     objective: str = "proxy"
     real: RealSettings = field(default_factory=RealSettings)
@@ -194,9 +196,10 @@ class SearchConfig:
     verify: int = 0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.knobs, SearchKnobs):  # a dict, as Python users and studies give it
+            object.__setattr__(self, "knobs", SearchKnobs.from_dict(self.knobs or {}))
         # Plain dicts with tuples, as they read back from JSON, so that a config equals its
         # round trip (and mapping proxies can be written at all).
-        object.__setattr__(self, "knobs", _plain(self.knobs))
         object.__setattr__(
             self, "overrides", {key: _plain(value) for key, value in dict(self.overrides).items()}
         )
@@ -307,7 +310,7 @@ class SearchConfig:
         """A JSON-ready document with a format tag and version (the storage's password masked)."""
         data = asdict(self)
         data["storage"] = display_url(self.storage)
-        data["knobs"], data["overrides"] = dict(self.knobs), dict(self.overrides)
+        data["knobs"], data["overrides"] = self.knobs.to_dict(), dict(self.overrides)
         return {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, **data}
 
     def summary(self) -> dict[str, Any]:

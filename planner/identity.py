@@ -135,7 +135,8 @@ class StudyIdentity:
         """The identity of a search of `model` (with `inputs`, discovered as `graph`) under
         `config`."""
         shapes = [[list(t.shape), str(t.dtype)] for t in inputs]
-        knobs = [config.knobs, config.overrides, config.protect_ends]
+        # The knobs' unversioned form: studies made before `SearchKnobs` keep their digest.
+        knobs = [config.knobs.knobs_kwargs(), config.overrides, config.protect_ends]
         return cls(
             {
                 "structure": _digest(graph.fingerprint),

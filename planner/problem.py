@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from planner.budgets import (
@@ -30,14 +31,14 @@ from planner.budgets import (
 from planner.config import SearchConfig
 from planner.identity import StudyIdentity
 from planner.options import layer_options
-from planner.proxy import ProxyObjective, layer_sensitivities, proxy_table
+from planner.proxy import ProxyObjective, measured_proxy_table, proxy_table
 from planner.storage import display_url
 from planner.study_space import StudySpace
 from predictors.size import SizePredictor
 from search_spaces.discover import discover
 from search_spaces.graph import UNNAMED_MODEL, ModelGraph
 from search_spaces.plan import Plan
-from search_spaces.space import Knobs, SearchSpace
+from search_spaces.space import SearchSpace
 
 __all__ = ["Evaluation", "Problem", "format_bytes"]
 
@@ -72,8 +73,8 @@ class Problem:
         config: the search's settings (budgets, space knobs, protect_ends).
         graph: the model's graph, when the caller has discovered it already.
         latency: the latency predictor object (`config.latency` is its document).
-        calibration: input batches for the layer sensitivities (default: `example_inputs`);
-            an empty sequence weighs every layer the same.
+        calibration: input batches the proxy measures each layer's response on (default:
+            `example_inputs`); an empty sequence prices every layer at its relative error.
         progress: progress bars on stderr over the layers while the proxy is built (seconds
             to minutes on a large model).
 
@@ -104,7 +105,7 @@ class Problem:
         )
         self.space = SearchSpace(
             self.graph,
-            Knobs(**config.knobs) if config.knobs else None,
+            config.knobs.to_knobs(),
             overrides=config.overrides,
             protect_ends=config.protect_ends,
         )
@@ -116,14 +117,17 @@ class Problem:
         started = time.perf_counter()
         self.options = layer_options(self.space)
         calibration = [self.inputs] if calibration is None else list(calibration)
-        sensitivities = (
-            layer_sensitivities(self.model, calibration, list(self.graph.layers), progress=progress)
-            if calibration
-            else None
-        )
-        table = proxy_table(
-            self.model, self.options, sensitivities=sensitivities, progress=progress
-        )
+        if calibration:
+            table = measured_proxy_table(
+                self.model,
+                self.options,
+                calibration,
+                distortion=self._distortion(calibration[0]),
+                priced=self._priced_layers(),
+                progress=progress,
+            )
+        else:
+            table = proxy_table(self.model, self.options, progress=progress)
         self.proxy = ProxyObjective(self.model, self.space, table, self.options)
         self.study_space = StudySpace(self.space, self.options, table)
         log.info(
@@ -131,6 +135,29 @@ class Problem:
             sum(len(o) for o in self.options.values()),
             time.perf_counter() - started,
         )
+
+    def _distortion(self, batch: Inputs) -> str:
+        """How the proxy measures the output's distortion: the fine-tuning's distillation loss
+        (`--distill`), else the one the model's output calls for (`infer_distill`)."""
+        from engine.distill import infer_distill
+
+        if self.config.real.distill is not None:
+            return self.config.real.distill
+        with torch.no_grad():
+            output = self.model(*batch) if isinstance(batch, tuple) else self.model(batch)
+        try:
+            return infer_distill(output)[0]
+        except ValueError:
+            return "mse"
+
+    def _priced_layers(self) -> set[str]:
+        """Layers whose response the proxy needs beyond their weight options: those with
+        activation bits to choose, and the producers of groups that may be pruned."""
+        priced = {name for name, c in self.space.layers.items() if any(b < 32 for b in c.act_bits)}
+        for gid, choices in self.space.group_keep.items():
+            if any(r < 1 for r in choices):
+                priced.update(self.graph.groups[gid].layers)
+        return priced
 
     def _check_budget(self) -> Reachable:
         budget = self.budget
@@ -145,15 +172,15 @@ class Problem:
             wanted, fastest = format_ms_pair(budget.latency_ms, reachable.latency_ms)
             raise BudgetError(
                 f"latency budget {wanted} is below the fastest plan this space reaches by the "
-                f"predictor, {fastest}: raise --latency-budget to at least {fastest}, or from "
-                f"Python allow lower keep ratios (SearchConfig(knobs={{'keep': ...}}))"
+                f"predictor, {fastest}: raise --latency-budget to at least {fastest}, or allow "
+                "lower keep ratios (--keep, or SearchKnobs(keep=...) in Python)"
                 + self._pruning_note()
             )
         if budget.macs is not None and reachable.macs is not None and budget.macs < reachable.macs:
             raise BudgetError(
                 f"MACs budget {budget.macs:,} is below the fewest this space reaches, "
-                f"{reachable.macs:,}: raise --macs-budget to at least {reachable.macs:,}, or from "
-                f"Python allow lower keep ratios (SearchConfig(knobs={{'keep': ...}}))"
+                f"{reachable.macs:,}: raise --macs-budget to at least {reachable.macs:,}, or allow "
+                "lower keep ratios (--keep, or SearchKnobs(keep=...) in Python)"
                 + self._pruning_note()
             )
         return reachable

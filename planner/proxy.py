@@ -1,34 +1,53 @@
 """The proxy objective: each option's predicted distortion of the model's output, per layer.
 
-The proxy is separable: a plan's distortion is the sum over layers of
-`sensitivity_l · relative_weight_error_l(option)`, where
-- `relative_weight_error` is ‖Ŵ − W‖² / ‖W‖² for the option's reconstruction Ŵ, as the option's
-  weight method computes it (`WeightMethod.proxy_errors`: exact for b-bit weights, an estimate
-  from the subvectors' spectrum for LR²VQ, see `search_spaces.methods.vq`);
-- `sensitivity_l` is how much the model's output moves per unit of relative weight error in
-  layer l: the relative squared change of the outputs on calibration inputs when W gets Gaussian
-  noise of a small relative energy, divided by that energy (a first-order, HAWQ-like measure that
-  needs one forward pass per layer). Without sensitivities every layer counts as 1.
-Activation quantizers add their unit's price (`ActivationMethod.proxy_error`).
+The proxy is separable: a plan's distortion is the sum over layers of `response_l(e_l)`, where
+- `e_l` is the option's relative weight error ‖Ŵ − W‖² / ‖W‖², as the option's weight method
+  computes it (`WeightMethod.proxy_errors`: exact for b-bit weights, an estimate from the
+  subvectors' spectrum for LR²VQ, see `search_spaces.methods.vq`);
+- `response_l` is how far the model's output moves at that error in layer l, measured on
+  calibration inputs at a few of the layer's real options, with BatchNorm re-estimated as `apply`
+  does, in the distortion the output calls for (KL for logits): `planner.response`,
+  `measured_proxy_table`. Without calibration inputs every layer's response is its error.
+Activation quantizers and pruning are priced through the same responses: the unit's error on a
+Gaussian input (`ActivationMethod.proxy_error`), the share of the weight energy pruned away.
+
+`layer_sensitivities` and `proxy_table(sensitivities=...)` are the proxy as it was before the
+responses were measured (a linear sensitivity to small Gaussian weight noise), kept for the
+comparison in `scripts/bench_proxy.py`.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from engine.distill import output_of
 from planner.options import LayerOptions
+from planner.response import (
+    LayerResponse,
+    ResponseMeter,
+    gaussian_noise,
+    noise_levels,
+    pick_probes,
+)
 from search_spaces.attention import layer_weight
 from search_spaces.methods import activation_method_for, weight_method
 from search_spaces.methods.threads import one_thread
 
-__all__ = ["ProxyObjective", "ProxyTable", "layer_sensitivities", "proxy_table"]
+__all__ = [
+    "ProxyObjective",
+    "ProxyTable",
+    "layer_sensitivities",
+    "measured_proxy_table",
+    "proxy_table",
+]
 
 # Relative energy of the probe noise in the sensitivity measurement: small enough to stay in the
 # linear regime, large enough to stay above float rounding.
@@ -54,7 +73,10 @@ def layer_sensitivities(
 
     def outputs() -> list[Tensor]:
         with torch.no_grad():
-            return [model(*batch) if isinstance(batch, tuple) else model(batch) for batch in inputs]
+            return [
+                output_of(model(*batch) if isinstance(batch, tuple) else model(batch))
+                for batch in inputs
+            ]
 
     reference = outputs()
     scale = sum(float(r.double().square().sum()) for r in reference)
@@ -91,21 +113,30 @@ def _bar(items, label: str, enabled: bool, total: int | None = None):
 
 @dataclass(frozen=True)
 class ProxyTable:
-    """Each option's proxy distortion, per layer: `errors[name][i]` is option i's weighted error.
+    """Each option's proxy distortion, per layer: `errors[name][i]` is option i's.
 
     Attributes:
         errors: layer → array over that layer's options (same order as its `LayerOptions`).
-        relative_errors: the same before weighting by sensitivity.
-        sensitivities: layer → sensitivity (1.0 where none was measured).
+        relative_errors: each option's relative weight error, before its layer's response.
+        responses: layer → its response (distortion at a relative error); a layer without one
+            is priced at its error.
+        facts: how the responses were measured (`planner.response.ResponseMeter.facts`), for
+            reports; empty for a table without measured responses.
     """
 
     errors: Mapping[str, np.ndarray]
     relative_errors: Mapping[str, np.ndarray]
-    sensitivities: Mapping[str, float]
+    responses: Mapping[str, LayerResponse]
+    facts: Mapping[str, Any] = field(default_factory=dict)
 
     def value(self, chosen: Mapping[str, int]) -> float:
         """The proxy of a plan given as layer → option index."""
         return float(sum(self.errors[name][i] for name, i in chosen.items()))
+
+    def price(self, name: str, relative_error: float) -> float:
+        """Layer `name`'s distortion at `relative_error` (activations, pruning)."""
+        response = self.responses.get(name)
+        return float(response(relative_error)) if response is not None else float(relative_error)
 
 
 def proxy_table(
@@ -115,16 +146,111 @@ def proxy_table(
     sensitivities: Mapping[str, float] | None = None,
     progress: bool = False,
 ) -> ProxyTable:
-    """Score every option of every layer (weights as they are in `model`, unpruned).
-    `progress`: a bar over the layers on stderr."""
+    """The proxy with linear responses: `sensitivities[name]` per unit of relative error (1.0
+    where none is given). Weights as they are in `model`, unpruned. `progress`: a bar over the
+    layers on stderr."""
     with one_thread():  # small operations by the thousand: see search_spaces.methods.threads
         relative = _relative_errors(model, options, progress)
-    weights = {name: float((sensitivities or {}).get(name, 1.0)) for name in options}
-    return ProxyTable(
-        errors={name: weights[name] * e for name, e in relative.items()},
-        relative_errors=relative,
-        sensitivities=weights,
+    responses = {
+        name: LayerResponse.linear((sensitivities or {}).get(name, 1.0)) for name in options
+    }
+    return _table(relative, responses, {})
+
+
+def measured_proxy_table(
+    model: nn.Module,
+    options: Mapping[str, LayerOptions],
+    calibration: Sequence,
+    *,
+    distortion: str,
+    priced: Iterable[str] = (),
+    reestimate_batchnorm: bool = True,
+    seed: int = 0,
+    progress: bool = False,
+) -> ProxyTable:
+    """The proxy with each layer's response measured on `calibration` (see the module
+    docstring and `planner.response`).
+
+    Args:
+        model: the original model (not changed).
+        options: every layer's options.
+        calibration: input batches (tensors, or tuples for several inputs).
+        distortion: "kl", "cosine" or "mse" (`planner.response.OutputDistortion`).
+        priced: layers to measure even where no weight option has an error (their activation
+            bits or their group's pruning are priced).
+        reestimate_batchnorm: re-estimate BatchNorm for each probe, as `apply` does.
+        seed: the Gaussian probes' seed.
+        progress: a bar over the layers on stderr.
+    """
+    meter = ResponseMeter(
+        model, calibration, kind=distortion, reestimate_batchnorm=reestimate_batchnorm
     )
+    priced = set(priced)
+    relative: dict[str, np.ndarray] = {}
+    responses: dict[str, LayerResponse] = {}
+    items = list(options.items())
+    for index, (name, layer_options) in enumerate(_bar(items, "proxy table", progress)):
+        weight = layer_weight(model, name)
+        source = weight.detach().float().cpu()
+        with one_thread():  # small operations by the thousand: see search_spaces.methods.threads
+            errors, reconstructions = _errors_and_reconstructions(source, layer_options)
+        relative[name] = errors
+        if (errors > 0).any() or name in priced:
+            probes = _probes(source, errors, reconstructions, seed + index)
+            responses[name] = meter.measure(weight, probes)
+    return _table(relative, responses, meter.facts)
+
+
+def _errors_and_reconstructions(
+    weight: Tensor, layer_options: LayerOptions
+) -> tuple[np.ndarray, dict[int, Tensor]]:
+    """Each option's relative weight error, and the reconstructions of the options whose
+    method has a cheap one (`WeightMethod.probe_weight`: their error is computed from it, so
+    the probe reuses it)."""
+    errors = np.zeros(len(layer_options))  # a dense weight loses nothing
+    reconstructions: dict[int, Tensor] = {}
+    energy = float(weight.double().square().sum()) or 1.0
+    by_method: dict[str, list[int]] = {}
+    for i, option in enumerate(layer_options.plans):
+        if option.weights is not None:
+            by_method.setdefault(option.method, []).append(i)
+    for method, indices in by_method.items():
+        unit = weight_method(method)
+        if not _probes_cheaply(method):
+            configs = [layer_options.plans[i].weights for i in indices]
+            errors[indices] = unit.proxy_errors(weight, configs)
+            continue
+        for i in indices:
+            reconstruction = unit.probe_weight(weight, layer_options.plans[i].weights)
+            reconstructions[i] = reconstruction
+            errors[i] = float((reconstruction - weight).double().square().sum()) / energy
+    return errors, reconstructions
+
+
+def _probes(
+    weight: Tensor, errors: np.ndarray, reconstructions: Mapping[int, Tensor], seed: int
+) -> list[tuple[float, Tensor]]:
+    """(relative error, reconstruction) of each probe of one layer: its real options where its
+    methods reconstruct cheaply, Gaussian noise at its options' error energies otherwise."""
+    probeable = np.array([i in reconstructions for i in range(len(errors))])
+    chosen = pick_probes(errors, probeable)
+    if chosen:
+        return [(float(errors[i]), reconstructions[i]) for i in chosen]
+    return [(level, gaussian_noise(weight, level, seed)) for level in noise_levels(errors)]
+
+
+def _probes_cheaply(method: str) -> bool:
+    """Whether the method reconstructs a weight for a probe (overrides `probe_weight`)."""
+    from search_spaces.methods._base import WeightMethod
+
+    return type(weight_method(method)).probe_weight is not WeightMethod.probe_weight
+
+
+def _table(relative, responses, facts) -> ProxyTable:
+    errors = {
+        name: responses[name](e) if name in responses else e.copy() for name, e in relative.items()
+    }
+    return ProxyTable(errors=errors, relative_errors=relative, responses=responses, facts=facts)
 
 
 def _relative_errors(
@@ -148,8 +274,9 @@ def _relative_errors(
 class ProxyObjective:
     """The proxy of any plan of a space: weight compression, pruning and activation bits.
 
-    `value(plan)` = Σ_layers s_l · (weight error of its option + activation error of its bits)
-    + Σ_groups Σ_producers s_l · (share of the producer's weight energy in the pruned channels).
+    `value(plan)` = Σ_layers response_l(weight error of its option) + response_l(activation
+    error of its bits) + Σ_groups Σ_producers response_l(share of the producer's weight energy
+    in the pruned channels).
     - Weight errors come from the `ProxyTable` of the options at keep = 1 (a pruned layer's
       remaining weights are priced as if unpruned: the table is not rebuilt per keep ratio).
     - Pruning removes the channels the engine removes (lowest `channel_importance` first).
@@ -182,7 +309,7 @@ class ProxyObjective:
                     weight = layer_weight(model, name).detach().double()
                     rows = weight.reshape(weight.shape[0], -1)
                     share = float(rows[removed].square().sum() / rows.square().sum().clamp(1e-30))
-                    cost += table.sensitivities.get(name, 1.0) * share
+                    cost += table.price(name, share)
                 costs[ratio] = cost
             self._pruning[gid] = costs
 
@@ -214,7 +341,7 @@ class ProxyObjective:
         if bits == 32:
             return 0.0
         unit = activation_method_for(self.space.layers[name].act_method, bits)
-        return unit.proxy_error(bits) * self.table.sensitivities.get(name, 1.0)
+        return self.table.price(name, unit.proxy_error(bits))
 
     def pruning_cost(self, gid: int, ratio: float) -> float:
         """The proxy's price of keeping `ratio` of group `gid`'s channels (0 at 1)."""

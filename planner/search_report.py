@@ -128,6 +128,8 @@ def search_summary(
         "real": None,
         "baseline_bytes": graph.baseline_bits / 8,
         "budget": config.budget.to_dict(),
+        # What the search could choose for every layer, defaults filled in.
+        "knobs": config.knobs.resolved(),
         "runtime": config.priced_runtime,
         "verified": outcome.verified and [c.to_dict() for c in outcome.verified],
     }

@@ -537,15 +537,20 @@ def main() -> None:
     parser.add_argument("--mnist1d", action="store_true", help="only the MNIST-1D comparison")
     parser.add_argument("--mnist1d-trials", type=int, default=300)
     parser.add_argument("--mnist1d-ratios", default="16,32,64")
+    parser.add_argument(
+        "--mnist1d-out",
+        default=str(ROOT / "benchmarks" / "results" / "planner_mnist1d.json"),
+        help="where --mnist1d writes its JSON",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads for --mnist1d")
     args = parser.parse_args()
     if args.mnist1d:
         args.seeds = args.seeds or 3
         result = _mnist1d(args)
-        out = ROOT / "benchmarks" / "results" / "planner_mnist1d.json"
+        out = Path(args.mnist1d_out)
         out.write_text(json.dumps(result, indent=2) + "\n")
         _print_mnist1d(result)
-        print(f"wrote {out.relative_to(ROOT)}")
+        print(f"wrote {out}")
         return
     if args.digits:
         args.seeds = args.seeds or 3
@@ -553,7 +558,7 @@ def main() -> None:
         out = ROOT / "benchmarks" / "results" / "planner_digits.json"
         out.write_text(json.dumps(digits, indent=2) + "\n")
         print(json.dumps({k: v for k, v in digits.items() if k != "runs"}, indent=2))
-        print(f"wrote {out.relative_to(ROOT)}")
+        print(f"wrote {out}")
         return
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -572,7 +577,7 @@ def main() -> None:
     out = ROOT / "benchmarks" / "results" / "planner.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

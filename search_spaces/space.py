@@ -205,10 +205,12 @@ class SearchSpace:
         overrides: layer name or "re:<pattern>" → `Knobs`, or a dict of `Knobs` fields to change
             from the default; the first matching key wins.
         protect_ends: keep the first conv and the classifier at 32 bits unless an override
-            names them.
+            names them (their channels take the default knobs' keep ratios).
 
     Raises:
-        PlanError: an override names no layer, or its fields are invalid.
+        PlanError: an override names no layer, or its fields are invalid; the default knobs
+            leave a layer no weight method (an override may: that layer stays dense, with a
+            note); coupled layers' knobs share no keep ratio.
     """
 
     def __init__(
@@ -225,7 +227,8 @@ class SearchSpace:
         if protect_ends:
             for end in (graph.first_conv, graph.classifier):
                 if end is not None and not any(_matches(key, end) for key in rules):
-                    rules[end] = Knobs.uncompressed()
+                    # Its group's keep is the other members' too: --keep 0.6 must still apply.
+                    rules[end] = Knobs.uncompressed().changed(keep=self.knobs.keep)
         resolved = {key: self._knobs_of(key, value) for key, value in rules.items()}
         for key in resolved:
             if not any(_matches(key, name) for name in graph.layers):
@@ -256,6 +259,13 @@ class SearchSpace:
             if not group.prunable:
                 continue
             allowed = set.intersection(*(set(self.layer_knobs[n].keep) for n in group.layers))
+            if not allowed:
+                keeps = "; ".join(f"{n}: {list(self.layer_knobs[n].keep)}" for n in group.layers)
+                raise PlanError(
+                    f"layers {', '.join(group.layers)} share their channels (coupling group "
+                    f"{group.id}), but their knobs allow no keep ratio in common ({keeps}): "
+                    "give them one"
+                )
             by_count = {kept_channels(group.channels, r): r for r in sorted(allowed)}
             choices[group.id] = tuple(sorted(by_count.values(), reverse=True))
         return choices
@@ -291,6 +301,15 @@ class SearchSpace:
                 continue
             methods.append(method)
             method_knobs.append((method, narrowed))
+        if not methods and knobs is self.knobs:
+            # An override's pattern may catch layers a method does not fit; a restriction of
+            # every layer that leaves one nothing is a mistake worth a refusal.
+            raise PlanError(
+                f"the knobs leave it no weight method ({'; '.join(notes)}): allow values that "
+                "fit it (--vq-m), another method (--methods), or none among the methods to "
+                "leave such layers dense",
+                layer=spec.name,
+            )
         act_bits = knobs.act_bits
         if not spec.quantizable_inputs and act_bits != (32,):
             act_bits = (32,)

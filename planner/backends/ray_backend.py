@@ -48,6 +48,7 @@ from planner.backends._base import (
 )
 from planner.config import SearchConfig
 from planner.errors import PlannerError
+from planner.knob_restrictions import SearchKnobs
 from planner.latency_repair import Repair
 from planner.problem import Problem
 from planner.results import SearchResult, build_result
@@ -128,6 +129,14 @@ def _same_search(config: SearchConfig) -> dict[str, Any]:
     """The fields that make two searches one experiment, as they read back from JSON (tuples as
     lists), so that a config and the marker it wrote compare equal."""
     return json.loads(json.dumps({k: v for k, v in config.to_dict().items() if k in _SAME_SEARCH}))
+
+
+def _knobs_document(knobs: object) -> object:
+    """A marker's knobs as this compplan writes them (an older one wrote them unversioned)."""
+    try:
+        return json.loads(json.dumps(SearchKnobs.from_dict(knobs).to_dict()))
+    except PlannerError:  # not knobs at all: the experiment differs
+        return knobs
 
 
 # Objects a worker process has fetched from the object store, by reference: a reused actor's
@@ -359,6 +368,8 @@ class RayBackend(SearchBackend):
         # The model's weights, the task's data, the predictor: what the config's specs name
         # may have changed under the same specs (`planner.identity`).
         stored = theirs.pop("identity", None) if isinstance(theirs, dict) else None
+        if isinstance(theirs, dict) and "knobs" in theirs:
+            theirs["knobs"] = _knobs_document(theirs["knobs"])
         identity = self.problem.identity
         changed = identity.changes(stored)
         if theirs == mine and changed:

@@ -248,6 +248,15 @@ class WeightMethod(abc.ABC):
     def proxy_errors(self, weight: Tensor, configs: Sequence[WeightConfig]) -> np.ndarray:
         """‖Ŵ − W‖² / ‖W‖² of each config on `weight` (float64, one per config; 0 is lossless)."""
 
+    def probe_weight(self, weight: Tensor, config: WeightConfig) -> Tensor | None:
+        """The reconstruction Ŵ of `weight` under `config`, where it costs no more than the
+        proxy error did (no training, no clustering), else None (the default). A method that
+        has one must return it for every config, and its `proxy_errors` must be the relative
+        error of that Ŵ: the measured proxy computes the errors from these reconstructions and
+        measures a layer's response at some of them (`planner.response`); a layer with none is
+        probed with Gaussian noise of its options' error energies."""
+        return None
+
     # -- apply, deploy, export ------------------------------------------------------------------
 
     @abc.abstractmethod

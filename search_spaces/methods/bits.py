@@ -153,6 +153,10 @@ class LowBitWeights(WeightMethod):
                 errors[config.bits] = float((approx - weight).double().square().sum()) / energy
         return np.asarray([errors[c.bits] for c in configs], dtype=np.float64)
 
+    def probe_weight(self, weight: Tensor, config: BitsConfig) -> Tensor:
+        with torch.no_grad():
+            return WeightQuantizer(weight, config.bits)(weight)
+
     def build(self, weight: Tensor, config: BitsConfig, settings: BuildSettings) -> nn.Module:
         return QuantizedWeight(weight, config.bits)
 
