@@ -97,12 +97,48 @@ def _listed(values) -> str:
     return ",".join(text if len(text) <= 6 else [*text[:3], "...", text[-1]])
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of every `compplan` command, its options and their help."""
+def _add_knob_flags(search: argparse.ArgumentParser) -> None:
+    """`search`'s group "what the search may choose": one comma-separated flag per
+    `SearchKnobs` field a user restricts, its allowed values and default in its help."""
     from planner.knob_restrictions import SearchKnobs
-    from planner.presets import PRESET_HELP
     from search_spaces.methods import AUTO_ACTIVATION, activation_bits_of, weight_methods
     from search_spaces.methods.quantizers import WEIGHT_QUANT_BITS
+
+    choose = search.add_argument_group(
+        "what the search may choose",
+        "comma-separated values, for every layer but the protected ends (--protect-ends); each "
+        "layer takes those that fit it (a VQ m must divide its row length)",
+    )
+    knobs = SearchKnobs().resolved()
+
+    def knob(flag: str, name: str, help_text: str) -> None:
+        default = _listed(knobs[name]) if knobs[name] is not None else None
+        shown = f" (default {default})" if default else ""
+        choose.add_argument(
+            flag, type=_knob_values(name), metavar="LIST", help=help_text + shown, dest=name
+        )
+
+    methods = ",".join([*(unit.name for unit in weight_methods()), "none"])
+    what = f"weight methods, from {methods}: bits is b-bit weights, vq vector quantization, "
+    what += "none leaves the layer dense"
+    knob("--methods", "methods", what)
+    what = f"the bits method's bit-widths, from {_listed(WEIGHT_QUANT_BITS)}"
+    knob("--weight-bits", "weight_bits", what)
+    act_bits = _listed([*activation_bits_of(AUTO_ACTIVATION), 32])
+    what = f"input activation bit-widths, from {act_bits}; 32 is unquantized, so 32 alone "
+    what += "compresses weights only"
+    knob("--act-bits", "act_bits", what)
+    what = "channel keep ratios of each prunable coupling group, in (0, 1]; 1 alone prunes nothing"
+    knob("--keep", "keep", what)
+    knob("--vq-k", "vq_k", "VQ codebook sizes, powers of two in 2..4096")
+    what = "VQ subvector lengths, each used where it divides a layer's row length (default: "
+    what += f"every divisor up to {knobs['vq_max_m']})"
+    knob("--vq-m", "vq_m", what)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every `compplan` command, its options and their help."""
+    from planner.presets import PRESET_HELP
 
     parser = _Parser(
         prog="compplan",
@@ -297,36 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     number(real, "--epochs", 2, "fine-tune epochs per plan", metavar="E")
     what = "base fine-tune learning rate (default 1e-3; 1e-4 for transformers)"
     real.add_argument("--lr", type=float, metavar="X", help=what)
-    choose = search.add_argument_group(
-        "what the search may choose",
-        "comma-separated values, for every layer but the protected ends (--protect-ends); each "
-        "layer takes those that fit it (a VQ m must divide its row length)",
-    )
-    knobs = SearchKnobs().resolved()
-
-    def knob(flag: str, name: str, help_text: str) -> None:
-        default = _listed(knobs[name]) if knobs[name] is not None else None
-        shown = f" (default {default})" if default else ""
-        choose.add_argument(
-            flag, type=_knob_values(name), metavar="LIST", help=help_text + shown, dest=name
-        )
-
-    methods = ",".join([*(unit.name for unit in weight_methods()), "none"])
-    what = f"weight methods, from {methods}: bits is b-bit weights, vq vector quantization, "
-    what += "none leaves the layer dense"
-    knob("--methods", "methods", what)
-    what = f"the bits method's bit-widths, from {_listed(WEIGHT_QUANT_BITS)}"
-    knob("--weight-bits", "weight_bits", what)
-    act_bits = _listed([*activation_bits_of(AUTO_ACTIVATION), 32])
-    what = f"input activation bit-widths, from {act_bits}; 32 is unquantized, so 32 alone "
-    what += "compresses weights only"
-    knob("--act-bits", "act_bits", what)
-    what = "channel keep ratios of each prunable coupling group, in (0, 1]; 1 alone prunes nothing"
-    knob("--keep", "keep", what)
-    knob("--vq-k", "vq_k", "VQ codebook sizes, powers of two in 2..4096")
-    what = "VQ subvector lengths, each used where it divides a layer's row length (default: "
-    what += f"every divisor up to {knobs['vq_max_m']})"
-    knob("--vq-m", "vq_m", what)
+    _add_knob_flags(search)
     what = "trials in the study, workers' and earlier runs' counted; 0 only creates it for workers"
     number(search, "--trials", 300, what, metavar="N")
     search.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
