@@ -130,10 +130,17 @@ class Problem:
             table = proxy_table(self.model, self.options, progress=progress)
         self.proxy = ProxyObjective(self.model, self.space, table, self.options)
         self.study_space = StudySpace(self.space, self.options, table)
+        facts = table.facts
         log.info(
-            "proxy table: %d options in %.1f s",
+            "proxy table: %d options in %.1f s%s",
             sum(len(o) for o in self.options.values()),
             time.perf_counter() - started,
+            (
+                f"; {facts['probes']} probes measured in {facts['distortion']}"
+                + (", BatchNorm re-estimated" if facts["batchnorm_reestimated"] else "")
+            )
+            if facts
+            else "",
         )
 
     def _distortion(self, batch: Inputs) -> str:
