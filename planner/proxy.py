@@ -259,15 +259,7 @@ def _relative_errors(
     relative: dict[str, np.ndarray] = {}
     for name, layer_options in _bar(options.items(), "proxy table", progress, len(options)):
         weight = layer_weight(model, name).detach().float().cpu()
-        errors = np.zeros(len(layer_options))  # a dense weight loses nothing
-        by_method: dict[str, list[int]] = {}
-        for i, option in enumerate(layer_options.plans):
-            if option.weights is not None:
-                by_method.setdefault(option.method, []).append(i)
-        for method, indices in by_method.items():
-            configs = [layer_options.plans[i].weights for i in indices]
-            errors[indices] = weight_method(method).proxy_errors(weight, configs)
-        relative[name] = errors
+        relative[name] = _errors_and_reconstructions(weight, layer_options)[0]
     return relative
 
 

@@ -87,9 +87,6 @@ class LayerResponse:
             y = starts[segment] + slopes[segment] * (x - xs[segment])
         return np.where(e > 0, np.exp(y), 0.0)
 
-    def to_dict(self) -> dict[str, list[float]]:
-        return {"errors": list(self.errors), "distortions": list(self.distortions)}
-
 
 class OutputDistortion:
     """The distance of a model's outputs from the original's on fixed inputs.

@@ -148,8 +148,7 @@ class LowBitWeights(WeightMethod):
         errors: dict[int, float] = {}
         for config in configs:
             if config.bits not in errors:
-                with torch.no_grad():
-                    approx = WeightQuantizer(weight, config.bits)(weight)
+                approx = self.probe_weight(weight, config)
                 errors[config.bits] = float((approx - weight).double().square().sum()) / energy
         return np.asarray([errors[c.bits] for c in configs], dtype=np.float64)
 
